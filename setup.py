@@ -1,0 +1,20 @@
+"""Builds the compiled ring (Cython 3, -O3). Everything else lives in pyproject.toml."""
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+ring = Extension(
+    "shmpipe._ring",
+    sources=["src/shmpipe/_ring.pyx"],
+    include_dirs=["src/shmpipe", numpy.get_include()],
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+
+setup(
+    ext_modules=cythonize(
+        [ring],
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+    ),
+)

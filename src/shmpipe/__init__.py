@@ -1,0 +1,32 @@
+"""shmpipe: fixed-size records between processes over POSIX shared memory.
+
+    ring = shmpipe.Ring.create("ticks", shmpipe.records.TICK, 1 << 16)
+    ring.producer().write_batch(ticks)          # in one process
+    shmpipe.Ring.open("ticks").consumer().read()  # in another
+"""
+from . import records
+from ._ring import Consumer, Producer
+from .errors import (
+    ConsumerEvictedError,
+    DtypeMismatchError,
+    InvalidNameError,
+    NoSpaceError,
+    RingClosedError,
+    RingExistsError,
+    RingFormatError,
+    RingNotFoundError,
+    RingPermissionError,
+    RingTimeoutError,
+    RoleTakenError,
+    ShmpipeError,
+)
+from .ring import Ring
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ring", "Producer", "Consumer", "records",
+    "ShmpipeError", "RingExistsError", "RingNotFoundError", "RingFormatError", "DtypeMismatchError",
+    "InvalidNameError", "RoleTakenError", "RingPermissionError", "NoSpaceError", "RingTimeoutError",
+    "ConsumerEvictedError", "RingClosedError",
+]

@@ -1,0 +1,85 @@
+/* The only place in shmpipe that names __atomic_* builtins, futexes or the CPU's pause hint.
+ *
+ * Every shared index is read with acquire and written with release: the release store of a
+ * position publishes the records (or frees the slots) before it, whatever the CPU's own model.
+ * seq_cst fences appear only in the sleep/wake handshake, where a store must be ordered before a
+ * later load (a Dekker pattern that acquire/release alone does not give). */
+#ifndef SHMPIPE_ATOMICS_H
+#define SHMPIPE_ATOMICS_H
+
+#include <stdint.h>
+#include <time.h>
+#include <errno.h>
+#include <unistd.h>
+#include <sched.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+
+static inline uint64_t shm_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint64_t shm_load_relaxed_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void shm_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void shm_store_relaxed_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t shm_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+
+static inline uint32_t shm_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint32_t shm_load_relaxed_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void shm_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint32_t shm_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t shm_fetch_sub_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
+static inline int shm_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+static inline void shm_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/* Lossy broadcast's seqlock: the claim store must be ordered before the record stores that follow
+ * (release fence after it), and the reader's record loads before its re-check of the claim
+ * (acquire fence before it). */
+static inline void shm_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+static inline void shm_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+
+/* Tell the core we are spinning: saves power and frees the sibling hyperthread. */
+static inline void shm_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+static inline uint64_t shm_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Heartbeats need only millisecond truth; the coarse clock is a plain memory read. */
+static inline uint64_t shm_coarse_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t shm_realtime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Shared (not FUTEX_PRIVATE) so the kernel keys the wait on the page, not on our address space:
+ * the peer in another process maps the same word at another address. */
+static inline int shm_futex_wait(uint32_t *word, uint32_t expected, uint64_t timeout_ns) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(timeout_ns / 1000000000ull);
+    ts.tv_nsec = (long)(timeout_ns % 1000000000ull);
+    return (int)syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+static inline int shm_futex_wake_all(uint32_t *word) {
+    return (int)syscall(SYS_futex, word, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+}
+
+static inline void shm_sched_yield(void) { sched_yield(); }
+
+#endif

@@ -1,0 +1,158 @@
+/* Everything that must agree across processes, in one place (after Agrona's RingBufferDescriptor):
+ * the record structs that records.py mirrors as numpy dtypes, and the ring header.
+ * Nobody else computes an offset. tests/test_records.py and tests/test_layout.py compare both sides.
+ *
+ * Segment = [header: SHMPIPE_DATA_OFFSET bytes][capacity * itemsize bytes of records].
+ * The header holds offsets and counters only, never pointers: each process maps it elsewhere. */
+#ifndef SHMPIPE_LAYOUT_H
+#define SHMPIPE_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHMPIPE_PACKED __attribute__((packed))
+
+/* ---------------------------------------------------------------- records (little-endian) */
+typedef struct SHMPIPE_PACKED {
+    uint64_t timestamp_ns;   /* exchange event time, ns since epoch */
+    uint32_t symbol_id;      /* dense id from the symbol registry */
+    float bid;
+    float ask;
+    float volume;
+    uint8_t source;          /* 1 TrueFX .. 7 synthetic */
+    uint8_t flags;           /* bit0 trade, bit1 quote, bit2 replayed, bit3 gap-before */
+    uint16_t spread_bps;     /* 0.1 bp units, saturating */
+    uint32_t sequence;       /* per-source, for gap detection */
+} shmpipe_tick;
+
+typedef struct SHMPIPE_PACKED {
+    uint64_t timestamp_ns;
+    uint32_t symbol_id;
+    uint32_t sequence;
+    double price;            /* f64: f32 cannot hold BTC prices exactly */
+    float size;              /* 0 = delete */
+    uint8_t side;            /* 0 bid, 1 ask */
+    uint8_t action;          /* 0 set, 1 snapshot-begin, 2 snapshot-end, 3 trade */
+    uint8_t source;
+    uint8_t flags;
+} shmpipe_level_update;
+
+#define SHMPIPE_ORDERBOOK_DEPTH 50
+typedef struct SHMPIPE_PACKED {
+    uint64_t timestamp_ns;
+    uint32_t symbol_id;
+    uint32_t exchange_id;
+    float bids[SHMPIPE_ORDERBOOK_DEPTH][2];   /* (price, size), best first, unused levels 0 */
+    float asks[SHMPIPE_ORDERBOOK_DEPTH][2];
+    uint32_t sequence;
+    uint8_t padding[12];     /* 820 -> 832 bytes: 13 whole cache lines */
+} shmpipe_orderbook_entry;
+
+typedef struct SHMPIPE_PACKED {
+    uint8_t id[16];          /* raw UUID bytes */
+    char symbol[16];         /* NUL-padded UTF-8, cut only at a character boundary */
+    char name[64];
+    char exchange[16];
+    char asset_class[16];
+    uint64_t updated_ns;
+    float maintenance_margin_requirement;
+    float margin_requirement_long;
+    float margin_requirement_short;
+    uint8_t status;          /* 0 inactive, 1 active */
+    uint8_t flags;           /* tradable, marginable, shortable, easy_to_borrow, fractionable */
+    uint8_t truncated;       /* which string fields were cut to fit */
+    uint8_t padding[1];      /* itemsize a multiple of 8 */
+} shmpipe_asset;
+
+_Static_assert(sizeof(shmpipe_tick) == 32, "Tick is 32 bytes");
+_Static_assert(sizeof(shmpipe_level_update) == 32, "LevelUpdate is 32 bytes");
+_Static_assert(sizeof(shmpipe_orderbook_entry) == 832, "OrderbookEntry is 13 cache lines");
+_Static_assert(sizeof(shmpipe_asset) % 8 == 0, "Asset itemsize is a multiple of 8");
+
+/* ---------------------------------------------------------------- ring header */
+#define SHMPIPE_MAGIC 0x31676e6952706d53ull   /* "SmpRing1" read as little-endian bytes */
+#define SHMPIPE_LAYOUT_VERSION 1u
+/* 128-byte blocks: a 64-byte line plus its pair, which the adjacent-line prefetcher drags along. */
+#define SHMPIPE_BLOCK 128
+#define SHMPIPE_MAX_CONSUMERS 32
+#define SHMPIPE_DTYPE_DESCR_BYTES 1024
+#define SHMPIPE_DATA_OFFSET 8192   /* page-aligned start of the records */
+
+enum { SHMPIPE_WAIT_SPIN = 0, SHMPIPE_WAIT_YIELD = 1, SHMPIPE_WAIT_BLOCK = 2 };
+enum { SHMPIPE_FLAG_BROADCAST = 1, SHMPIPE_FLAG_LOSSY = 2 };
+enum { SHMPIPE_SLOT_FREE = 0, SHMPIPE_SLOT_ACTIVE = 1, SHMPIPE_SLOT_EVICTED = 2, SHMPIPE_SLOT_CLAIMING = 3 };
+
+/* Byte offsets in the segment file used as fcntl OFD record locks (never data): the kernel drops
+ * them when the holder dies, even by kill -9, so liveness survives pid reuse. */
+#define SHMPIPE_LOCK_PRODUCER 0
+#define SHMPIPE_LOCK_CONSUMER0 1          /* + slot index */
+#define SHMPIPE_LOCK_ATTACHED 64          /* shared lock held by every open handle */
+
+typedef struct {                          /* written once by the creator, read-only after */
+    uint64_t magic;                       /* stored last, with release: a half-made header reads 0 */
+    uint32_t layout_version;
+    uint32_t flags;                       /* SHMPIPE_FLAG_* */
+    uint64_t capacity;                    /* records; a power of two */
+    uint32_t itemsize;
+    uint32_t wait_strategy;               /* SHMPIPE_WAIT_*, the default for both sides */
+    uint64_t dtype_fingerprint;           /* first 8 bytes of blake2b(dtype_descr) */
+    uint64_t data_offset;
+    uint64_t segment_bytes;
+    uint64_t created_unix_ns;
+    uint32_t creator_pid;
+    uint32_t max_consumers;
+    uint64_t consumer_timeout_ns;         /* broadcast: a silent consumer is evicted after this */
+    uint8_t pad[SHMPIPE_BLOCK - 80];
+} shmpipe_config;
+
+typedef struct {                          /* hot, written by the producer only */
+    uint64_t write_pos;                   /* records published; store-release after the copy */
+    uint64_t claim_pos;                   /* records being written (lossy readers re-check it) */
+    uint8_t pad[SHMPIPE_BLOCK - 16];
+} shmpipe_producer_cursor;
+
+typedef struct {                          /* cold: who the producer is, for people and tools */
+    uint32_t pid;
+    uint32_t attach_count;                /* how many times a producer attached (restarts) */
+    uint64_t start_ticks;                 /* /proc/<pid>/stat start time, tells pid reuse apart */
+    uint64_t heartbeat_ns;                /* CLOCK_MONOTONIC */
+    uint64_t attached_unix_ns;
+    uint64_t full_waits;                  /* times the producer found the ring full */
+    uint64_t evictions;                   /* broadcast consumers evicted */
+    uint8_t pad[SHMPIPE_BLOCK - 48];
+} shmpipe_producer_info;
+
+typedef struct {                          /* a sleeper's doorbell, on its own block */
+    uint32_t seq;                         /* futex word: bumped by the side that makes progress */
+    uint32_t waiters;                     /* sleepers announced; the waker skips the syscall at 0 */
+    uint8_t pad[SHMPIPE_BLOCK - 8];
+} shmpipe_doorbell;
+
+typedef struct {                          /* one consumer's cursor and identity, one block each */
+    uint64_t read_pos;                    /* next record to read; store-release after the copy */
+    uint32_t state;                       /* SHMPIPE_SLOT_* */
+    uint32_t pid;
+    uint64_t start_ticks;
+    uint64_t heartbeat_ns;                /* CLOCK_MONOTONIC */
+    uint64_t lost;                        /* records this cursor missed (lossy overrun, eviction) */
+    uint64_t attached_unix_ns;
+    uint8_t pad[SHMPIPE_BLOCK - 48];
+} shmpipe_consumer_slot;
+
+typedef struct {
+    shmpipe_config config;
+    char dtype_descr[SHMPIPE_DTYPE_DESCR_BYTES];   /* numpy descr text: open() rebuilds the dtype */
+    shmpipe_producer_cursor producer;
+    shmpipe_producer_info producer_info;
+    shmpipe_doorbell data_ready;          /* consumers sleep here when empty */
+    shmpipe_doorbell space_ready;         /* the producer sleeps here when full */
+    shmpipe_consumer_slot consumers[SHMPIPE_MAX_CONSUMERS];
+} shmpipe_header;
+
+_Static_assert(sizeof(shmpipe_config) == SHMPIPE_BLOCK, "config is one block");
+_Static_assert(offsetof(shmpipe_header, producer) % SHMPIPE_BLOCK == 0, "write index on its own block");
+_Static_assert(offsetof(shmpipe_header, consumers) % SHMPIPE_BLOCK == 0, "read indices on their own blocks");
+_Static_assert(sizeof(shmpipe_consumer_slot) == SHMPIPE_BLOCK, "one block per consumer");
+_Static_assert(sizeof(shmpipe_header) <= SHMPIPE_DATA_OFFSET, "header fits before the records");
+
+#endif

@@ -1,0 +1,59 @@
+"""shmpipe's exceptions. Each also derives from the builtin that fits, so callers who only know
+Python's own exceptions (``except FileNotFoundError``) still catch them."""
+from __future__ import annotations
+
+import errno
+
+
+class ShmpipeError(Exception):
+    """Base of every error shmpipe raises on purpose."""
+
+
+class RingExistsError(ShmpipeError, FileExistsError):
+    """A segment of that name already exists."""
+
+
+class RingNotFoundError(ShmpipeError, FileNotFoundError):
+    """No segment of that name exists."""
+
+
+class RingFormatError(ShmpipeError, ValueError):
+    """The segment is not a usable shmpipe ring: bad magic, layout version, size or header."""
+
+
+class DtypeMismatchError(RingFormatError):
+    """The dtype given does not match the one the ring was created with."""
+
+
+class InvalidNameError(ShmpipeError, ValueError):
+    """A ring name that could escape /dev/shm or is otherwise not allowed."""
+
+
+class RoleTakenError(ShmpipeError, PermissionError):
+    """Another live process already holds this ring's producer or consumer role."""
+
+
+class RingPermissionError(ShmpipeError, PermissionError):
+    """The segment exists but this user may not open it."""
+
+
+class NoSpaceError(ShmpipeError, OSError):
+    """/dev/shm cannot hold the ring (checked, and space reserved, at create time)."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.args[1]
+
+
+class RingTimeoutError(ShmpipeError, TimeoutError):
+    """A wait ran past its timeout where the API cannot report it as a return value."""
+
+
+class ConsumerEvictedError(ShmpipeError, RuntimeError):
+    """The producer evicted this broadcast consumer (dead-looking, or silent past the timeout)."""
+
+
+class RingClosedError(ShmpipeError, ValueError):
+    """The ring, producer or consumer was closed."""

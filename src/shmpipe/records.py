@@ -1,0 +1,75 @@
+"""Record layouts shared between processes, as numpy structured dtypes.
+
+Each dtype mirrors a C struct in ``_layout.h``; ``tests/test_records.py`` checks every
+offset and itemsize against the compiled side, so the two can never drift apart.
+All layouts are little-endian and packed (explicit offsets, no implicit padding).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+TICK = np.dtype(
+    {
+        "names": ["timestamp_ns", "symbol_id", "bid", "ask", "volume",
+                  "source", "flags", "spread_bps", "sequence"],
+        "formats": ["<u8", "<u4", "<f4", "<f4", "<f4", "u1", "u1", "<u2", "<u4"],
+        "offsets": [0, 8, 12, 16, 20, 24, 25, 26, 28],
+        "itemsize": 32,
+    }
+)
+
+# Tick.source values and Tick.flags bits (DESIGN.md).
+SOURCE_TRUEFX, SOURCE_OANDA, SOURCE_IB, SOURCE_COINBASE, SOURCE_KRAKEN, SOURCE_ALPACA, SOURCE_SYNTHETIC = range(1, 8)
+TICK_FLAG_TRADE, TICK_FLAG_QUOTE, TICK_FLAG_REPLAYED, TICK_FLAG_GAP_BEFORE = 1, 2, 4, 8
+
+LEVEL_UPDATE = np.dtype(
+    {
+        "names": ["timestamp_ns", "symbol_id", "sequence", "price", "size",
+                  "side", "action", "source", "flags"],
+        "formats": ["<u8", "<u4", "<u4", "<f8", "<f4", "u1", "u1", "u1", "u1"],
+        "offsets": [0, 8, 12, 16, 24, 28, 29, 30, 31],
+        "itemsize": 32,
+    }
+)
+SIDE_BID, SIDE_ASK = 0, 1
+ACTION_SET, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, ACTION_TRADE = 0, 1, 2, 3
+
+ORDERBOOK_DEPTH = 50
+ORDERBOOK_ENTRY = np.dtype(
+    {
+        "names": ["timestamp_ns", "symbol_id", "exchange_id", "bids", "asks", "sequence"],
+        "formats": ["<u8", "<u4", "<u4", ("<f4", (ORDERBOOK_DEPTH, 2)), ("<f4", (ORDERBOOK_DEPTH, 2)), "<u4"],
+        "offsets": [0, 8, 12, 16, 416, 816],
+        # 820 bytes of fields padded to 13 cache lines (DESIGN.md).
+        "itemsize": 832,
+    }
+)
+
+ASSET_SYMBOL_BYTES = 16
+ASSET_NAME_BYTES = 64
+ASSET_EXCHANGE_BYTES = 16
+ASSET_CLASS_BYTES = 16
+ASSET = np.dtype(
+    {
+        "names": ["id", "symbol", "name", "exchange", "asset_class", "updated_ns",
+                  "maintenance_margin_requirement", "margin_requirement_long",
+                  "margin_requirement_short", "status", "flags", "truncated"],
+        "formats": ["V16", f"S{ASSET_SYMBOL_BYTES}", f"S{ASSET_NAME_BYTES}",
+                    f"S{ASSET_EXCHANGE_BYTES}", f"S{ASSET_CLASS_BYTES}", "<u8",
+                    "<f4", "<f4", "<f4", "u1", "u1", "u1"],
+        "offsets": [0, 16, 32, 96, 112, 128, 136, 140, 144, 148, 149, 150],
+        # 151 bytes of fields rounded up to a multiple of 8 (DESIGN.md).
+        "itemsize": 152,
+    }
+)
+# Asset.status values.
+ASSET_STATUS_INACTIVE, ASSET_STATUS_ACTIVE = 0, 1
+# Asset.flags bits.
+ASSET_FLAG_TRADABLE, ASSET_FLAG_MARGINABLE, ASSET_FLAG_SHORTABLE = 1, 2, 4
+ASSET_FLAG_EASY_TO_BORROW, ASSET_FLAG_FRACTIONABLE = 8, 16
+# Asset.truncated bits: which string field was cut to fit (at a UTF-8 boundary).
+ASSET_TRUNCATED_SYMBOL, ASSET_TRUNCATED_NAME, ASSET_TRUNCATED_EXCHANGE, ASSET_TRUNCATED_CLASS = 1, 2, 4, 8
+
+BY_NAME = {"tick": TICK, "level_update": LEVEL_UPDATE, "orderbook_entry": ORDERBOOK_ENTRY, "asset": ASSET}
+
+__all__ = ["TICK", "LEVEL_UPDATE", "ORDERBOOK_ENTRY", "ASSET", "BY_NAME"]

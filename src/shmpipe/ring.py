@@ -1,0 +1,270 @@
+"""``shmpipe.Ring``: the Pythonic face of a ring segment (create/open, stats, roles).
+
+The hot paths (Producer.write/read) are compiled classes in ``_ring``; this module owns
+validation, the segment's life cycle and the readable error messages."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from . import _ring, segments
+from .dtypes import as_record_dtype, describe, fingerprint, from_description
+from .errors import DtypeMismatchError, RingClosedError, RingFormatError
+from .liveness import process_start_ticks
+
+WAIT_STRATEGIES = tuple(_ring.WAIT_STRATEGIES)
+POLICIES = ("lossless", "lossy")
+MAX_CAPACITY = 1 << 40
+# How long open() waits for a creator that has made the segment but not yet stamped the magic.
+_HALF_MADE_GRACE_S = 1.0
+
+
+def _check_capacity(capacity: object, itemsize: int) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
+        raise ValueError(f"capacity must be an int, not {type(capacity).__name__}")
+    capacity = int(capacity)
+    if capacity < 2 or capacity & (capacity - 1) or capacity > MAX_CAPACITY:
+        raise ValueError(f"capacity must be a power of two between 2 and 2**40, not {capacity}")
+    return capacity
+
+
+class Ring:
+    """A ring of fixed-size records in ``/dev/shm/shmpipe.<name>``.
+
+    SPSC by default: one producer, one consumer, lossless. ``broadcast=True`` gives every
+    consumer its own cursor (up to ``max_consumers``), lossless or lossy."""
+
+    def __init__(self, name: str, segment: segments.Segment, mapped: _ring.MappedRing, dtype: np.dtype):
+        self._segment = segment
+        self._mapped = mapped
+        self._config = mapped.config()
+        self.name = name
+        self.dtype = dtype
+        self._children: list[Any] = []
+
+    # -- life cycle ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, dtype: object, capacity: int, *, wait: str = "block",
+               broadcast: bool = False, policy: str = "lossless", max_consumers: int = 32,
+               consumer_timeout: float = 5.0) -> "Ring":
+        """Create a new ring. ``wait`` is how both sides wait when full/empty: "spin" (lowest
+        latency, burns a core), "yield" (spin then sched_yield) or "block" (spin ~µs, then sleep
+        in the kernel on a futex; the default)."""
+        segments.validate_name(name)
+        dt = as_record_dtype(dtype)
+        capacity = _check_capacity(capacity, dt.itemsize)
+        if wait not in _ring.WAIT_STRATEGIES:
+            raise ValueError(f"wait must be one of {', '.join(WAIT_STRATEGIES)}, not {wait!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        if policy == "lossy" and not broadcast:
+            raise ValueError("policy='lossy' needs broadcast=True (an SPSC ring is always lossless)")
+        if broadcast and not 1 <= max_consumers <= _ring.MAX_CONSUMERS:
+            raise ValueError(f"max_consumers must be 1..{_ring.MAX_CONSUMERS}, not {max_consumers}")
+        if consumer_timeout is None or consumer_timeout < 0:
+            raise ValueError(f"consumer_timeout must be >= 0 seconds, not {consumer_timeout!r}")
+        descr = describe(dt).encode()
+        if len(descr) >= _ring.DTYPE_DESCR_BYTES:
+            raise ValueError(f"dtype {dt} is too complex to record in the header "
+                             f"({len(descr)} bytes of description, {_ring.DTYPE_DESCR_BYTES - 1} max)")
+        size = _ring.DATA_OFFSET + capacity * dt.itemsize
+        flags = (_ring.FLAG_BROADCAST if broadcast else 0) | (_ring.FLAG_LOSSY if policy == "lossy" else 0)
+        segment = segments.create(name, size)
+        try:
+            mapped = _ring.MappedRing(segment.fd, size, name)
+            mapped.init_header(capacity, dt.itemsize, descr, fingerprint(dt), _ring.WAIT_STRATEGIES[wait],
+                               flags, max_consumers if broadcast else 1,
+                               int(consumer_timeout * 1e9), os.getpid())
+        except BaseException:
+            segment.close()
+            segments.unlink(name)
+            raise
+        return cls(name, segment, mapped, dt)
+
+    @classmethod
+    def open(cls, name: str, dtype: object = None) -> "Ring":
+        """Open an existing ring. Without ``dtype`` the ring's own is used; with one, it must
+        match what the ring was created with."""
+        segment = segments.open_existing(name)
+        try:
+            if segment.size < _ring.DATA_OFFSET:
+                raise RingFormatError(f"ring {name!r} is {segment.size} bytes, smaller than a header "
+                                      f"({_ring.DATA_OFFSET}): not a shmpipe ring or a broken one")
+            mapped = _ring.MappedRing(segment.fd, segment.size, name)
+            config = _wait_for_magic(mapped)
+            ring_dtype = _validate_header(name, config, segment.size)
+            if dtype is not None:
+                wanted = as_record_dtype(dtype)
+                if fingerprint(wanted) != config["dtype_fingerprint"]:
+                    raise DtypeMismatchError(
+                        f"ring {name!r} holds records of dtype {ring_dtype} (itemsize {ring_dtype.itemsize}), "
+                        f"but dtype {wanted} (itemsize {wanted.itemsize}) was given")
+        except BaseException:
+            segment.close()
+            raise
+        return cls(name, segment, mapped, ring_dtype)
+
+    def close(self) -> None:
+        """Detach: closes this handle's producer/consumers and releases their roles."""
+        for child in self._children:
+            child.close()
+        self._children.clear()
+        self._mapped.close()
+        self._segment.fd = -1  # the mapping closed it
+
+    def unlink(self) -> None:
+        """Remove the name from /dev/shm (attached processes keep their mapping until they close)."""
+        segments.unlink(self.name)
+
+    def __enter__(self) -> "Ring":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._mapped.closed
+
+    # -- roles -----------------------------------------------------------------------------
+    def producer(self) -> _ring.Producer:
+        """Attach as the producer. Raises RoleTakenError while another live producer holds it."""
+        self._check_open()
+        p = _ring.Producer._attach(self._mapped, self.dtype, self._config["wait_strategy"],
+                                   os.getpid(), process_start_ticks(os.getpid()))
+        self._children.append(p)
+        return p
+
+    def consumer(self, start: str = "oldest") -> _ring.Consumer:
+        """Attach a consumer. SPSC: the one reader, resuming where the last one stopped.
+        Broadcast: a new cursor starting at the "newest" record or the "oldest" still held."""
+        self._check_open()
+        if start not in ("newest", "oldest"):
+            raise ValueError(f"start must be 'newest' or 'oldest', not {start!r}")
+        c = _ring.Consumer._attach(self._mapped, self.dtype, self._config["wait_strategy"],
+                                   os.getpid(), process_start_ticks(os.getpid()), start)
+        self._children.append(c)
+        return c
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._config["capacity"]
+
+    @property
+    def itemsize(self) -> int:
+        return self._config["itemsize"]
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self._config["flags"] & _ring.FLAG_BROADCAST)
+
+    @property
+    def policy(self) -> str:
+        return "lossy" if self._config["flags"] & _ring.FLAG_LOSSY else "lossless"
+
+    @property
+    def wait(self) -> str:
+        return _ring.WAIT_NAMES[self._config["wait_strategy"]]
+
+    def __len__(self) -> int:
+        """Records published and not yet read by the slowest (active) consumer, at most capacity."""
+        self._check_open()
+        pos = self._mapped.positions()
+        cursors = [s["position"] for s in pos["consumers"] if not self.broadcast or s["state"] == "active"]
+        if not cursors:
+            return 0
+        return min(self.capacity, pos["write_pos"] - min(cursors))
+
+    def stats(self) -> dict[str, Any]:
+        """The header's counters and who is attached, as plain data (JSON-serialisable)."""
+        self._check_open()
+        cfg = self._config
+        pos = self._mapped.positions()
+        now = _ring.monotonic_ns()
+        write_pos = pos["write_pos"]
+        producer = dict(pos["producer"])
+        producer["alive"] = self._mapped.producer_alive()
+        producer["heartbeat_age_s"] = _age(now, producer.pop("heartbeat_ns"))
+        consumers = []
+        for slot in pos["consumers"]:
+            if self.broadcast and slot["state"] == "free" and not slot["pid"]:
+                continue
+            entry = dict(slot)
+            entry["alive"] = self._mapped.consumer_alive(slot["slot"])
+            entry["lag"] = max(0, write_pos - slot["position"])
+            entry["heartbeat_age_s"] = _age(now, entry.pop("heartbeat_ns"))
+            entry["evicted"] = slot["state"] == "evicted"
+            consumers.append(entry)
+        return {
+            "name": self.name,
+            "dtype": describe(self.dtype),
+            "itemsize": cfg["itemsize"],
+            "capacity": cfg["capacity"],
+            "broadcast": self.broadcast,
+            "policy": self.policy,
+            "wait": self.wait,
+            "created_unix_ns": cfg["created_unix_ns"],
+            "creator_pid": cfg["creator_pid"],
+            "segment_bytes": cfg["segment_bytes"],
+            "written": write_pos,
+            "wraps": write_pos // cfg["capacity"],
+            "lost": sum(c["lost"] for c in consumers),
+            "full_waits": producer["full_waits"],
+            "evictions": producer["evictions"],
+            "fill": min(len(self), cfg["capacity"]),
+            "producer": producer,
+            "consumers": consumers,
+        }
+
+    def _check_open(self) -> None:
+        if self._mapped.closed:
+            raise RingClosedError(f"ring {self.name!r} is closed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"capacity={self.capacity}"
+        kind = f"broadcast/{self.policy}" if not self.closed and self.broadcast else "spsc"
+        return f"<shmpipe.Ring {self.name!r} {kind} dtype={self.dtype} {state}>"
+
+
+def _age(now_ns: int, then_ns: int) -> float | None:
+    return None if not then_ns else max(0.0, (now_ns - then_ns) / 1e9)
+
+
+def _wait_for_magic(mapped: _ring.MappedRing) -> dict[str, Any]:
+    """The creator stamps the magic last; give a racing create() a moment to finish."""
+    deadline = time.monotonic() + _HALF_MADE_GRACE_S
+    while True:
+        config = mapped.config()
+        if config["magic"] != 0 or time.monotonic() >= deadline:
+            return config
+        time.sleep(0.001)
+
+
+def _validate_header(name: str, config: dict[str, Any], size: int) -> np.dtype:
+    if config["magic"] != _ring.MAGIC:
+        raise RingFormatError(f"ring {name!r} has magic {config['magic']:#018x}, expected "
+                              f"{_ring.MAGIC:#018x}: not a shmpipe ring, or a corrupt header")
+    if config["layout_version"] != _ring.LAYOUT_VERSION:
+        raise RingFormatError(f"ring {name!r} has layout version {config['layout_version']}, this shmpipe "
+                              f"reads version {_ring.LAYOUT_VERSION}")
+    capacity, itemsize = config["capacity"], config["itemsize"]
+    if capacity < 2 or capacity & (capacity - 1) or itemsize == 0:
+        raise RingFormatError(f"ring {name!r} has a corrupt header (capacity {capacity}, itemsize {itemsize})")
+    if config["data_offset"] != _ring.DATA_OFFSET or _ring.DATA_OFFSET + capacity * itemsize > size:
+        raise RingFormatError(f"ring {name!r}: header says {capacity} x {itemsize} bytes at offset "
+                              f"{config['data_offset']}, but the segment is {size} bytes")
+    if not 1 <= config["max_consumers"] <= _ring.MAX_CONSUMERS:
+        raise RingFormatError(f"ring {name!r} has a corrupt header (max_consumers {config['max_consumers']})")
+    try:
+        dt = from_description(config["dtype_descr"])
+    except Exception as exc:
+        raise RingFormatError(f"ring {name!r} has an unreadable dtype description "
+                              f"{config['dtype_descr']!r}: {exc}") from None
+    if dt.itemsize != itemsize or fingerprint(dt) != config["dtype_fingerprint"]:
+        raise RingFormatError(f"ring {name!r} has a corrupt header: dtype {dt} (itemsize {dt.itemsize}) "
+                              f"does not match itemsize {itemsize} / its fingerprint")
+    return dt

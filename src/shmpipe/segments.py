@@ -1,0 +1,121 @@
+"""POSIX shared-memory segments named ``shmpipe.<name>``: create (space reserved up front),
+open, unlink and list. posix_ipc does the shm_open/shm_unlink calls; this module owns naming,
+modes and turning OS errors into messages that name the ring."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import posix_ipc
+
+from .errors import InvalidNameError, NoSpaceError, RingExistsError, RingNotFoundError, RingPermissionError
+
+PREFIX = "shmpipe."
+SHM_DIR = Path("/dev/shm")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a safe ring name, else raise InvalidNameError saying why."""
+    if not isinstance(name, str):
+        raise InvalidNameError(f"ring name must be a str, not {type(name).__name__}")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"invalid ring name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . - (no '/')"
+        )
+    if ".." in name or name in (".",):
+        raise InvalidNameError(f"invalid ring name {name!r}: '..' is not allowed")
+    return name
+
+
+def shm_name(name: str) -> str:
+    """The POSIX name (``/shmpipe.<name>``) of a ring's segment."""
+    return "/" + PREFIX + validate_name(name)
+
+
+@dataclass
+class Segment:
+    """An open segment: its fd stays open for as long as the ring is attached (locks live on it)."""
+
+    name: str
+    fd: int
+    size: int
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def create(name: str, size: int) -> Segment:
+    """Create ``shmpipe.<name>`` with mode 0600 and reserve ``size`` bytes now, so a full /dev/shm
+    fails here with NoSpaceError rather than with SIGBUS on some later write."""
+    posix = shm_name(name)
+    free = free_bytes()
+    if free is not None and size > free:
+        raise NoSpaceError(
+            f"ring {name!r} needs {size} bytes but /dev/shm has {free} free; use a smaller capacity"
+        )
+    try:
+        shm = posix_ipc.SharedMemory(posix, flags=posix_ipc.O_CREX, mode=0o600)
+    except posix_ipc.ExistentialError:
+        raise RingExistsError(
+            f"ring {name!r} already exists ({SHM_DIR / (PREFIX + name)}); open it with Ring.open, "
+            f"or remove it with `shmpipe clean` once its users are gone"
+        ) from None
+    except posix_ipc.PermissionsError as exc:
+        raise RingPermissionError(f"cannot create ring {name!r}: {exc}") from None
+    fd = shm.fd
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quietly(posix)
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            raise NoSpaceError(f"ring {name!r}: /dev/shm has no room for {size} bytes ({exc.strerror})") from None
+        raise
+    return Segment(name=name, fd=fd, size=size)
+
+
+def open_existing(name: str) -> Segment:
+    posix = shm_name(name)
+    try:
+        shm = posix_ipc.SharedMemory(posix)
+    except posix_ipc.ExistentialError:
+        raise RingNotFoundError(f"ring {name!r} does not exist (no {SHM_DIR / (PREFIX + name)})") from None
+    except posix_ipc.PermissionsError as exc:
+        raise RingPermissionError(f"cannot open ring {name!r}: {exc}") from None
+    return Segment(name=name, fd=shm.fd, size=os.fstat(shm.fd).st_size)
+
+
+def unlink(name: str) -> None:
+    """Remove the name; processes that have it mapped keep their mapping until they close."""
+    try:
+        posix_ipc.unlink_shared_memory(shm_name(name))
+    except posix_ipc.ExistentialError:
+        raise RingNotFoundError(f"ring {name!r} does not exist") from None
+
+
+def _unlink_quietly(posix: str) -> None:
+    try:
+        posix_ipc.unlink_shared_memory(posix)
+    except posix_ipc.ExistentialError:
+        pass
+
+
+def list_names() -> list[str]:
+    """Names (without the prefix) of every shmpipe segment on this host."""
+    if not SHM_DIR.is_dir():
+        return []
+    return sorted(p.name[len(PREFIX):] for p in SHM_DIR.iterdir() if p.name.startswith(PREFIX))
+
+
+def free_bytes() -> int | None:
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize

@@ -1,0 +1,54 @@
+"""Shared fixtures: unique ring names that are always unlinked, and local services that skip
+with a reason when absent (or fail, under SHMPIPE_REQUIRE_SERVICES=1, as CI sets)."""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("SHMPIPE_REQUIRE_SERVICES") == "1"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _service_or_skip(what: str, host: str, port: int) -> None:
+    if _port_open(host, port):
+        return
+    reason = f"{what} is not reachable at {host}:{port}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason}, and SHMPIPE_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """DSN of the local PostgreSQL (SHMPIPE_TEST_PG_DSN overrides)."""
+    dsn = os.environ.get("SHMPIPE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    _service_or_skip("PostgreSQL", "127.0.0.1", 5432)
+    return dsn
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("SHMPIPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    _service_or_skip("Redis", "127.0.0.1", 6379)
+    return url
+
+
+@pytest.fixture
+def ring_name(request) -> str:
+    """A ring name unique to this test; any segment left under it is unlinked afterwards."""
+    name = f"test-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+    yield name
+    for leftover in Path("/dev/shm").glob(f"shmpipe.{name}*"):
+        leftover.unlink(missing_ok=True)
