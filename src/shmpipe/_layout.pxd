@@ -2,8 +2,8 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 cdef extern from "_layout.h" nogil:
+    const unsigned long long SHMPIPE_MAGIC
     enum:
-        SHMPIPE_MAGIC
         SHMPIPE_LAYOUT_VERSION
         SHMPIPE_BLOCK
         SHMPIPE_MAX_CONSUMERS

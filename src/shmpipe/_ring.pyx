@@ -155,6 +155,17 @@ def record_layouts():
     return shm_record_layouts()
 
 
+def segment_in_use(int fd):
+    """True while any handle other than fd's own holds the segment open or holds a role."""
+    cdef int byte
+    if shm_lock_held_elsewhere(fd, SHMPIPE_LOCK_ATTACHED) != 0:
+        return True
+    for byte in range(SHMPIPE_LOCK_PRODUCER, SHMPIPE_LOCK_CONSUMER0 + SHMPIPE_MAX_CONSUMERS):
+        if shm_lock_held_elsewhere(fd, byte) != 0:
+            return True
+    return False
+
+
 def monotonic_ns():
     """CLOCK_MONOTONIC in ns: the clock heartbeats use, comparable across processes."""
     return shm_monotonic_ns()
@@ -636,8 +647,10 @@ cdef class Producer(_Side):
         self._check()
         cdef Py_buffer view
         cdef bint got_view = False
-        cdef const char *src = self._record_pointer(record, &view, &got_view)
         cdef int64_t deadline
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+        cdef const char *src = self._record_pointer(record, &view, &got_view)
         try:
             if not (self.lossy or self.write_pos + 1 - self.read_limit <= self.capacity):
                 deadline = _deadline(timeout)
@@ -672,6 +685,8 @@ cdef class Producer(_Side):
         cdef uint64_t done = 0, chunk, room
         cdef const char *src = <const char *>cnp.PyArray_DATA(arr)
         cdef int64_t deadline = -2
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
         while done < total:
             chunk = total - done
             if self.lossy:
@@ -816,10 +831,11 @@ cdef class Consumer(_Side):
                 f"consumer slot {self.slot_index} of ring {self.ring.name!r} was evicted by the "
                 f"producer (dead or silent longer than the consumer timeout); close it and join again")
 
-    cdef uint64_t _available_or_wait(self, object timeout) except? 0xffffffffffffffff:
+    cdef uint64_t _available_or_wait(self, uint64_t wanted, object timeout) except? 0xffffffffffffffff:
         cdef uint64_t avail = self.write_seen - self.read_pos
         cdef int64_t deadline
-        if avail == 0:
+        if avail < wanted:
+            # The cached position cannot fill this call: look at the producer's line once.
             self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
             avail = self.write_seen - self.read_pos
             if avail == 0:
@@ -846,7 +862,7 @@ cdef class Consumer(_Side):
             raise ValueError(f"max_n must be positive, not {max_n}")
         if self.peeked:
             raise ShmpipeError("commit() the records from peek() before read()")
-        cdef uint64_t avail = self._available_or_wait(timeout)
+        cdef uint64_t avail = self._available_or_wait(<uint64_t>max_n, timeout)
         cdef uint64_t n, first, head, claim, oldest, dropped = 0
         cdef char *dst
         if avail == 0:
@@ -902,7 +918,7 @@ cdef class Consumer(_Side):
         if max_n <= 0:
             raise ValueError(f"max_n must be positive, not {max_n}")
         cdef uint64_t start = self.read_pos + self.peeked
-        cdef uint64_t avail = self._available_or_wait(timeout) - self.peeked
+        cdef uint64_t avail = self._available_or_wait(self.peeked + <uint64_t>max_n, timeout) - self.peeked
         cdef uint64_t first = start & self.mask
         cdef uint64_t n = avail if avail < <uint64_t>max_n else <uint64_t>max_n
         if n > self.capacity - first:

@@ -12,6 +12,7 @@ fetcher, the sync service and the subscribers cannot disagree about it.
 * Columns are built as Python lists once and assigned to the structured array field by field,
   and flags are combined with numpy, so encoding 100k assets costs one pass of Python per field.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,20 +52,24 @@ STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
 # Alpaca's AssetClass enum; us_option is listed although /v2/assets does not return options.
 ASSET_CLASSES = frozenset({"us_equity", "us_option", "crypto"})
 # Alpaca's Exchange enum, plus the crypto venues it has used (CRYPTO now, FTXU and ERSX earlier).
-EXCHANGES = frozenset({"AMEX", "ARCA", "BATS", "NYSE", "NASDAQ", "NYSEARCA", "OTC",
-                       "CRYPTO", "FTXU", "ERSX"})
+EXCHANGES = frozenset({"AMEX", "ARCA", "BATS", "NYSE", "NASDAQ", "NYSEARCA", "OTC", "CRYPTO", "FTXU", "ERSX"})
 
-BOOL_FLAGS = (("tradable", ASSET_FLAG_TRADABLE), ("marginable", ASSET_FLAG_MARGINABLE),
-              ("shortable", ASSET_FLAG_SHORTABLE), ("easy_to_borrow", ASSET_FLAG_EASY_TO_BORROW),
-              ("fractionable", ASSET_FLAG_FRACTIONABLE))
+BOOL_FLAGS = (
+    ("tradable", ASSET_FLAG_TRADABLE),
+    ("marginable", ASSET_FLAG_MARGINABLE),
+    ("shortable", ASSET_FLAG_SHORTABLE),
+    ("easy_to_borrow", ASSET_FLAG_EASY_TO_BORROW),
+    ("fractionable", ASSET_FLAG_FRACTIONABLE),
+)
 MARGIN_FIELDS = ("maintenance_margin_requirement", "margin_requirement_long", "margin_requirement_short")
 # (JSON key, record field, width in bytes, truncated bit)
-STRING_FIELDS = (("symbol", "symbol", ASSET_SYMBOL_BYTES, ASSET_TRUNCATED_SYMBOL),
-                 ("name", "name", ASSET_NAME_BYTES, ASSET_TRUNCATED_NAME),
-                 ("exchange", "exchange", ASSET_EXCHANGE_BYTES, ASSET_TRUNCATED_EXCHANGE),
-                 ("class", "asset_class", ASSET_CLASS_BYTES, ASSET_TRUNCATED_CLASS))
-REQUIRED_FIELDS = ("id", "class", "exchange", "symbol", "status",
-                   *(key for key, _ in BOOL_FLAGS))
+STRING_FIELDS = (
+    ("symbol", "symbol", ASSET_SYMBOL_BYTES, ASSET_TRUNCATED_SYMBOL),
+    ("name", "name", ASSET_NAME_BYTES, ASSET_TRUNCATED_NAME),
+    ("exchange", "exchange", ASSET_EXCHANGE_BYTES, ASSET_TRUNCATED_EXCHANGE),
+    ("class", "asset_class", ASSET_CLASS_BYTES, ASSET_TRUNCATED_CLASS),
+)
+REQUIRED_FIELDS = ("id", "class", "exchange", "symbol", "status", *(key for key, _ in BOOL_FLAGS))
 
 _COUNT = struct.Struct("<I")
 
@@ -137,7 +142,9 @@ def validate_assets(docs: Sequence[Any]) -> None:
         if asset_id in first_index:
             raise AssetFormatError(
                 f"duplicate id {asset_id} (first seen at asset [{first_index[asset_id]}])",
-                index=index, field="id")
+                index=index,
+                field="id",
+            )
         first_index[asset_id] = index
 
 
@@ -157,14 +164,21 @@ def _validate_one(doc: Any, index: int) -> None:
     if doc.get("name") is not None:
         _expect_str(doc, "name", index)
     if doc["status"] not in STATUS_CODES:
-        raise AssetFormatError(f"unknown status {doc['status']!r} (known: {sorted(STATUS_CODES)})",
-                               index=index, field="status")
+        raise AssetFormatError(
+            f"unknown status {doc['status']!r} (known: {sorted(STATUS_CODES)})", index=index, field="status"
+        )
     if doc["class"] not in ASSET_CLASSES:
-        raise AssetFormatError(f"unknown asset class {doc['class']!r} (known: {sorted(ASSET_CLASSES)})",
-                               index=index, field="class")
+        raise AssetFormatError(
+            f"unknown asset class {doc['class']!r} (known: {sorted(ASSET_CLASSES)})",
+            index=index,
+            field="class",
+        )
     if doc["exchange"] not in EXCHANGES:
-        raise AssetFormatError(f"unknown exchange {doc['exchange']!r} (known: {sorted(EXCHANGES)})",
-                               index=index, field="exchange")
+        raise AssetFormatError(
+            f"unknown exchange {doc['exchange']!r} (known: {sorted(EXCHANGES)})",
+            index=index,
+            field="exchange",
+        )
     for field, _bit in BOOL_FLAGS:
         if not isinstance(doc[field], bool):
             raise AssetFormatError(f"expected true/false, got {doc[field]!r}", index=index, field=field)
@@ -172,8 +186,11 @@ def _validate_one(doc: Any, index: int) -> None:
         _margin_value(doc.get(field), index, field)
     attributes = doc.get("attributes")
     if attributes is not None and not (
-            isinstance(attributes, list) and all(isinstance(a, str) for a in attributes)):
-        raise AssetFormatError(f"expected a list of strings, got {attributes!r}", index=index, field="attributes")
+        isinstance(attributes, list) and all(isinstance(a, str) for a in attributes)
+    ):
+        raise AssetFormatError(
+            f"expected a list of strings, got {attributes!r}", index=index, field="attributes"
+        )
 
 
 def _expect_str(doc: Mapping[str, Any], field: str, index: int) -> None:
@@ -186,7 +203,9 @@ def _margin_value(value: Any, index: int | None, field: str) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool):  # bool is an int subclass: true is not a margin of 1 %
-        raise AssetFormatError(f"expected a number or decimal string, got {value!r}", index=index, field=field)
+        raise AssetFormatError(
+            f"expected a number or decimal string, got {value!r}", index=index, field=field
+        )
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
@@ -199,8 +218,9 @@ def _margin_value(value: Any, index: int | None, field: str) -> float:
     raise AssetFormatError(f"expected a number or decimal string, got {value!r}", index=index, field=field)
 
 
-def assets_to_records(docs: Sequence[Mapping[str, Any]], *, updated_ns: int = 0,
-                      validate: bool = True) -> np.ndarray:
+def assets_to_records(
+    docs: Sequence[Mapping[str, Any]], *, updated_ns: int = 0, validate: bool = True
+) -> np.ndarray:
     """Encode validated asset objects as an ``ASSET`` array (one record per object, in order)."""
     if validate:
         validate_assets(docs)
@@ -276,7 +296,8 @@ def unpack_aos(buffer: bytes | bytearray | memoryview, *, allow_trailing: bool =
     needed = _COUNT.size + count * ASSET.itemsize
     if len(view) < needed or (len(view) > needed and not allow_trailing):
         raise AssetFormatError(
-            f"AoS buffer says {count} records ({needed} bytes) but holds {len(view)} bytes")
+            f"AoS buffer says {count} records ({needed} bytes) but holds {len(view)} bytes"
+        )
     return np.frombuffer(view, dtype=ASSET, count=count, offset=_COUNT.size)
 
 
@@ -295,10 +316,30 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Top-level keys whose values differ or that exist on one side only (the issue's diff rule)."""
     keys: Iterable[str] = sorted(set(old) | set(new))
     # Compare as JSON text: in Python True == 1 and 30 == 30.0, in JSON they are different values.
-    return [k for k in keys if k not in old or k not in new
-            or json.dumps(old[k], sort_keys=True) != json.dumps(new[k], sort_keys=True)]
+    return [
+        k
+        for k in keys
+        if k not in old
+        or k not in new
+        or json.dumps(old[k], sort_keys=True) != json.dumps(new[k], sort_keys=True)
+    ]
 
 
-__all__ = ["ASSET_FLAG_REMOVED", "AssetFormatError", "cut_utf8", "parse_assets_json", "validate_assets",
-           "assets_to_records", "records_to_assets", "record_id", "pack_aos", "unpack_aos", "aos_size",
-           "canonical_json", "changed_fields", "STATUS_CODES", "ASSET_CLASSES", "EXCHANGES"]
+__all__ = [
+    "ASSET_FLAG_REMOVED",
+    "AssetFormatError",
+    "cut_utf8",
+    "parse_assets_json",
+    "validate_assets",
+    "assets_to_records",
+    "records_to_assets",
+    "record_id",
+    "pack_aos",
+    "unpack_aos",
+    "aos_size",
+    "canonical_json",
+    "changed_fields",
+    "STATUS_CODES",
+    "ASSET_CLASSES",
+    "EXCHANGES",
+]
