@@ -13,7 +13,7 @@ import sys
 # subcommand -> module providing add_parser(); kept in one table so --help lists them all.
 SUBCOMMANDS = {
     "clean": "shmpipe_tools.clean",
-    "inspect": "shmpipe_tools.inspect",
+    "inspect": "shmpipe_tools.inspector",
     "demo": "shmpipe_tools.demo",
     "bench": "shmpipe_bench.cli",
     "assets": "shmpipe_services.asset_sync.cli",
