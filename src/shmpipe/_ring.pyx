@@ -488,7 +488,8 @@ cdef class Producer(_Side):
     def _attach(MappedRing ring, object dtype, int wait_strategy, uint32_t pid, uint64_t start_ticks):
         ring._check()
         cdef Producer self = Producer.__new__(Producer)
-        if not ring._take_role(SHMPIPE_LOCK_PRODUCER):
+        # Our own OFD lock never conflicts with us, so a role this handle holds is checked here.
+        if ring.holds_producer or not ring._take_role(SHMPIPE_LOCK_PRODUCER):
             raise RoleTakenError(
                 f"ring {ring.name!r} already has a live producer (pid {ring.hdr.producer_info.pid}); "
                 f"an SPSC or broadcast ring takes one writer")
@@ -736,7 +737,7 @@ cdef class Consumer(_Side):
         cdef uint64_t w
         cdef shmpipe_consumer_slot *s
         if not self.broadcast:
-            if not ring._take_role(SHMPIPE_LOCK_CONSUMER0):
+            if ring.consumer_roles & 1 or not ring._take_role(SHMPIPE_LOCK_CONSUMER0):
                 raise RoleTakenError(
                     f"ring {ring.name!r} already has a live consumer (pid {h.consumers[0].pid}); "
                     f"an SPSC ring takes one reader (create it with broadcast=True for more)")
@@ -745,7 +746,7 @@ cdef class Consumer(_Side):
             shm_store_release_u32(&h.consumers[0].state, SHMPIPE_SLOT_ACTIVE)
         else:
             for i in range(h.config.max_consumers):
-                if ring._take_role(SHMPIPE_LOCK_CONSUMER0 + i):
+                if not ring.consumer_roles & (1ull << i) and ring._take_role(SHMPIPE_LOCK_CONSUMER0 + i):
                     found = i
                     break
             if found < 0:
@@ -783,6 +784,7 @@ cdef class Consumer(_Side):
         self.closed = True
         if self.ring.closed:
             return
+        self.lost_here = self.mine.lost
         if self.broadcast:
             shm_store_release_u32(&self.mine.state, SHMPIPE_SLOT_FREE)
             if self.blocking:
@@ -800,7 +802,7 @@ cdef class Consumer(_Side):
     @property
     def lost(self):
         """Records this cursor missed (lossy overruns, or records overwritten while joining)."""
-        return self.mine.lost if not self.closed else self.lost_here
+        return self.lost_here if self.closed or self.ring.closed else self.mine.lost
 
     @property
     def slot(self):
@@ -862,49 +864,53 @@ cdef class Consumer(_Side):
             raise ValueError(f"max_n must be positive, not {max_n}")
         if self.peeked:
             raise ShmpipeError("commit() the records from peek() before read()")
-        cdef uint64_t avail = self._available_or_wait(<uint64_t>max_n, timeout)
-        cdef uint64_t n, first, head, claim, oldest, dropped = 0
+        cdef uint64_t avail, n, first, head, claim, oldest, dropped
         cdef char *dst
-        if avail == 0:
-            return shm_new_array(self.dtype, 0, NULL)
-        if self.broadcast:
-            # write_pos first, claim_pos after: then claim - capacity <= write_seen, so the
-            # skip below never passes what is published.
-            self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
-            self._skip_overwritten()
-            avail = self.write_seen - self.read_pos
+        while True:
+            avail = self._available_or_wait(<uint64_t>max_n, timeout)
             if avail == 0:
                 return shm_new_array(self.dtype, 0, NULL)
-        n = avail if avail < <uint64_t>max_n else <uint64_t>max_n
-        arr = shm_new_array(self.dtype, <cnp.npy_intp>n, NULL)
-        dst = <char *>cnp.PyArray_DATA(<cnp.ndarray>arr)
-        with nogil:
-            first = self.read_pos & self.mask
-            head = self.capacity - first
-            if head > n:
-                head = n
-            memcpy(dst, self.data + first * self.itemsize, head * self.itemsize)
-            if n > head:
-                memcpy(dst + head * self.itemsize, self.data, (n - head) * self.itemsize)
             if self.broadcast:
-                # Seqlock check: anything the producer claimed to overwrite while we copied is
-                # dropped (and counted), never returned half-written.
-                shm_fence_acquire()
-                claim = shm_load_relaxed_u64(&self.hdr.producer.claim_pos)
-                oldest = claim - self.capacity if claim > self.capacity else 0
-                if self.read_pos < oldest:
-                    dropped = oldest - self.read_pos
-                    if dropped > n:
-                        dropped = n
-                    self.mine.lost += dropped
-            self.read_pos += n
-            shm_store_release_u64(&self.mine.read_pos, self.read_pos)
-            if self.blocking:
-                _wake(&self.hdr.space_ready)
-            self.mine.heartbeat_ns = shm_coarse_ns()
-        if dropped:
-            return arr[dropped:]
-        return arr
+                # write_pos first, claim_pos after: then claim - capacity <= write_seen, so the
+                # skip below never passes what is published.
+                self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
+                self._skip_overwritten()
+                avail = self.write_seen - self.read_pos
+                if avail == 0:
+                    continue
+            n = avail if avail < <uint64_t>max_n else <uint64_t>max_n
+            arr = shm_new_array(self.dtype, <cnp.npy_intp>n, NULL)
+            dst = <char *>cnp.PyArray_DATA(<cnp.ndarray>arr)
+            dropped = 0
+            with nogil:
+                first = self.read_pos & self.mask
+                head = self.capacity - first
+                if head > n:
+                    head = n
+                memcpy(dst, self.data + first * self.itemsize, head * self.itemsize)
+                if n > head:
+                    memcpy(dst + head * self.itemsize, self.data, (n - head) * self.itemsize)
+                if self.broadcast:
+                    # Seqlock check: anything the producer claimed to overwrite while we copied
+                    # is dropped (and counted), never returned half-written.
+                    shm_fence_acquire()
+                    claim = shm_load_relaxed_u64(&self.hdr.producer.claim_pos)
+                    oldest = claim - self.capacity if claim > self.capacity else 0
+                    if self.read_pos < oldest:
+                        dropped = oldest - self.read_pos
+                        if dropped > n:
+                            dropped = n
+                        self.mine.lost += dropped
+                self.read_pos += n
+                shm_store_release_u64(&self.mine.read_pos, self.read_pos)
+                if self.blocking:
+                    _wake(&self.hdr.space_ready)
+                self.mine.heartbeat_ns = shm_coarse_ns()
+            if dropped == 0:
+                return arr
+            if dropped < n:
+                return arr[dropped:]
+            # Lapped during the copy: all of it was overwritten. Try again from the oldest.
 
     def peek(self, Py_ssize_t max_n=1024, timeout=0):
         """A read-only zero-copy view of up to max_n unread records (up to the wrap point);
