@@ -41,11 +41,8 @@ from shmpipe.records import (
     ASSET_TRUNCATED_EXCHANGE,
     ASSET_TRUNCATED_NAME,
     ASSET_TRUNCATED_SYMBOL,
+    ASSET_FLAG_REMOVED,
 )
-
-# Flags bit 7 is unused by records.py; the sync pipeline uses it to publish "this asset was in
-# the database but is missing from the latest full listing" (the row keeps ``removed_at``).
-ASSET_FLAG_REMOVED = 128
 
 STATUS_CODES: dict[str, int] = {"inactive": ASSET_STATUS_INACTIVE, "active": ASSET_STATUS_ACTIVE}
 STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}

@@ -67,6 +67,8 @@ ASSET_STATUS_INACTIVE, ASSET_STATUS_ACTIVE = 0, 1
 # Asset.flags bits.
 ASSET_FLAG_TRADABLE, ASSET_FLAG_MARGINABLE, ASSET_FLAG_SHORTABLE = 1, 2, 4
 ASSET_FLAG_EASY_TO_BORROW, ASSET_FLAG_FRACTIONABLE = 8, 16
+# Deltas and published changes only: the asset is missing from the latest full listing.
+ASSET_FLAG_REMOVED = 128
 # Asset.truncated bits: which string field was cut to fit (at a UTF-8 boundary).
 ASSET_TRUNCATED_SYMBOL, ASSET_TRUNCATED_NAME, ASSET_TRUNCATED_EXCHANGE, ASSET_TRUNCATED_CLASS = 1, 2, 4, 8
 

@@ -1,0 +1,14 @@
+"""Asset sync pipeline (issue 6): fetch the Alpaca asset list, diff it at the source, ship the delta as
+an Asset AoS buffer to the sync service, upsert into PostgreSQL or SQLite, publish what changed on ZeroMQ.
+
+Modules, one job each:
+    http_fetch   GET /v2/assets with timeouts and retries (429 / 5xx / network)
+    source_map   the fetcher's view of what the service holds; turns a listing into a delta
+    delta_wire   the delta on the wire: the Asset AoS plus a sidecar with the full JSON
+    transport    how a delta reaches the service: in-process, or a Unix socket with framed messages
+    store        the database side (PostgreSQL via asyncpg, SQLite via sqlite3) behind one interface
+    service      the canonical cache, batched writes with retry, publish-after-commit
+    zmq_pubsub   ZeroMQ publisher and subscriber of ``assets.changed``
+    features     statistics the subscriber derives from its cache
+    cli          ``shmpipe assets sync | serve | watch``
+"""

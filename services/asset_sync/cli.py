@@ -1,0 +1,338 @@
+"""``shmpipe assets sync | serve | watch``: the asset-sync pipeline from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from shmpipe.asset_codec import AssetFormatError, parse_assets_json
+
+from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
+from .store import StoreUnavailable, default_sqlite_path, open_store
+from .transport import DEFAULT_SOCKET, TransportError
+from .zmq_pubsub import DEFAULT_PUB_ENDPOINT
+
+# Errors that end a cycle with a message rather than a traceback: bad input, network, database.
+CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreUnavailable, OSError)
+
+DB_HELP = (
+    f"database: postgresql://user@host/db, or an SQLite path / sqlite:///path "
+    f"(default: SQLite at $XDG_DATA_HOME/shmpipe/assets.sqlite, now {default_sqlite_path()})"
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "assets",
+        help="sync the Alpaca asset list into a database and publish changes",
+        description="Asset sync: fetch /v2/assets, diff, upsert into PostgreSQL or SQLite, "
+        "publish changed assets as Asset AoS on ZeroMQ topic 'assets.changed'.",
+    )
+    p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
+    commands = p.add_subparsers(dest="assets_command", metavar="{sync,serve,watch}")
+
+    s = commands.add_parser(
+        "sync",
+        help="fetch, diff, write and publish (one cycle, or every --interval seconds)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Without --to-service the whole cycle runs in this process: fetch, diff against the\n"
+        "database, write the changed rows, publish them on --pub. With --to-service SOCKET\n"
+        "this process is only the fetcher: it keeps the last listing in memory and sends\n"
+        "just the new, changed and removed assets (one Asset AoS delta) to a running\n"
+        "'shmpipe assets serve --listen SOCKET'; the service writes and publishes.\n"
+        "Credentials for --base-url come from APCA_API_KEY_ID / APCA_API_SECRET_KEY.",
+    )
+    source = s.add_mutually_exclusive_group()
+    source.add_argument("--from-file", type=Path, metavar="PATH", help="read the asset list from a JSON file")
+    source.add_argument(
+        "--base-url", default=DEFAULT_BASE_URL, help=f"API base URL (default {DEFAULT_BASE_URL})"
+    )
+    s.add_argument(
+        "--status",
+        choices=("active", "inactive"),
+        help="server-side filter; a filtered listing never marks assets removed",
+    )
+    s.add_argument(
+        "--asset-class",
+        choices=("us_equity", "crypto", "us_option"),
+        help="server-side filter; removals are then judged within that class only",
+    )
+    s.add_argument("--interval", type=float, metavar="S", help="repeat the cycle every S seconds")
+    s.add_argument("--cycles", type=int, metavar="N", help="with --interval: stop after N cycles")
+    s.add_argument(
+        "--timeout", type=float, default=10.0, help="HTTP connect/read timeout, seconds (default 10)"
+    )
+    s.add_argument(
+        "--retries", type=int, default=5, help="HTTP attempts on 429/5xx/network errors (default 5)"
+    )
+    s.add_argument(
+        "--to-service",
+        metavar="SOCKET",
+        nargs="?",
+        const=DEFAULT_SOCKET,
+        help=f"send deltas to 'shmpipe assets serve' on this Unix socket (default {DEFAULT_SOCKET})",
+    )
+    _add_service_options(s)
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON line per cycle: fetched, added, changed, removed, written, published, seconds",
+    )
+    s.set_defaults(func=lambda args: asyncio.run(_run_sync(args)))
+
+    v = commands.add_parser(
+        "serve", help="run the sync service: receive deltas on a Unix socket, write, publish"
+    )
+    v.add_argument(
+        "--listen",
+        default=DEFAULT_SOCKET,
+        metavar="SOCKET",
+        help=f"Unix socket to receive deltas on (default {DEFAULT_SOCKET})",
+    )
+    _add_service_options(v)
+    v.add_argument("--json", action="store_true", help="print each delta's summary as a JSON line")
+    v.set_defaults(func=lambda args: asyncio.run(_run_serve(args)))
+
+    w = commands.add_parser(
+        "watch", help="subscribe to assets.changed, keep a cache, print and store features"
+    )
+    w.add_argument(
+        "--sub",
+        default=DEFAULT_PUB_ENDPOINT,
+        metavar="ENDPOINT",
+        help=f"ZeroMQ endpoint to connect to (default {DEFAULT_PUB_ENDPOINT})",
+    )
+    w.add_argument("--db", help=DB_HELP + "; features go to its asset_features table")
+    w.add_argument("--schema", help="PostgreSQL schema (default public)")
+    w.add_argument("--messages", type=int, metavar="N", help="exit after N messages")
+    w.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S seconds without a message")
+    w.add_argument("--json", action="store_true", help="print features as one JSON line per message")
+    w.set_defaults(func=lambda args: asyncio.run(_run_watch(args)))
+    return p
+
+
+def _add_service_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help=DB_HELP)
+    p.add_argument("--schema", help="PostgreSQL schema for the tables (default public)")
+    p.add_argument(
+        "--pub",
+        default=DEFAULT_PUB_ENDPOINT,
+        metavar="ENDPOINT",
+        help=f"ZeroMQ endpoint to bind and publish assets.changed on (default {DEFAULT_PUB_ENDPOINT})",
+    )
+    p.add_argument("--batch-size", type=int, default=500, help="rows per write transaction (default 500)")
+    p.add_argument(
+        "--write-method",
+        choices=("upsert", "copy"),
+        help="PostgreSQL: INSERT..ON CONFLICT from unnest, or COPY to a temp table + merge "
+        "(default: the faster one in bench/asset_upsert_bench.py); SQLite: upsert only",
+    )
+    p.add_argument(
+        "--wait-subscribers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before the first publish, wait until N subscribers are connected (ZeroMQ drops "
+        "messages published before a subscriber joined); see --wait-timeout",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="give up waiting for subscribers after S seconds and go on (default 10)",
+    )
+
+
+def _error(message: str) -> None:
+    print(f"shmpipe assets: {message}", file=sys.stderr, flush=True)
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary), flush=True)
+    else:
+        print(
+            "fetched {fetched}: {added} added, {changed} changed, {removed} removed; "
+            "{written} rows written, {published} published in {seconds:.3f} s".format(**summary),
+            flush=True,
+        )
+
+
+async def _start_service(args: argparse.Namespace):
+    from .service import SyncService
+    from .zmq_pubsub import AssetPublisher
+
+    store = open_store(args.db, schema=args.schema)
+    publisher = AssetPublisher(args.pub)
+    try:
+        service = SyncService(store, publisher, batch_size=args.batch_size, write_method=args.write_method)
+        await service.start()
+    except BaseException:
+        publisher.close()
+        await store.close()
+        raise
+    if args.wait_subscribers and not await asyncio.to_thread(
+        publisher.wait_for_subscribers, args.wait_subscribers, args.wait_timeout
+    ):
+        _error(
+            f"only {publisher.subscribers} of {args.wait_subscribers} subscribers after "
+            f"{args.wait_timeout} s; going on"
+        )
+    return service, publisher
+
+
+async def _run_sync(args: argparse.Namespace) -> int:
+    from .source_map import SourceMap
+    from .transport import InProcessSink, UnixSocketSink
+
+    policy = RetryPolicy(attempts=max(1, args.retries), timeout=args.timeout)
+
+    def fetch() -> bytes:
+        if args.from_file:
+            return args.from_file.read_bytes()
+        return fetch_assets_body(
+            args.base_url, status=args.status, asset_class=args.asset_class, policy=policy
+        )
+
+    service = publisher = None
+    try:
+        if args.to_service:
+            sink = UnixSocketSink(args.to_service)
+        else:
+            service, publisher = await _start_service(args)
+            sink = InProcessSink(service)
+    except (*CYCLE_ERRORS, ValueError) as exc:
+        _error(str(exc))
+        return 1
+
+    source_map = SourceMap()
+    scope = {"asset_class": args.asset_class} if args.asset_class and not args.from_file else {}
+    status = 0
+    cycle = 0
+    try:
+        while True:
+            cycle += 1
+            try:
+                body = await asyncio.to_thread(fetch)
+                docs = parse_assets_json(body)
+                delta = source_map.delta(
+                    docs, complete=args.from_file is not None or args.status is None, scope=scope
+                )
+                summary = await sink.send(delta)
+                source_map.commit(delta)  # only now: an unacknowledged delta is resent next cycle
+                _print_summary(summary, args.json)
+                status = 0
+            except CYCLE_ERRORS as exc:
+                _error(str(exc))
+                status = 1
+            except Exception as exc:  # SyncError and friends: report, keep the loop alive
+                _error(f"{type(exc).__name__}: {exc}")
+                status = 1
+            if args.interval is None or (args.cycles and cycle >= args.cycles):
+                return status
+            await asyncio.sleep(args.interval)
+    finally:
+        await sink.close()
+        if service:
+            await service.close()
+        if publisher:
+            publisher.close()
+
+
+async def _run_serve(args: argparse.Namespace) -> int:
+    from .delta_wire import decode_delta
+    from .transport import serve_unix
+
+    try:
+        service, publisher = await _start_service(args)
+    except (*CYCLE_ERRORS, ValueError) as exc:
+        _error(str(exc))
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def handle(frame: bytes) -> dict[str, Any]:
+        try:
+            result = await service.apply(decode_delta(frame))
+        except Exception as exc:
+            _error(f"delta rejected: {type(exc).__name__}: {exc}")
+            raise
+        _print_summary(result.summary(), args.json)
+        return result.summary()
+
+    def ready() -> None:
+        print(
+            json.dumps(
+                {
+                    "ready": True,
+                    "listen": args.listen,
+                    "pub": args.pub,
+                    "write_method": service.write_method,
+                    "cached": len(service.cache),
+                }
+            ),
+            flush=True,
+        )
+
+    try:
+        await serve_unix(args.listen, handle, ready=ready, stop=stop)
+    finally:
+        await service.close()
+        publisher.close()
+    return 0
+
+
+async def _run_watch(args: argparse.Namespace) -> int:
+    from .features import compute_features
+    from .zmq_pubsub import AssetSubscriber
+
+    store = open_store(args.db, schema=args.schema)
+    try:
+        await store.open()
+        await store.ensure_schema()
+    except (*CYCLE_ERRORS, ValueError) as exc:
+        _error(str(exc))
+        return 1
+    subscriber = AssetSubscriber(args.sub)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    idle_since = loop.time()
+    try:
+        while not stop.is_set():
+            # Short polls in a thread keep the loop free for the signal handlers.
+            records = await asyncio.to_thread(subscriber.receive, 0.2)
+            if records is None:
+                if args.idle_timeout is not None and loop.time() - idle_since > args.idle_timeout:
+                    return 0
+                continue
+            idle_since = loop.time()
+            features = compute_features(subscriber.records())
+            await store.write_features(datetime.now(timezone.utc), features["assets"], features)
+            if args.json:
+                print(json.dumps({"received": len(records), **features}), flush=True)
+            else:
+                print(
+                    f"received {len(records)} changed assets; {features['assets']} listed, "
+                    f"{features['removed']} removed; by class {features['by_class']}; "
+                    f"shortable {features['ratios']['shortable']:.3f}, "
+                    f"easy_to_borrow {features['ratios']['easy_to_borrow']:.3f}, "
+                    f"fractionable {features['ratios']['fractionable']:.3f}",
+                    flush=True,
+                )
+            if args.messages and subscriber.messages >= args.messages:
+                return 0
+        return 0
+    finally:
+        subscriber.close()
+        await store.close()

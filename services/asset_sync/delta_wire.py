@@ -1,0 +1,88 @@
+"""A delta on the wire: the Asset AoS buffer, then a sidecar carrying the full JSON.
+
+    u32 count | count x ASSET record | u32 sidecar_length | sidecar (UTF-8 JSON)
+    sidecar = {"v": 1, "full": bool, "scope": {...}, "fetched": N, "docs": [object | null, ...]}
+
+The AoS prefix is exactly the shared Asset AoS format, so any AoS reader can read the records.
+The sidecar exists because the database holds the truth: the record cuts names at 64 bytes and has
+no room for ``attributes`` or the crypto-only fields, and the diff is defined over all of them.
+``docs[i]`` belongs to record i; ``null`` marks a removal (that record also has ASSET_FLAG_REMOVED).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED, AssetFormatError, aos_size, pack_aos, unpack_aos
+
+WIRE_VERSION = 1
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass
+class AssetDelta:
+    records: np.ndarray  # ASSET records, one per entry of docs
+    docs: list[dict[str, Any] | None]  # full JSON per record; None for a removal
+    full: bool = False  # docs are the complete listing for scope
+    scope: dict[str, str] = field(default_factory=dict)  # e.g. {"asset_class": "crypto"}
+    fetched: int = 0  # assets in the listing this delta came from
+
+    def __post_init__(self) -> None:
+        if len(self.records) != len(self.docs):
+            raise AssetFormatError(f"delta has {len(self.records)} records but {len(self.docs)} documents")
+        removed = (self.records["flags"] & ASSET_FLAG_REMOVED) != 0
+        if any(bool(r) != (d is None) for r, d in zip(removed, self.docs)):
+            raise AssetFormatError("delta: removal flags and null documents disagree")
+
+    @staticmethod
+    def id_of(record: np.void) -> str:
+        return str(uuid.UUID(bytes=bytes(record["id"])))
+
+
+def encode_delta(delta: AssetDelta) -> bytes:
+    sidecar = json.dumps(
+        {
+            "v": WIRE_VERSION,
+            "full": delta.full,
+            "scope": delta.scope,
+            "fetched": delta.fetched,
+            "docs": delta.docs,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+    return b"".join((pack_aos(delta.records), _LENGTH.pack(len(sidecar)), sidecar))
+
+
+def decode_delta(buffer: bytes | bytearray | memoryview) -> AssetDelta:
+    view = memoryview(buffer).cast("B")
+    records = unpack_aos(view, allow_trailing=True)
+    at = aos_size(view)
+    if len(view) < at + _LENGTH.size:
+        raise AssetFormatError("delta: sidecar length is missing")
+    (length,) = _LENGTH.unpack_from(view, at)
+    body = view[at + _LENGTH.size :]
+    if len(body) != length:
+        raise AssetFormatError(f"delta: sidecar says {length} bytes, {len(body)} present")
+    try:
+        sidecar = json.loads(bytes(body).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AssetFormatError(f"delta: sidecar is not JSON ({exc})") from None
+    if not isinstance(sidecar, dict) or sidecar.get("v") != WIRE_VERSION:
+        raise AssetFormatError(
+            f"delta: unsupported sidecar {str(sidecar)[:80]!r} (expected version {WIRE_VERSION})"
+        )
+    # Copy the records out of the receive buffer: the service keeps them past this frame.
+    return AssetDelta(
+        records.copy(),
+        sidecar["docs"],
+        full=bool(sidecar["full"]),
+        scope=dict(sidecar.get("scope") or {}),
+        fetched=int(sidecar.get("fetched", 0)),
+    )

@@ -1,0 +1,128 @@
+"""Where synced assets live: one interface, PostgreSQL (asyncpg) or SQLite (sqlite3) behind it.
+
+The table keeps typed columns for queries *and* the full asset JSON in ``doc``: the database is
+the truth, so it stores full-length strings and every field the diff compares, not the record.
+A removed asset keeps its row; ``removed_at`` says when it left the listing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Protocol
+
+ASSETS_TABLE = "assets"
+FEATURES_TABLE = "asset_features"
+# Typed columns, in the order rows are built; doc / updated_at / removed_at follow.
+TYPED_COLUMNS = (
+    "id",
+    "symbol",
+    "name",
+    "exchange",
+    "asset_class",
+    "status",
+    "tradable",
+    "marginable",
+    "shortable",
+    "easy_to_borrow",
+    "fractionable",
+    "maintenance_margin_requirement",
+    "margin_requirement_long",
+    "margin_requirement_short",
+    "attributes",
+)
+COLUMNS = (*TYPED_COLUMNS, "doc", "updated_at", "removed_at")
+WRITE_METHODS = ("upsert", "copy")
+
+
+class StoreUnavailable(RuntimeError):
+    """The database could not be reached or dropped the connection: worth retrying."""
+
+
+@dataclass(frozen=True)
+class AssetRow:
+    """One row to write: the full asset and whether (since when) it is removed."""
+
+    id: str
+    doc: Mapping[str, Any]
+    updated_at: datetime
+    removed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredAsset:
+    doc: dict[str, Any]
+    removed: bool
+
+
+class AssetStore(Protocol):
+    write_methods: tuple[str, ...]
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def reconnect(self) -> None: ...
+    async def ensure_schema(self) -> None: ...
+    async def load_all(self) -> dict[str, StoredAsset]: ...
+    async def write_batch(self, rows: Sequence[AssetRow], method: str) -> int:
+        """Write ``rows`` in one transaction; returns how many rows actually changed.
+        Raises StoreUnavailable when the connection failed (nothing of the batch is committed)."""
+
+    async def write_features(
+        self, computed_at: datetime, assets: int, features: Mapping[str, Any]
+    ) -> None: ...
+
+
+def margin_decimal(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def typed_values(doc: Mapping[str, Any]) -> tuple:
+    """The typed columns of one asset (validated JSON), in TYPED_COLUMNS order."""
+    return (
+        doc["id"].lower(),
+        doc["symbol"],
+        doc.get("name") or "",
+        doc["exchange"],
+        doc["class"],
+        doc["status"],
+        doc["tradable"],
+        doc["marginable"],
+        doc["shortable"],
+        doc["easy_to_borrow"],
+        doc["fractionable"],
+        margin_decimal(doc.get("maintenance_margin_requirement")),
+        margin_decimal(doc.get("margin_requirement_long")),
+        margin_decimal(doc.get("margin_requirement_short")),
+        json.dumps(doc.get("attributes")) if doc.get("attributes") is not None else None,
+    )
+
+
+def default_sqlite_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "shmpipe" / "assets.sqlite"
+
+
+def open_store(db: str | None, *, schema: str | None = None) -> AssetStore:
+    """``postgresql://...`` or ``postgres://...`` -> PostgreSQL; ``sqlite:///path``, a path or
+    nothing -> SQLite (default file: $XDG_DATA_HOME/shmpipe/assets.sqlite)."""
+    if db and db.startswith(("postgresql://", "postgres://")):
+        from .store_postgres import PostgresStore  # asyncpg only when asked for
+
+        return PostgresStore(db, schema=schema)
+    from .store_sqlite import SqliteStore
+
+    if not db:
+        return SqliteStore(default_sqlite_path())
+    if db.startswith("sqlite://"):
+        db = db[len("sqlite://") :]  # sqlite:///abs/path -> /abs/path, sqlite://rel -> rel
+    return SqliteStore(Path(db))

@@ -1,0 +1,136 @@
+"""The embedded default: SQLite through the standard library, so the pipeline runs with no server.
+
+Calls are synchronous inside async methods: the file is local and each batch is a short
+transaction, so a thread hop would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shmpipe.asset_codec import canonical_json
+
+from .store import (
+    ASSETS_TABLE,
+    COLUMNS,
+    FEATURES_TABLE,
+    AssetRow,
+    StoredAsset,
+    StoreUnavailable,
+    typed_values,
+)
+
+_CHANGED = "assets.doc IS NOT excluded.doc OR (assets.removed_at IS NULL) <> (excluded.removed_at IS NULL)"
+
+
+class SqliteStore:
+    write_methods = ("upsert",)  # SQLite has no COPY; a staging table would only add a copy
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
+            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._conn.execute("PRAGMA journal_mode=WAL")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def reconnect(self) -> None:
+        await self.close()
+        await self.open()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("SQLite store is not open")
+        return self._conn
+
+    async def ensure_schema(self) -> None:
+        self.conn.executescript(f"""
+            CREATE TABLE IF NOT EXISTS {ASSETS_TABLE} (
+                id TEXT PRIMARY KEY, symbol TEXT NOT NULL, name TEXT NOT NULL, exchange TEXT NOT NULL,
+                asset_class TEXT NOT NULL, status TEXT NOT NULL,
+                tradable INTEGER NOT NULL, marginable INTEGER NOT NULL, shortable INTEGER NOT NULL,
+                easy_to_borrow INTEGER NOT NULL, fractionable INTEGER NOT NULL,
+                maintenance_margin_requirement TEXT, margin_requirement_long TEXT,
+                margin_requirement_short TEXT, attributes TEXT,
+                doc TEXT NOT NULL, updated_at TEXT NOT NULL, removed_at TEXT);
+            CREATE INDEX IF NOT EXISTS {ASSETS_TABLE}_symbol ON {ASSETS_TABLE} (symbol);
+            CREATE TABLE IF NOT EXISTS {FEATURES_TABLE} (
+                computed_at TEXT NOT NULL, assets INTEGER NOT NULL, features TEXT NOT NULL);
+        """)
+
+    async def load_all(self) -> dict[str, StoredAsset]:
+        rows = self.conn.execute(f"SELECT id, doc, removed_at IS NOT NULL FROM {ASSETS_TABLE}")
+        return {asset_id: StoredAsset(json.loads(doc), bool(removed)) for asset_id, doc, removed in rows}
+
+    async def write_batch(self, rows: Sequence[AssetRow], method: str) -> int:
+        if method not in self.write_methods:
+            raise ValueError(f"SQLite supports write method(s) {self.write_methods}, not {method!r}")
+        values = [
+            (
+                *(_sqlite_value(v) for v in typed_values(r.doc)),
+                canonical_json(r.doc),
+                r.updated_at.isoformat(),
+                r.removed_at.isoformat() if r.removed_at else None,
+            )
+            for r in rows
+        ]
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "id")
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            before = conn.total_changes
+            self._execute_rows(
+                conn,
+                f"INSERT INTO {ASSETS_TABLE} ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
+                f"ON CONFLICT (id) DO UPDATE SET {updates} WHERE {_CHANGED}",
+                values,
+            )
+            written = conn.total_changes - before
+            conn.execute("COMMIT")
+            return written
+        except sqlite3.OperationalError as exc:  # locked, disk I/O, file gone: retryable
+            _rollback(conn)
+            raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _execute_rows(self, conn: sqlite3.Connection, sql: str, values: list[tuple]) -> None:
+        """One statement for the whole batch; a seam for fault-injection tests."""
+        conn.executemany(sql, values)
+
+    async def write_features(self, computed_at: datetime, assets: int, features: Mapping[str, Any]) -> None:
+        self.conn.execute(
+            f"INSERT INTO {FEATURES_TABLE} VALUES (?, ?, ?)",
+            (computed_at.isoformat(), assets, json.dumps(features, sort_keys=True)),
+        )
+
+
+def _sqlite_value(value: Any) -> Any:
+    # Decimals go in as text so "0.0001" stays exactly that (SQLite REAL would round it).
+    return str(value) if value is not None and not isinstance(value, bool | int | str) else value
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
