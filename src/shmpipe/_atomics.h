@@ -82,4 +82,31 @@ static inline int shm_futex_wake_all(uint32_t *word) {
 
 static inline void shm_sched_yield(void) { sched_yield(); }
 
+/* futex_waitv (Linux 5.16+): one thread sleeps on many doorbells at once, which is how a single
+ * asyncio helper thread serves every awaiting consumer. Declared here, not taken from
+ * <linux/futex.h>, whose spelling of these names changed across kernel header versions. */
+struct shm_waitv { uint64_t val; uint64_t uaddr; uint32_t flags; uint32_t reserved; };
+#define SHM_FUTEX2_SIZE_U32 0x02u
+#define SHM_FUTEX2_PRIVATE 128u
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449   /* the same number on x86-64 and the generic table (arm64) */
+#endif
+
+/* >= 0: index of a woken word; -ETIMEDOUT, -EAGAIN (a word already changed), -ENOSYS, ... */
+static inline int shm_futex_waitv(struct shm_waitv *words, unsigned int n, uint64_t timeout_ns) {
+    struct timespec ts;
+    uint64_t deadline;
+    long r;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    deadline = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + timeout_ns;
+    ts.tv_sec = (time_t)(deadline / 1000000000ull);
+    ts.tv_nsec = (long)(deadline % 1000000000ull);
+    r = syscall(SYS_futex_waitv, words, n, 0, &ts, CLOCK_MONOTONIC);
+    return r >= 0 ? (int)r : -errno;
+}
+
+static inline int shm_futex_wake_private(uint32_t *word) {
+    return (int)syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+}
+
 #endif

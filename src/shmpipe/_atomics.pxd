@@ -23,3 +23,13 @@ cdef extern from "_atomics.h" nogil:
     int shm_futex_wait(uint32_t *word, uint32_t expected, uint64_t timeout_ns)
     int shm_futex_wake_all(uint32_t *word)
     void shm_sched_yield()
+
+    struct shm_waitv:
+        uint64_t val
+        uint64_t uaddr
+        uint32_t flags
+        uint32_t reserved
+    unsigned int SHM_FUTEX2_SIZE_U32
+    unsigned int SHM_FUTEX2_PRIVATE
+    int shm_futex_waitv(shm_waitv *words, unsigned int n, uint64_t timeout_ns)
+    int shm_futex_wake_private(uint32_t *word)

@@ -22,11 +22,14 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.ref cimport Py_INCREF
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 cimport numpy as cnp
 
 from ._atomics cimport *
 from ._layout cimport *
+
+import time
 
 import numpy as np
 from .errors import (ConsumerEvictedError, DtypeMismatchError, RingClosedError,
@@ -368,11 +371,11 @@ cdef class _Side:
     cdef uint64_t mask
     cdef size_t itemsize
     cdef int wait_strategy
-    cdef bint blocking
-    cdef bint broadcast
-    cdef bint lossy
+    cdef readonly bint blocking     # the ring's producer rings the doorbell (wait="block")
+    cdef readonly bint broadcast
+    cdef readonly bint lossy
     cdef readonly object dtype
-    cdef bint closed
+    cdef readonly bint closed
 
     cdef void _bind(self, MappedRing ring, object dtype, int wait_strategy):
         self.ring = ring
@@ -945,3 +948,68 @@ cdef class Consumer(_Side):
         if self.blocking:
             _wake(&self.hdr.space_ready)
         self.mine.heartbeat_ns = shm_coarse_ns()
+
+    def read_async(self, Py_ssize_t max_n=1024, timeout=None):
+        """Awaitable read(): waits for the next batch without blocking the event loop. One
+        helper thread per process sleeps on every awaiting consumer's doorbell at once
+        (futex_waitv), so no thread spins per consumer."""
+        from .aio import read_async
+        return read_async(self, max_n, timeout)
+
+
+cdef class WakeWord:
+    """A process-private futex word: bumping it wakes a wait_any() sleeper early."""
+    cdef uint32_t word
+
+    def wake(self):
+        shm_fetch_add_u32(&self.word, 1)
+        shm_futex_wake_private(&self.word)
+
+
+def wait_any(list consumers, WakeWord interrupt, double timeout):
+    """Sleep until any consumer has a record, interrupt.wake() is called, or timeout seconds
+    pass; return the indices of the consumers that have records.
+
+    The sleeper protocol is the same as a blocking read's: announce on each doorbell, fence,
+    re-check, then sleep. Rings whose producer does not ring the doorbell (spin/yield) are
+    only re-checked when the timeout ends, so callers poll those with a short timeout."""
+    cdef Py_ssize_t n = len(consumers), i
+    cdef Consumer c
+    cdef shm_waitv *words = <shm_waitv *>PyMem_Malloc((n + 1) * sizeof(shm_waitv))
+    cdef list checked = []
+    cdef int r = 0
+    cdef bint any_ready = False
+    cdef uint64_t timeout_ns = <uint64_t>(timeout * 1e9) if timeout > 0 else 0
+    if words == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            c = <Consumer>consumers[i]
+            c._check()
+            checked.append(c)
+        for i in range(n):
+            c = <Consumer>checked[i]
+            words[i].val = shm_load_acquire_u32(&c.hdr.data_ready.seq)
+            words[i].uaddr = <uint64_t><size_t>&c.hdr.data_ready.seq
+            words[i].flags = SHM_FUTEX2_SIZE_U32
+            words[i].reserved = 0
+            shm_fetch_add_u32(&c.hdr.data_ready.waiters, 1)
+        words[n].val = shm_load_acquire_u32(&interrupt.word)
+        words[n].uaddr = <uint64_t><size_t>&interrupt.word
+        words[n].flags = SHM_FUTEX2_SIZE_U32 | SHM_FUTEX2_PRIVATE
+        words[n].reserved = 0
+        shm_fence_seq_cst()
+        for i in range(n):
+            if (<Consumer>checked[i])._ready():
+                any_ready = True
+        if not any_ready and timeout_ns:
+            with nogil:
+                r = shm_futex_waitv(words, <unsigned int>(n + 1), timeout_ns)
+            if r == -38:   # ENOSYS: a kernel before 5.16; sleep the slice instead
+                time.sleep(timeout)
+        for i in range(n):
+            c = <Consumer>checked[i]
+            shm_fetch_sub_u32(&c.hdr.data_ready.waiters, 1)
+        return [i for i in range(n) if (<Consumer>checked[i])._ready()]
+    finally:
+        PyMem_Free(words)
