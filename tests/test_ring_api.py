@@ -255,3 +255,19 @@ def test_closed_handles_raise(ring_name):
     with pytest.raises(shmpipe.RingClosedError):
         len(ring)
     segments.unlink(ring_name)
+
+
+@pytest.mark.parametrize("dtype", [TICK, ORDERBOOK_ENTRY, np.dtype("<u8"), np.dtype([("a", "u1"), ("b", "<i2")])])
+def test_read_returns_ordinary_owned_arrays(ring_name, dtype):
+    """read() builds its arrays through a fast path (see shm_new_array): they must still be
+    plain, writeable, owning arrays of the ring's dtype that outlive the ring."""
+    with shmpipe.Ring.create(ring_name, dtype, 8) as ring, ring.producer() as p, ring.consumer() as c:
+        sent = np.frombuffer(np.random.default_rng(1).bytes(3 * dtype.itemsize), dtype)
+        p.write_batch(sent)
+        got = c.read()
+    ring.unlink()
+    assert got.dtype == dtype and got.itemsize == dtype.itemsize and got.shape == (3,)
+    assert got.flags.owndata and got.flags.writeable and got.flags.c_contiguous
+    assert got.tobytes() == sent.tobytes()
+    got.view(np.uint8)[:] = 0             # usable (and writeable) after the ring is gone
+    assert got[2] == np.zeros(1, dtype)[0]
