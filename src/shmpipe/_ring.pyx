@@ -86,6 +86,8 @@ cdef enum:
     SPIN_BEFORE_YIELD = 64
     FUTEX_SLEEP_NS = 10000000
     HEARTBEAT_EVERY_WRITES = 1024
+    # Copies at least this large release the GIL (~1 us of memcpy at ~14 GB/s).
+    NOGIL_COPY_BYTES = 16384
 
 WAIT_STRATEGIES = {"spin": SHMPIPE_WAIT_SPIN, "yield": SHMPIPE_WAIT_YIELD, "block": SHMPIPE_WAIT_BLOCK}
 WAIT_NAMES = {v: k for k, v in WAIT_STRATEGIES.items()}
@@ -721,7 +723,10 @@ cdef class Producer(_Side):
                     room = self.capacity - (self.write_pos - self.read_limit)
                 if chunk > room:
                     chunk = room
-            with nogil:
+            if chunk * self.itemsize >= NOGIL_COPY_BYTES:
+                with nogil:
+                    self._publish(src + done * self.itemsize, chunk)
+            else:   # dropping and retaking the GIL costs more than a small copy
                 self._publish(src + done * self.itemsize, chunk)
             done += chunk
         self.hdr.producer_info.heartbeat_ns = shm_coarse_ns()

@@ -1,0 +1,44 @@
+"""Build (once, cached by source hash) and run bench/floor.c: the cache-line ping-pong floor."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("floor.c")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "shmpipe-bench"
+
+
+def build() -> tuple[Path | None, str | None]:
+    """(binary, None) or (None, reason)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        return None, "no C compiler (cc/gcc/clang) on PATH"
+    src = SOURCE.read_bytes()
+    digest = hashlib.sha256(src + cc.encode()).hexdigest()[:12]
+    out = cache_dir() / f"floor-{digest}"
+    if out.exists():
+        return out, None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    proc = subprocess.run([cc, "-O2", "-pthread", "-std=gnu11", "-o", str(tmp), str(SOURCE)],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        return None, f"compiling floor.c failed: {proc.stderr.strip()[:500]}"
+    os.replace(tmp, out)
+    return out, None
+
+
+def run(binary: Path, cores: tuple[int, int], iterations: int, warmup: int, timeout: float) -> dict:
+    proc = subprocess.run([str(binary), str(cores[0]), str(cores[1]), str(iterations), str(warmup)],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"floor exited {proc.returncode}: {proc.stderr.strip()[:300]}")
+    return json.loads(proc.stdout)

@@ -1,0 +1,46 @@
+"""Fixtures for the in-process call-cost micro-benchmarks (pytest-benchmark).
+
+Run:  pytest bench/micro --benchmark-only     (not collected by the normal ``pytest`` run)
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+shmpipe = pytest.importorskip("shmpipe", reason="the compiled shmpipe ring is needed")
+pytest.importorskip("pytest_benchmark", reason="pip install 'shmpipe[bench]' for pytest-benchmark")
+from shmpipe.records import TICK  # noqa: E402
+
+CAPACITY = 1 << 16
+
+
+@pytest.fixture
+def ring():
+    name = f"micro-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    r = shmpipe.Ring.create(name, TICK, CAPACITY, wait="spin")
+    try:
+        yield r
+    finally:
+        r.close()
+        r.unlink()
+
+
+@pytest.fixture
+def ends(ring):
+    p, c = ring.producer(), ring.consumer()
+    yield p, c
+    c.close()
+    p.close()
+
+
+@pytest.fixture
+def ticks():
+    arr = np.zeros(4096, dtype=TICK)
+    arr["timestamp_ns"] = np.arange(4096)
+    arr["symbol_id"] = 1
+    arr["bid"], arr["ask"] = 1.0842, 1.0843
+    arr["sequence"] = np.arange(4096)
+    return arr

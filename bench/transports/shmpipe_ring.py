@@ -1,0 +1,158 @@
+"""shmpipe's own SPSC ring (and its broadcast ring, once issue 4 lands)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .base import RECORD_SIZE, Receiver, Sender, Transport
+
+# 8192 Ticks (256 KiB): small against the 100k+ messages of a throughput run, so the figure is the
+# steady state with the consumer keeping up, not a burst the ring absorbs (a 64k ring held most of
+# a run and reported ~11M/s single-record where the steady state is ~2M/s on this machine).
+CAPACITY = 1 << 13
+
+
+class _Tx(Sender):
+    def __init__(self, ring: Any, tick: Any) -> None:
+        import numpy as np
+
+        self._np, self._tick = np, tick
+        self.ring = ring
+        self.p = ring.producer()
+        self._write = self.p.write
+        self._write_batch = self.p.write_batch
+
+    def send(self, rec: Any) -> None:
+        if not self._write(rec):
+            raise TimeoutError("shmpipe write returned False")
+
+    def prepare_batch(self, blob: bytes, n: int) -> Any:
+        return self._np.frombuffer(blob, dtype=self._tick, count=n).copy()
+
+    def send_batch(self, arr: Any, n: int) -> None:
+        done = self._write_batch(arr)
+        while done < n:  # a partial batch write: push the rest
+            done += self._write_batch(arr[done:])
+
+    def close(self) -> None:
+        for obj in (self.p, self.ring):
+            try:
+                obj.close()
+            except Exception:
+                pass
+
+
+class _Rx(Receiver):
+    def __init__(self, ring: Any, broadcast: bool) -> None:
+        self.ring = ring
+        self.c = ring.consumer(start="oldest") if broadcast else ring.consumer()
+        self._read = self.c.read
+
+    def poll(self) -> Sequence[Any]:
+        # The ring waits in C (wait="spin") up to the timeout: its natural fastest mode.
+        return self._read(4096, timeout=0.005)
+
+    def first(self, batch: Any) -> Any:
+        return batch[0]
+
+    def stamps(self, batch: Any) -> list[int]:
+        return batch["timestamp_ns"].tolist()
+
+    def count(self, batch: Any) -> int:
+        return len(batch)
+
+    def close(self) -> None:
+        for obj in (self.c, self.ring):
+            try:
+                obj.close()
+            except Exception:
+                pass
+
+
+class ShmpipeTransport(Transport):
+    name = "shmpipe"
+    receive_mode = "busy-poll (ring wait='spin', read(timeout=5ms))"
+
+    def unavailable(self) -> str | None:
+        try:
+            import shmpipe  # noqa: F401
+            from shmpipe.records import TICK
+
+            shmpipe.Ring  # noqa: B018
+        except Exception as exc:  # ImportError, or AttributeError while the core is half-built
+            return f"import shmpipe failed: {type(exc).__name__}: {exc}"
+        if TICK.itemsize != RECORD_SIZE:
+            return f"shmpipe.records.TICK is {TICK.itemsize} bytes, expected {RECORD_SIZE}"
+        return None
+
+    def broadcast_reason(self) -> str | None:
+        """Feature check: does Ring.create accept broadcast=True?"""
+        import os
+
+        import shmpipe
+        from shmpipe.records import TICK
+
+        name = f"bench-probe-{os.getpid()}"
+        try:
+            ring = shmpipe.Ring.create(name, TICK, 64, wait="spin", broadcast=True, policy="lossless")
+        except TypeError:
+            return "broadcast ring not available"
+        except Exception as exc:
+            return f"broadcast ring not available ({type(exc).__name__}: {exc})"
+        try:
+            ring.close()
+        finally:
+            try:
+                ring.unlink()
+            except Exception:
+                pass
+        return None
+
+    def version(self) -> str | None:
+        try:
+            import shmpipe
+
+            return getattr(shmpipe, "__version__", None) or _dist_version("shmpipe")
+        except Exception:
+            return None
+
+    def make_channel(self, tag: str, consumers: int = 1, max_batch: int = 1, broadcast: bool = False) -> Any:
+        import shmpipe
+        from shmpipe.records import TICK
+
+        name = f"bench-{tag}"
+        kwargs = {"broadcast": True, "policy": "lossless"} if broadcast else {}
+        ring = shmpipe.Ring.create(name, TICK, CAPACITY, wait="spin", **kwargs)
+        return {"name": name, "ring": ring, "broadcast": broadcast}
+
+    def destroy_channel(self, spec: Any) -> None:
+        ring = spec["ring"]
+        try:
+            ring.close()
+        finally:
+            try:
+                ring.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _open(self, spec: Any) -> Any:
+        import shmpipe
+        from shmpipe.records import TICK
+
+        return shmpipe.Ring.open(spec["name"], TICK)
+
+    def sender(self, spec: Any) -> Sender:
+        from shmpipe.records import TICK
+
+        return _Tx(self._open(spec), TICK)
+
+    def receiver(self, spec: Any, index: int = 0) -> Receiver:
+        return _Rx(self._open(spec), spec["broadcast"])
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

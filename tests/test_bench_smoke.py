@@ -1,0 +1,78 @@
+"""Smoke test of the benchmark harness (issue 5): a cut-down ``shmpipe bench --quick`` run, then
+the JSON shape that outside checks read. Finishes in well under a minute."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("hdrh", reason="hdrhistogram is needed by the harness (dev/bench extra)")
+
+TRANSPORTS = ["shmpipe", "c-floor", "pipe", "mp-queue", "redis-streams"]
+SCENARIOS = ["pingpong", "open-loop-100k", "throughput-single", "throughput-batch-64", "broadcast-2"]
+FIGURES = ("p50_us", "p99_us", "p999_us", "msgs_per_s")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    cmd = [sys.executable, "-m", "shmpipe_bench.cli", "--quick", "--json", str(out), "--no-plot",
+           "--transports", ",".join(TRANSPORTS), "--scenarios", ",".join(SCENARIOS), "--timeout", "10"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "== pingpong ==" in proc.stdout  # the terminal table
+    return json.loads(out.read_text())
+
+
+def test_machine_block(result):
+    m = result["machine"]
+    for key in ("cpu_model", "logical_cores", "kernel", "python", "packages", "cores_used",
+                "pinning_granted", "date"):
+        assert key in m, key
+    assert isinstance(m["pinning_granted"], bool)
+
+
+def test_every_transport_and_scenario_has_a_row(result):
+    rows = {(r["transport"], r["scenario"]) for r in result["results"]}
+    assert rows == {(t, s) for t in TRANSPORTS for s in SCENARIOS}
+    for r in result["results"]:
+        for key in FIGURES + ("runs", "skipped", "transport", "scenario"):
+            assert key in r, (r["transport"], r["scenario"], key)
+
+
+def test_rows_are_measured_or_say_why_not(result):
+    for r in result["results"]:
+        if r["skipped"]:
+            assert isinstance(r["skipped"], str) and r["skipped"], r
+            assert all(r[k] is None for k in FIGURES), r
+            continue
+        assert r["runs"] >= 1 and r["msgs_per_s"] > 0, r
+        if r["scenario"].startswith("throughput"):
+            assert r["p50_us"] is None, r  # a figure the scenario does not measure is null
+        else:
+            assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"], r
+
+
+def test_expected_measurements_happened(result):
+    by = {(r["transport"], r["scenario"]): r for r in result["results"]}
+    # The ring and the C floor must actually run here; the pipe cannot fan out and says so.
+    assert by[("shmpipe", "pingpong")]["skipped"] is None, by[("shmpipe", "pingpong")]
+    assert by[("shmpipe", "throughput-batch-64")]["skipped"] is None
+    assert by[("pipe", "broadcast-2")]["skipped"]
+    assert by[("c-floor", "open-loop-100k")]["skipped"]
+    floor = by[("c-floor", "pingpong")]
+    if floor["skipped"] is None:
+        assert by[("shmpipe", "pingpong")]["ratio_to_floor_p50"] > 0
+
+
+def test_plot_and_table_render(result, tmp_path):
+    from shmpipe_bench import report
+
+    assert "pingpong" in report.table(result)
+    assert report.markdown_table(result).startswith("| scenario |")
+    pytest.importorskip("matplotlib", reason="matplotlib (bench extra) draws the plot")
+    png = tmp_path / "bench.png"
+    assert report.plot(result, png) is None
+    assert png.stat().st_size > 10_000
