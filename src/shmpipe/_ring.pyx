@@ -17,6 +17,7 @@ from libc.string cimport memcpy, memset
 
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
+from posix.unistd cimport close
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
@@ -230,6 +231,8 @@ cdef class MappedRing:
         shm_lock_try(fd, SHMPIPE_LOCK_ATTACHED, 0)
 
     def __dealloc__(self):
+        if not self.closed and self.fd >= 0:   # dropped without close(): do not leak the fd
+            close(self.fd)
         if self.hdr != NULL:
             munmap(<void *>self.hdr, self.size)
             self.hdr = NULL
@@ -241,8 +244,7 @@ cdef class MappedRing:
         self.closed = True
         self.holds_producer = False
         self.consumer_roles = 0
-        import os
-        os.close(self.fd)
+        close(self.fd)
         self.fd = -1
 
     cdef inline void _check(self) except *:
