@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from shmpipe.errors import ShmpipeError
 from shmpipe.records import (
     ASSET,
     ASSET_CLASS_BYTES,
@@ -71,7 +72,7 @@ REQUIRED_FIELDS = ("id", "class", "exchange", "symbol", "status", *(key for key,
 _COUNT = struct.Struct("<I")
 
 
-class AssetFormatError(ValueError):
+class AssetFormatError(ShmpipeError, ValueError):
     """The assets JSON does not have the shape the Alpaca API documents.
 
     ``index`` is the array element at fault (None for whole-document problems), ``field`` the key.
