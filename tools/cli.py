@@ -30,13 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             importlib.import_module(module).add_parser(sub)
         except ImportError as exc:  # an optional extra is missing: say so instead of vanishing
-            p = sub.add_parser(name, help=f"(unavailable: {exc})")
-            p.set_defaults(func=lambda _args, _exc=exc, _name=name: _unavailable(_name, _exc))
+            hint = f"unavailable here: {exc}; {EXTRA_HINTS.get(name, 'reinstall shmpipe')}"
+            p = sub.add_parser(name, help=f"({hint})", description=hint)
+            p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(func=lambda _args, _hint=hint, _name=name: _unavailable(_name, _hint))
     return parser
 
 
-def _unavailable(name: str, exc: Exception) -> int:
-    print(f"shmpipe {name}: unavailable here: {exc}", file=sys.stderr)
+# What to install when a subcommand's optional dependencies are missing.
+EXTRA_HINTS = {
+    "bench": "pip install 'shmpipe[bench]'",
+    "assets": "pip install 'shmpipe[services]'",
+}
+
+
+def _unavailable(name: str, hint: str) -> int:
+    print(f"shmpipe {name}: {hint}", file=sys.stderr)
     return 2
 
 
