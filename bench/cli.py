@@ -328,14 +328,10 @@ def _comparisons(rows: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shmpipe bench")
-    sub = parser.add_subparsers(dest="command")
-    add_parser(sub)
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+    """``python -m shmpipe_bench.cli ARGS`` == ``shmpipe bench ARGS``."""
+    from shmpipe_tools.cli import main as shmpipe_main
+
+    return shmpipe_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
