@@ -52,7 +52,7 @@ def test_lossy_slow_consumer_counts_exactly_what_it_missed(ring_name):
         ready, result, go = SPAWN.Queue(), SPAWN.Queue(), SPAWN.Event()
         fast = [SPAWN.Process(target=read_lossy, args=(ring_name, total, 0.0, ready, result)) for _ in range(2)]
         slow = SPAWN.Process(target=read_lossy, args=(ring_name, total, 0.05, ready, result))
-        producer = SPAWN.Process(target=paced_producer, args=(ring_name, total, 1000, 1_000_000, go))
+        producer = SPAWN.Process(target=paced_producer, args=(ring_name, total, 1000, 500_000, go))
         procs = fast + [slow, producer]
         for p in procs:
             p.start()
