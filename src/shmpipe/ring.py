@@ -188,7 +188,7 @@ class Ring:
         write_pos = pos["write_pos"]
         producer = dict(pos["producer"])
         producer["alive"] = self._mapped.producer_alive()
-        producer["heartbeat_age_s"] = _age(now, producer.pop("heartbeat_ns"))
+        producer["heartbeat_age_s"] = _age(now, producer["heartbeat_ns"])
         consumers = []
         for slot in pos["consumers"]:
             if self.broadcast and slot["state"] == "free" and not slot["pid"]:
@@ -196,7 +196,7 @@ class Ring:
             entry = dict(slot)
             entry["alive"] = self._mapped.consumer_alive(slot["slot"])
             entry["lag"] = max(0, write_pos - slot["position"])
-            entry["heartbeat_age_s"] = _age(now, entry.pop("heartbeat_ns"))
+            entry["heartbeat_age_s"] = _age(now, entry["heartbeat_ns"])   # heartbeat_ns: CLOCK_MONOTONIC
             entry["evicted"] = slot["state"] == "evicted"
             consumers.append(entry)
         return {
