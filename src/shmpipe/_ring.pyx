@@ -345,8 +345,8 @@ cdef class MappedRing:
                 "pid": s.pid,
                 "start_ticks": s.start_ticks,
                 "position": shm_load_acquire_u64(&s.read_pos),
-                "heartbeat_ns": s.heartbeat_ns,
-                "lost": s.lost,
+                "heartbeat_ns": shm_load_relaxed_u64(&s.heartbeat_ns),
+                "lost": shm_load_relaxed_u64(&s.lost),
                 "attached_unix_ns": s.attached_unix_ns,
             })
         return {
@@ -356,7 +356,7 @@ cdef class MappedRing:
                 "pid": h.producer_info.pid,
                 "start_ticks": h.producer_info.start_ticks,
                 "attach_count": h.producer_info.attach_count,
-                "heartbeat_ns": h.producer_info.heartbeat_ns,
+                "heartbeat_ns": shm_load_relaxed_u64(&h.producer_info.heartbeat_ns),
                 "attached_unix_ns": h.producer_info.attached_unix_ns,
                 "full_waits": h.producer_info.full_waits,
                 "evictions": h.producer_info.evictions,
@@ -519,7 +519,7 @@ cdef class Producer(_Side):
         h.producer_info.start_ticks = start_ticks
         h.producer_info.attach_count += 1
         h.producer_info.attached_unix_ns = shm_realtime_ns()
-        h.producer_info.heartbeat_ns = shm_monotonic_ns()
+        shm_store_relaxed_u64(&h.producer_info.heartbeat_ns, shm_monotonic_ns())
         # A restarted producer carries on the sequence. A predecessor killed mid-copy left only
         # unpublished slots past write_pos, which we simply overwrite.
         self.write_pos = shm_load_acquire_u64(&h.producer.write_pos)
@@ -574,7 +574,7 @@ cdef class Producer(_Side):
         return self.write_pos + self.pending - self.read_limit <= self.capacity
 
     cdef void _on_wait_slice(self) except *:
-        self.hdr.producer_info.heartbeat_ns = shm_monotonic_ns()
+        shm_store_relaxed_u64(&self.hdr.producer_info.heartbeat_ns, shm_monotonic_ns())
         if self.broadcast:
             self._evict_stale_consumers()
 
@@ -683,7 +683,7 @@ cdef class Producer(_Side):
         self.writes_since_heartbeat += 1
         if self.writes_since_heartbeat >= HEARTBEAT_EVERY_WRITES:
             self.writes_since_heartbeat = 0
-            self.hdr.producer_info.heartbeat_ns = shm_coarse_ns()
+            shm_store_relaxed_u64(&self.hdr.producer_info.heartbeat_ns, shm_coarse_ns())
         return True
 
     def write_batch(self, array, timeout=None):
@@ -731,7 +731,7 @@ cdef class Producer(_Side):
             else:   # dropping and retaking the GIL costs more than a small copy
                 self._publish(src + done * self.itemsize, chunk)
             done += chunk
-        self.hdr.producer_info.heartbeat_ns = shm_coarse_ns()
+        shm_store_relaxed_u64(&self.hdr.producer_info.heartbeat_ns, shm_coarse_ns())
         return done
 
 
@@ -785,7 +785,7 @@ cdef class Consumer(_Side):
                 shm_store_release_u64(&s.read_pos, w - self.capacity if w > self.capacity else 0)
             else:
                 shm_store_release_u64(&s.read_pos, w)
-            s.lost = 0
+            shm_store_relaxed_u64(&s.lost, 0)
             shm_store_release_u32(&s.state, SHMPIPE_SLOT_ACTIVE)
         ring.consumer_roles |= (1ull << found)
         self.slot_index = found
@@ -793,7 +793,7 @@ cdef class Consumer(_Side):
         self.mine.pid = pid
         self.mine.start_ticks = start_ticks
         self.mine.attached_unix_ns = shm_realtime_ns()
-        self.mine.heartbeat_ns = shm_monotonic_ns()
+        shm_store_relaxed_u64(&self.mine.heartbeat_ns, shm_monotonic_ns())
         self.read_pos = shm_load_acquire_u64(&self.mine.read_pos)
         self.write_seen = shm_load_acquire_u64(&h.producer.write_pos)
         self.closed = False
@@ -847,7 +847,7 @@ cdef class Consumer(_Side):
         return self.write_seen > self.read_pos
 
     cdef void _on_wait_slice(self) except *:
-        self.mine.heartbeat_ns = shm_monotonic_ns()
+        shm_store_relaxed_u64(&self.mine.heartbeat_ns, shm_monotonic_ns())
 
     cdef inline void _check_slot(self) except *:
         if self.broadcast and shm_load_acquire_u32(&self.mine.state) == SHMPIPE_SLOT_EVICTED:
@@ -874,7 +874,7 @@ cdef class Consumer(_Side):
         cdef uint64_t claim = shm_load_acquire_u64(&self.hdr.producer.claim_pos)
         cdef uint64_t oldest = claim - self.capacity if claim > self.capacity else 0
         if self.read_pos < oldest:
-            self.mine.lost += oldest - self.read_pos
+            shm_store_relaxed_u64(&self.mine.lost, self.mine.lost + oldest - self.read_pos)
             self.read_pos = oldest
 
     def read(self, Py_ssize_t max_n=1024, timeout=None):
@@ -922,12 +922,12 @@ cdef class Consumer(_Side):
                         dropped = oldest - self.read_pos
                         if dropped > n:
                             dropped = n
-                        self.mine.lost += dropped
+                        shm_store_relaxed_u64(&self.mine.lost, self.mine.lost + dropped)
                 self.read_pos += n
                 shm_store_release_u64(&self.mine.read_pos, self.read_pos)
                 if self.blocking:
                     _wake(&self.hdr.space_ready)
-                self.mine.heartbeat_ns = shm_coarse_ns()
+                shm_store_relaxed_u64(&self.mine.heartbeat_ns, shm_coarse_ns())
             if dropped == 0:
                 return arr
             if dropped < n:
@@ -966,7 +966,7 @@ cdef class Consumer(_Side):
         shm_store_release_u64(&self.mine.read_pos, self.read_pos)
         if self.blocking:
             _wake(&self.hdr.space_ready)
-        self.mine.heartbeat_ns = shm_coarse_ns()
+        shm_store_relaxed_u64(&self.mine.heartbeat_ns, shm_coarse_ns())
 
     def read_async(self, Py_ssize_t max_n=1024, timeout=None):
         """Awaitable read(): waits for the next batch without blocking the event loop. One
