@@ -4,9 +4,7 @@ Records are a pure function of their sequence number, so a reader can check ever
 every record, and a restarted producer can carry on exactly where the ring's position says."""
 from __future__ import annotations
 
-import os
 import resource
-import sys
 import time
 
 import numpy as np
@@ -103,7 +101,3 @@ def hold_role(name: str, role: str, ready, release) -> None:
         ready.set()
         release.wait(60)
         handle.close()
-
-
-if __name__ == "__main__":  # pragma: no cover - manual debugging aid
-    print(os.getpid(), sys.argv)

@@ -9,8 +9,7 @@ import pytest
 
 import shmpipe
 from shmpipe.records import TICK
-from broadcast_workers import (STAMPED, hammer, join_then_stall, paced_producer, read_all, read_lossy,
-                               stamped)
+from broadcast_workers import (STAMPED, hammer, join_then_stall, paced_producer, read_all, read_lossy)
 from ring_workers import check_ticks, make_ticks, produce
 
 SPAWN = mp.get_context("spawn")
