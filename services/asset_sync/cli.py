@@ -82,7 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON line per cycle: fetched, added, changed, removed, written, published, seconds",
+        help="print one JSON line per cycle: fetched, added, changed, removed, written, published, "
+        "seconds (plus republished, only in a cycle that published assets left pending earlier)",
     )
     s.set_defaults(func=lambda args: asyncio.run(_run_sync(args)))
 
@@ -158,8 +159,10 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary), flush=True)
     else:
+        republished = summary.get("republished")
         print(
-            "fetched {fetched}: {added} added, {changed} changed, {removed} removed; "
+            (f"{republished} pending from earlier republished; " if republished else "")
+            + "fetched {fetched}: {added} added, {changed} changed, {removed} removed; "
             "{written} rows written, {published} published in {seconds:.3f} s".format(**summary),
             flush=True,
         )
@@ -173,7 +176,10 @@ async def _start_service(args: argparse.Namespace):
     publisher = AssetPublisher(args.pub)
     try:
         service = SyncService(store, publisher, batch_size=args.batch_size, write_method=args.write_method)
-        await service.start()
+        # Assets an earlier run committed but did not publish go out only after the wait below
+        # (a message published before a subscriber joined is lost to it): serve publishes them
+        # right after, sync at the start of its first cycle.
+        await service.start(publish_pending=False)
     except BaseException:
         publisher.close()
         await store.close()
@@ -255,6 +261,11 @@ async def _run_serve(args: argparse.Namespace) -> int:
     except (*CYCLE_ERRORS, ValueError) as exc:
         _error(str(exc))
         return 1
+    try:
+        republished = await service.publish_pending()
+    except Exception as exc:  # the service still runs; every delta retries the pending ones first
+        _error(f"{type(exc).__name__}: {exc}")
+        republished = 0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -278,6 +289,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
                     "pub": args.pub,
                     "write_method": service.write_method,
                     "cached": len(service.cache),
+                    "republished": republished,
                 }
             ),
             flush=True,

@@ -1,12 +1,24 @@
-"""The sync service: canonical cache, batched writes with retry, publish after commit.
+"""The sync service: canonical cache, batched writes with retry, a transactional outbox.
 
-Rules that keep "nothing lost, nothing published twice":
+Rules that keep "nothing lost":
 * The cache is warm-started from the database and is the service's belief of what is committed.
 * A batch advances the cache only after its transaction committed. A failed batch is retried on
   a fresh connection (same rows; the upsert's WHERE makes it idempotent).
-* Rows committed in a cycle are published once, as one AoS message, at the end of the cycle, and
-  also when a later batch finally fails, so committed changes never stay unpublished; the next
-  cycle sees them as unchanged and does not send them again.
+* The transaction that writes a changed row also marks it publish-pending (the outbox: the
+  ``publish_pending`` column, see store.py), so no change can be committed without its mark.
+* Rows committed in a cycle are published as one AoS message at the end of the cycle (also when
+  a later batch finally fails), and only after that publish succeeded are their marks cleared,
+  in a small transaction of their own, matched by (id, updated_at).
+* Whatever is still marked (the process died, or the publish or the clearing failed, after the
+  commit) is published first, as one AoS message on the same topic and in the same format
+  (removed assets flagged), when the service starts and at the start of every cycle, and then
+  unmarked. A cycle whose pending publish fails stops there, before writing anything new.
+
+Delivery is therefore at-least-once, not exactly-once: a crash (or a failed clearing) after the
+publish but before the marks were cleared publishes those assets again. Subscribers must apply
+messages idempotently; ``AssetSubscriber`` does, its cache is keyed by asset id and a repeated
+record just overwrites the same entry with the same content. A republished record carries the
+row's current content, and its ``updated_ns`` is when that row was committed.
 """
 
 from __future__ import annotations
@@ -14,10 +26,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -32,7 +44,7 @@ from shmpipe.asset_codec import (
 from shmpipe.records import ASSET
 
 from .delta_wire import AssetDelta
-from .store import AssetRow, AssetStore, StoredAsset, StoreUnavailable
+from .store import AssetRow, AssetStore, PendingAsset, StoredAsset, StoreUnavailable
 
 DEFAULT_BATCH_SIZE = 500
 # bench/asset_upsert_bench.py (2-core box, local PostgreSQL 15, batch 500): upsert and COPY+merge
@@ -41,13 +53,16 @@ DEFAULT_BATCH_SIZE = 500
 # which is what counts once the database is across a network. SQLite only has upsert.
 DEFAULT_WRITE_METHOD = "upsert"
 
+T = TypeVar("T")
+
 
 class Publisher(Protocol):
     def publish(self, records: np.ndarray) -> int: ...
 
 
 class SyncError(RuntimeError):
-    """A cycle stopped part-way; ``result`` counts what was committed (and published) before."""
+    """A cycle stopped part-way; ``result`` counts what was committed (and published) before.
+    Whatever was committed but not published stays marked and goes out at the next cycle."""
 
     def __init__(self, message: str, result: SyncResult):
         super().__init__(message)
@@ -63,11 +78,16 @@ class SyncResult:
     written: int = 0
     published: int = 0
     seconds: float = 0.0
+    # Assets committed earlier but left unpublished (crash, failed publish), published at the
+    # start of this cycle. Not counted in ``published``, which is this cycle's own changes.
+    republished: int = 0
     # id -> top-level fields that differ, for changed assets (not part of the one-line summary).
     changed_fields: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {
+        """The one-line summary (``shmpipe assets sync --json``). Its shape is fixed, outside
+        checks read it; ``republished`` is added only to a cycle that did republish something."""
+        out = {
             "fetched": self.fetched,
             "added": self.added,
             "changed": self.changed,
@@ -76,6 +96,9 @@ class SyncResult:
             "published": self.published,
             "seconds": round(self.seconds, 6),
         }
+        if self.republished:
+            out["republished"] = self.republished
+        return out
 
 
 @dataclass(frozen=True)
@@ -125,19 +148,33 @@ class SyncService:
         self.cache: dict[str, StoredAsset] = {}
         self._lock = asyncio.Lock()  # one delta at a time: the cache is the sequence point
 
-    async def start(self) -> None:
+    async def start(self, *, publish_pending: bool = True) -> int:
+        """Open the store (creating or upgrading its tables), warm the cache, then publish what
+        an earlier run committed but did not publish; returns how many assets that was.
+        ``publish_pending=False`` leaves that to the first cycle or to publish_pending(), for a
+        caller that must first wait for subscribers. A failed publish raises SyncError with the
+        service started (usable, and to be closed); the assets stay pending."""
         await self.store.open()
         await self.store.ensure_schema()
         self.cache = await self.store.load_all()
+        return await self.publish_pending() if publish_pending else 0
 
     async def close(self) -> None:
         await self.store.close()
+
+    async def publish_pending(self) -> int:
+        """Publish (one message) and unmark every asset still marked publish-pending."""
+        async with self._lock:
+            result = SyncResult()
+            await self._flush_pending(result)
+            return result.republished
 
     async def apply(self, delta: AssetDelta) -> SyncResult:
         async with self._lock:
             started = time.perf_counter()
             result = SyncResult(fetched=delta.fetched)
             try:
+                await self._flush_pending(result)  # earlier changes go out before newer ones
                 changes = self._diff(delta, result)
                 await self._write_and_publish(changes, result)
             finally:
@@ -176,6 +213,27 @@ class SyncService:
             setattr(result, change.kind, getattr(result, change.kind) + 1)
         return changes
 
+    async def _flush_pending(self, result: SyncResult) -> None:
+        """Publish, then unmark, what is still marked from earlier; counts it in result.republished."""
+        if self.publisher is None:
+            return  # nothing could publish them: they stay marked for a service that can
+        try:
+            pending = await self._with_retry(self.store.load_pending)
+        except Exception as exc:
+            raise SyncError(f"cannot read the assets pending publication: {exc}", result) from exc
+        if not pending:
+            return
+        try:
+            self.publisher.publish(_pending_records(pending))
+        except Exception as exc:
+            raise SyncError(
+                f"publishing {len(pending)} pending assets failed (they stay pending): "
+                f"{type(exc).__name__}: {exc}",
+                result,
+            ) from exc
+        result.republished = len(pending)
+        await self._clear_marks([(p.id, p.updated_at) for p in pending], result)
+
     async def _write_and_publish(self, changes: list[_Change], result: SyncResult) -> None:
         now_ns = self.clock()
         now = datetime.fromtimestamp(now_ns / 1e9, tz=timezone.utc)
@@ -189,18 +247,52 @@ class SyncService:
                     self.cache[c.id] = StoredAsset(dict(c.doc), c.kind == "removed")
                 committed.extend(batch)
         except Exception as exc:
-            result.published = self._publish(committed, now_ns)
+            note = "those were published"
+            try:
+                await self._publish_committed(committed, now_ns, now, result)
+            except SyncError as publish_exc:  # the write error is the news; say what else went wrong
+                note = f"those stay pending: {publish_exc}"
             raise SyncError(
                 f"sync stopped after {len(committed)} of {len(changes)} changes were "
-                f"committed (those were published): {exc}",
+                f"committed ({note}): {exc}",
                 result,
             ) from exc
-        result.published = self._publish(committed, now_ns)
+        await self._publish_committed(committed, now_ns, now, result)
+
+    async def _publish_committed(
+        self, committed: list[_Change], now_ns: int, now: datetime, result: SyncResult
+    ) -> None:
+        if not committed or self.publisher is None:
+            return  # without a publisher the marks stay: a later service publishes them
+        try:
+            result.published = self._publish(committed, now_ns)
+        except Exception as exc:
+            raise SyncError(
+                f"{len(committed)} changes were committed but publishing them failed; they stay "
+                f"pending and are published at the next cycle or start: {type(exc).__name__}: {exc}",
+                result,
+            ) from exc
+        # Every row of the cycle was written with updated_at = now; a no-op write left no mark.
+        await self._clear_marks([(c.id, now) for c in committed], result)
+
+    async def _clear_marks(self, marks: list[tuple[str, datetime]], result: SyncResult) -> None:
+        try:
+            await self._with_retry(lambda: self.store.clear_pending(marks))
+        except Exception as exc:
+            raise SyncError(
+                f"{len(marks)} assets were published but their pending marks could not be cleared; "
+                f"they will be published again (at-least-once): {type(exc).__name__}: {exc}",
+                result,
+            ) from exc
 
     async def _write_with_retry(self, rows: list[AssetRow]) -> int:
+        return await self._with_retry(lambda: self.store.write_batch(rows, self.write_method))
+
+    async def _with_retry(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a store operation, reconnecting and backing off while the database is unavailable."""
         for attempt in range(self.retry.attempts):
             try:
-                return await self.store.write_batch(rows, self.write_method)
+                return await operation()
             except StoreUnavailable:
                 if attempt + 1 == self.retry.attempts:
                     raise
@@ -208,7 +300,7 @@ class SyncService:
             try:
                 await self.store.reconnect()
             except StoreUnavailable:
-                pass  # still down: the next write attempt fails fast and we back off again
+                pass  # still down: the next attempt fails fast and we back off again
         raise AssertionError("unreachable")
 
     def _publish(self, changes: list[_Change], now_ns: int) -> int:
@@ -224,6 +316,24 @@ class SyncService:
             records["flags"][gone] |= np.uint8(ASSET_FLAG_REMOVED)
         records["updated_ns"] = now_ns
         return self.publisher.publish(records)
+
+
+def _pending_records(pending: list[PendingAsset]) -> np.ndarray:
+    """The AoS for pending rows: encoded from what the database holds, removals flagged."""
+    records = assets_to_records([p.doc for p in pending], validate=False)
+    gone = [i for i, p in enumerate(pending) if p.removed]
+    if gone:
+        records["flags"][gone] |= np.uint8(ASSET_FLAG_REMOVED)
+    records["updated_ns"] = [_ns(p.updated_at) for p in pending]
+    return records
+
+
+def _ns(at: datetime) -> int:
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _in_scope(doc: Mapping[str, Any], scope: Mapping[str, str]) -> bool:

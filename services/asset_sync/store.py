@@ -3,6 +3,17 @@
 The table keeps typed columns for queries *and* the full asset JSON in ``doc``: the database is
 the truth, so it stores full-length strings and every field the diff compares, not the record.
 A removed asset keeps its row; ``removed_at`` says when it left the listing.
+
+The transactional outbox is the ``publish_pending`` column of that same table: the upsert that
+changes a row also sets its mark, in the batch's transaction, so "committed" implies "marked".
+The service clears a mark only after the row's change was published, and matches the mark by
+``(id, updated_at)``, so a row rewritten since it was read stays marked. Why a column and not a
+separate outbox table: the mark is set by the very statement (and the very ``WHERE``) that decides
+whether the row changed, so no second statement per batch and no way for the two to disagree;
+re-publishing needs the row's doc and removed state anyway, which live in the row; one entry per
+asset is all an idempotent, keyed-by-id subscriber needs; and upgrading a database written before
+the outbox existed is one ``ADD COLUMN`` (rows already there count as published). A partial index
+on the marked rows keeps the "anything pending?" check at every cycle cheap.
 """
 
 from __future__ import annotations
@@ -37,6 +48,9 @@ TYPED_COLUMNS = (
     "attributes",
 )
 COLUMNS = (*TYPED_COLUMNS, "doc", "updated_at", "removed_at")
+# The outbox mark: set with every row a write changes, cleared once that change was published.
+PENDING_COLUMN = "publish_pending"
+PENDING_INDEX = f"{ASSETS_TABLE}_{PENDING_COLUMN}"
 WRITE_METHODS = ("upsert", "copy")
 
 
@@ -60,17 +74,37 @@ class StoredAsset:
     removed: bool
 
 
+@dataclass(frozen=True)
+class PendingAsset:
+    """A committed change not yet known to be published: the row as it is now."""
+
+    id: str
+    doc: dict[str, Any]
+    removed: bool
+    updated_at: datetime  # with ``id``, the mark that clear_pending matches
+
+
 class AssetStore(Protocol):
     write_methods: tuple[str, ...]
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def reconnect(self) -> None: ...
-    async def ensure_schema(self) -> None: ...
     async def load_all(self) -> dict[str, StoredAsset]: ...
+    async def ensure_schema(self) -> None:
+        """Create the tables, or upgrade ones an older version made (adds the outbox column)."""
+
     async def write_batch(self, rows: Sequence[AssetRow], method: str) -> int:
-        """Write ``rows`` in one transaction; returns how many rows actually changed.
+        """Write ``rows`` in one transaction; returns how many rows actually changed. Every row
+        that changed is marked publish-pending in that same transaction.
         Raises StoreUnavailable when the connection failed (nothing of the batch is committed)."""
+
+    async def load_pending(self) -> list[PendingAsset]:
+        """Every row still marked publish-pending, ordered by id."""
+
+    async def clear_pending(self, marks: Sequence[tuple[str, datetime]]) -> int:
+        """Unmark the rows whose (id, updated_at) are in ``marks``, in one transaction; a row
+        written again since (another updated_at) keeps its mark. Returns how many were unmarked."""
 
     async def write_features(
         self, computed_at: datetime, assets: int, features: Mapping[str, Any]

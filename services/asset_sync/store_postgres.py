@@ -8,6 +8,7 @@
 Either way a batch is one transaction; a dropped connection surfaces as StoreUnavailable and
 nothing of the batch is committed, so the caller can reconnect and send the same batch again.
 The ``WHERE`` clause makes a resent or unchanged row a no-op, which the written count reflects.
+The same statement sets ``publish_pending`` on every row it changes (the outbox, see store.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from .store import (
     ASSETS_TABLE,
     COLUMNS,
     FEATURES_TABLE,
+    PENDING_COLUMN,
+    PENDING_INDEX,
     AssetRow,
+    PendingAsset,
     StoredAsset,
     StoreUnavailable,
     typed_values,
@@ -81,19 +85,30 @@ class PostgresStore:
         table = f"{_quote(self.schema)}.{_quote(ASSETS_TABLE)}"
         self._table = table
         self._features = f"{_quote(self.schema)}.{_quote(FEATURES_TABLE)}"
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "id")
+        # Every row inserted or updated is marked publish-pending by the same statement.
+        columns = ", ".join((*COLUMNS, PENDING_COLUMN))
+        updates = ", ".join(
+            (*(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "id"), f"{PENDING_COLUMN} = true")
+        )
         changed = (
             f"{table}.doc IS DISTINCT FROM EXCLUDED.doc "
             f"OR ({table}.removed_at IS NULL) <> (EXCLUDED.removed_at IS NULL)"
         )
         conflict = f"ON CONFLICT (id) DO UPDATE SET {updates} WHERE {changed}"
         unnest = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-        self._upsert_sql = (
-            f"INSERT INTO {table} ({', '.join(COLUMNS)}) SELECT * FROM unnest({unnest}) {conflict}"
-        )
+        self._upsert_sql = f"INSERT INTO {table} ({columns}) SELECT *, true FROM unnest({unnest}) {conflict}"
         self._merge_sql = (
-            f"INSERT INTO {table} ({', '.join(COLUMNS)}) "
-            f"SELECT {', '.join(COLUMNS)} FROM pg_temp.{_STAGE} {conflict}"
+            f"INSERT INTO {table} ({columns}) "
+            f"SELECT {', '.join(COLUMNS)}, true FROM pg_temp.{_STAGE} {conflict}"
+        )
+        self._load_pending_sql = (
+            f"SELECT id::text, doc::text, removed_at IS NOT NULL, updated_at FROM {table} "
+            f"WHERE {PENDING_COLUMN} ORDER BY id"
+        )
+        self._clear_pending_sql = (
+            f"UPDATE {table} AS t SET {PENDING_COLUMN} = false "
+            f"FROM unnest($1::uuid[], $2::timestamptz[]) AS p(id, updated_at) "
+            f"WHERE t.id = p.id AND t.updated_at = p.updated_at AND t.{PENDING_COLUMN}"
         )
 
     async def open(self) -> None:
@@ -121,7 +136,8 @@ class PostgresStore:
         return self._conn
 
     async def ensure_schema(self) -> None:
-        await self.conn.execute(f"""
+        conn = self.conn
+        await conn.execute(f"""
             CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)};
             CREATE TABLE IF NOT EXISTS {self._table} (
                 id uuid PRIMARY KEY, symbol text NOT NULL, name text NOT NULL, exchange text NOT NULL,
@@ -130,11 +146,30 @@ class PostgresStore:
                 easy_to_borrow boolean NOT NULL, fractionable boolean NOT NULL,
                 maintenance_margin_requirement numeric, margin_requirement_long numeric,
                 margin_requirement_short numeric, attributes jsonb,
-                doc jsonb NOT NULL, updated_at timestamptz NOT NULL, removed_at timestamptz);
+                doc jsonb NOT NULL, updated_at timestamptz NOT NULL, removed_at timestamptz,
+                {PENDING_COLUMN} boolean NOT NULL DEFAULT false);
             CREATE INDEX IF NOT EXISTS {_quote(ASSETS_TABLE + "_symbol")} ON {self._table} (symbol);
             CREATE TABLE IF NOT EXISTS {self._features} (
                 computed_at timestamptz NOT NULL, assets integer NOT NULL, features jsonb NOT NULL);
         """)
+        # A table made before the outbox existed is upgraded in place. Looked up first because
+        # even a no-op ALTER TABLE takes an exclusive lock; IF NOT EXISTS covers a concurrent
+        # upgrade. A constant default makes it a catalog-only change (PostgreSQL 11+), and the
+        # rows already there were published by the version that wrote them: they start unmarked.
+        has_column = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass "
+            "AND attname = $2 AND NOT attisdropped)",
+            self._table,
+            PENDING_COLUMN,
+        )
+        if not has_column:
+            await conn.execute(
+                f"ALTER TABLE {self._table} "
+                f"ADD COLUMN IF NOT EXISTS {PENDING_COLUMN} boolean NOT NULL DEFAULT false"
+            )
+        await conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {_quote(PENDING_INDEX)} ON {self._table} (id) WHERE {PENDING_COLUMN}"
+        )
 
     async def load_all(self) -> dict[str, StoredAsset]:
         try:
@@ -144,6 +179,27 @@ class PostgresStore:
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"PostgreSQL read failed: {exc}") from exc
         return {r[0]: StoredAsset(json.loads(r[1]), r[2]) for r in rows}
+
+    async def load_pending(self) -> list[PendingAsset]:
+        try:
+            rows = await self.conn.fetch(self._load_pending_sql)
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(f"PostgreSQL read failed: {exc}") from exc
+        return [PendingAsset(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
+
+    async def clear_pending(self, marks: Sequence[tuple[str, datetime]]) -> int:
+        if not marks:
+            return 0
+        ids, stamps = zip(*marks)
+        try:
+            conn = self.conn
+            async with conn.transaction():
+                status = await conn.execute(self._clear_pending_sql, list(ids), list(stamps))
+        except Exception as exc:
+            if isinstance(exc, _CONNECTION_ERRORS) or self._conn is None or self._conn.is_closed():
+                raise StoreUnavailable(f"PostgreSQL write failed: {type(exc).__name__}: {exc}") from exc
+            raise
+        return int(status.split()[-1])  # "UPDATE n"
 
     async def write_batch(self, rows: Sequence[AssetRow], method: str) -> int:
         if method not in self.write_methods:

@@ -1,7 +1,8 @@
 """The embedded default: SQLite through the standard library, so the pipeline runs with no server.
 
 Calls are synchronous inside async methods: the file is local and each batch is a short
-transaction, so a thread hop would cost more than it saves.
+transaction, so a thread hop would cost more than it saves. The upsert marks every row it changes
+publish-pending in the batch's transaction (the outbox, see store.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from .store import (
     ASSETS_TABLE,
     COLUMNS,
     FEATURES_TABLE,
+    PENDING_COLUMN,
+    PENDING_INDEX,
     AssetRow,
+    PendingAsset,
     StoredAsset,
     StoreUnavailable,
     typed_values,
@@ -68,15 +72,64 @@ class SqliteStore:
                 easy_to_borrow INTEGER NOT NULL, fractionable INTEGER NOT NULL,
                 maintenance_margin_requirement TEXT, margin_requirement_long TEXT,
                 margin_requirement_short TEXT, attributes TEXT,
-                doc TEXT NOT NULL, updated_at TEXT NOT NULL, removed_at TEXT);
+                doc TEXT NOT NULL, updated_at TEXT NOT NULL, removed_at TEXT,
+                {PENDING_COLUMN} INTEGER NOT NULL DEFAULT 0);
             CREATE INDEX IF NOT EXISTS {ASSETS_TABLE}_symbol ON {ASSETS_TABLE} (symbol);
             CREATE TABLE IF NOT EXISTS {FEATURES_TABLE} (
                 computed_at TEXT NOT NULL, assets INTEGER NOT NULL, features TEXT NOT NULL);
         """)
+        # A table made before the outbox existed is upgraded in place (SQLite has no ADD COLUMN
+        # IF NOT EXISTS, hence the look-up). Rows already there were published by the version
+        # that wrote them, so they start unmarked.
+        columns = {row[1] for row in self.conn.execute(f"PRAGMA table_info({ASSETS_TABLE})")}
+        if PENDING_COLUMN not in columns:
+            try:
+                self.conn.execute(
+                    f"ALTER TABLE {ASSETS_TABLE} ADD COLUMN {PENDING_COLUMN} INTEGER NOT NULL DEFAULT 0"
+                )
+            except sqlite3.OperationalError as exc:  # another process upgraded it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
+        self.conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {PENDING_INDEX} ON {ASSETS_TABLE} (id) WHERE {PENDING_COLUMN}"
+        )
 
     async def load_all(self) -> dict[str, StoredAsset]:
         rows = self.conn.execute(f"SELECT id, doc, removed_at IS NOT NULL FROM {ASSETS_TABLE}")
         return {asset_id: StoredAsset(json.loads(doc), bool(removed)) for asset_id, doc, removed in rows}
+
+    async def load_pending(self) -> list[PendingAsset]:
+        rows = self.conn.execute(
+            f"SELECT id, doc, removed_at IS NOT NULL, updated_at FROM {ASSETS_TABLE} "
+            f"WHERE {PENDING_COLUMN} ORDER BY id"
+        )
+        return [
+            PendingAsset(asset_id, json.loads(doc), bool(removed), datetime.fromisoformat(updated_at))
+            for asset_id, doc, removed, updated_at in rows
+        ]
+
+    async def clear_pending(self, marks: Sequence[tuple[str, datetime]]) -> int:
+        if not marks:
+            return 0
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            before = conn.total_changes
+            # updated_at is stored as isoformat() text: the same call gives the same string back.
+            conn.executemany(
+                f"UPDATE {ASSETS_TABLE} SET {PENDING_COLUMN} = 0 "
+                f"WHERE id = ? AND updated_at = ? AND {PENDING_COLUMN}",
+                [(asset_id.lower(), at.isoformat()) for asset_id, at in marks],
+            )
+            cleared = conn.total_changes - before
+            conn.execute("COMMIT")
+            return cleared
+        except sqlite3.OperationalError as exc:
+            _rollback(conn)
+            raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
+        except BaseException:
+            _rollback(conn)
+            raise
 
     async def write_batch(self, rows: Sequence[AssetRow], method: str) -> int:
         if method not in self.write_methods:
@@ -91,14 +144,16 @@ class SqliteStore:
             for r in rows
         ]
         placeholders = ", ".join("?" for _ in COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "id")
+        # Every row inserted or updated is marked publish-pending by the same statement.
+        updates = ", ".join((*(f"{c} = excluded.{c}" for c in COLUMNS if c != "id"), f"{PENDING_COLUMN} = 1"))
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             before = conn.total_changes
             self._execute_rows(
                 conn,
-                f"INSERT INTO {ASSETS_TABLE} ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
+                f"INSERT INTO {ASSETS_TABLE} ({', '.join((*COLUMNS, PENDING_COLUMN))}) "
+                f"VALUES ({placeholders}, 1) "
                 f"ON CONFLICT (id) DO UPDATE SET {updates} WHERE {_CHANGED}",
                 values,
             )
