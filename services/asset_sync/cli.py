@@ -18,6 +18,9 @@ from .store import StoreUnavailable, default_sqlite_path, open_store
 from .transport import DEFAULT_SOCKET, TransportError
 from .zmq_pubsub import DEFAULT_PUB_ENDPOINT
 
+# How long ``watch`` waits for its connection to a running publisher before reading the database.
+CONNECT_WAIT = 5.0
+
 # Errors that end a cycle with a message rather than a traceback: bad input, network, database.
 CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreUnavailable, OSError)
 
@@ -101,7 +104,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.set_defaults(func=lambda args: asyncio.run(_run_serve(args)))
 
     w = commands.add_parser(
-        "watch", help="subscribe to assets.changed, keep a cache, print and store features"
+        "watch",
+        help="subscribe to assets.changed, keep a cache, print and store features",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Subscribe to assets.changed and keep a cache of the assets, keyed by id.\n"
+        "Warm start (the default): the cache first loads every row of the database's assets\n"
+        "table (--db, or the default SQLite file the other commands use), removed assets\n"
+        "flagged as in a message, and its features are printed once (not stored); then each\n"
+        "message is applied on top, so the cache equals the database, not just the changes\n"
+        "seen since this process joined. The subscription is made before the database is\n"
+        "read (watch waits for the connection to a running publisher, up to "
+        f"{CONNECT_WAIT:g} s), and\n"
+        "messages arriving meanwhile are applied after the snapshot: messages are upserts by\n"
+        "id, so one whose change the snapshot already holds changes nothing. A publisher that\n"
+        "starts later should use --wait-subscribers, as ZeroMQ drops what it published before\n"
+        "a subscriber joined. Features are written to the asset_features table per message.",
     )
     w.add_argument(
         "--sub",
@@ -113,7 +130,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     w.add_argument("--schema", help="PostgreSQL schema (default public)")
     w.add_argument("--messages", type=int, metavar="N", help="exit after N messages")
     w.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S seconds without a message")
-    w.add_argument("--json", action="store_true", help="print features as one JSON line per message")
+    w.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="do not load the database's assets first: the cache holds only what arrives as "
+        "messages after this process joined (the database is still where features go)",
+    )
+    w.add_argument(
+        "--json",
+        action="store_true",
+        help="print features as one JSON line per message (received: its asset count), after "
+        "one for the warm start (warm_start: the assets loaded, received: 0)",
+    )
     w.set_defaults(func=lambda args: asyncio.run(_run_watch(args)))
     return p
 
@@ -305,22 +333,44 @@ async def _run_serve(args: argparse.Namespace) -> int:
 
 async def _run_watch(args: argparse.Namespace) -> int:
     from .features import compute_features
+    from .service import stored_records
     from .zmq_pubsub import AssetSubscriber
 
+    warm_start = not args.no_warm_start
     store = open_store(args.db, schema=args.schema)
     try:
         await store.open()
         await store.ensure_schema()
     except (*CYCLE_ERRORS, ValueError) as exc:
+        await store.close()
         _error(str(exc))
         return 1
-    subscriber = AssetSubscriber(args.sub)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    idle_since = loop.time()
+    subscriber = None
     try:
+        # Subscribe first, read the database second: a change committed after the snapshot is
+        # published after it too, so it reaches us as a message; ZeroMQ queues the messages
+        # that arrive while we read, and they are applied after the snapshot.
+        subscriber = await asyncio.to_thread(
+            AssetSubscriber, args.sub, await_connection=CONNECT_WAIT if warm_start else None
+        )
+        if warm_start:
+            try:
+                snapshot = await store.load_snapshot()
+            except CYCLE_ERRORS as exc:
+                _error(f"warm start: {exc}")
+                return 1
+            subscriber.load(stored_records(snapshot))
+            _print_features(
+                compute_features(subscriber.records()),
+                args.json,
+                {"warm_start": len(snapshot), "received": 0},
+                f"warm start: {len(snapshot)} assets from the database",
+            )
+        idle_since = loop.time()
         while not stop.is_set():
             # Short polls in a thread keep the loop free for the signal handlers.
             records = await asyncio.to_thread(subscriber.receive, 0.2)
@@ -331,20 +381,31 @@ async def _run_watch(args: argparse.Namespace) -> int:
             idle_since = loop.time()
             features = compute_features(subscriber.records())
             await store.write_features(datetime.now(timezone.utc), features["assets"], features)
-            if args.json:
-                print(json.dumps({"received": len(records), **features}), flush=True)
-            else:
-                print(
-                    f"received {len(records)} changed assets; {features['assets']} listed, "
-                    f"{features['removed']} removed; by class {features['by_class']}; "
-                    f"shortable {features['ratios']['shortable']:.3f}, "
-                    f"easy_to_borrow {features['ratios']['easy_to_borrow']:.3f}, "
-                    f"fractionable {features['ratios']['fractionable']:.3f}",
-                    flush=True,
-                )
+            _print_features(
+                features,
+                args.json,
+                {"received": len(records)},
+                f"received {len(records)} changed assets",
+            )
             if args.messages and subscriber.messages >= args.messages:
                 return 0
         return 0
     finally:
-        subscriber.close()
+        if subscriber is not None:
+            subscriber.close()
         await store.close()
+
+
+def _print_features(features: dict[str, Any], as_json: bool, head: dict[str, Any], text: str) -> None:
+    if as_json:
+        print(json.dumps({**head, **features}), flush=True)
+        return
+    ratios = ", ".join(
+        f"{name} {'n/a' if features['ratios'][name] is None else format(features['ratios'][name], '.3f')}"
+        for name in ("shortable", "easy_to_borrow", "fractionable")
+    )
+    print(
+        f"{text}; {features['assets']} listed, {features['removed']} removed; "
+        f"by class {features['by_class']}; {ratios}",
+        flush=True,
+    )

@@ -224,7 +224,7 @@ class SyncService:
         if not pending:
             return
         try:
-            self.publisher.publish(_pending_records(pending))
+            self.publisher.publish(stored_records(pending))
         except Exception as exc:
             raise SyncError(
                 f"publishing {len(pending)} pending assets failed (they stay pending): "
@@ -318,8 +318,9 @@ class SyncService:
         return self.publisher.publish(records)
 
 
-def _pending_records(pending: list[PendingAsset]) -> np.ndarray:
-    """The AoS for pending rows: encoded from what the database holds, removals flagged."""
+def stored_records(pending: list[PendingAsset]) -> np.ndarray:
+    """The AoS for stored rows (pending ones, or a subscriber's warm-start snapshot): encoded from
+    what the database holds, removals flagged, ``updated_ns`` when the row was committed."""
     records = assets_to_records([p.doc for p in pending], validate=False)
     gone = [i for i, p in enumerate(pending) if p.removed]
     if gone:

@@ -76,7 +76,8 @@ class StoredAsset:
 
 @dataclass(frozen=True)
 class PendingAsset:
-    """A committed change not yet known to be published: the row as it is now."""
+    """A row as it is now: what load_pending returns for a committed change not yet known to be
+    published, and load_snapshot for every row (a subscriber's warm start)."""
 
     id: str
     doc: dict[str, Any]
@@ -101,6 +102,10 @@ class AssetStore(Protocol):
 
     async def load_pending(self) -> list[PendingAsset]:
         """Every row still marked publish-pending, ordered by id."""
+
+    async def load_snapshot(self) -> list[PendingAsset]:
+        """Every row, removed ones included, ordered by id, read by one statement (so one
+        consistent snapshot): what a subscriber's cache starts from (``assets watch``)."""
 
     async def clear_pending(self, marks: Sequence[tuple[str, datetime]]) -> int:
         """Unmark the rows whose (id, updated_at) are in ``marks``, in one transaction; a row

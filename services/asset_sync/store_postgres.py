@@ -101,6 +101,9 @@ class PostgresStore:
             f"INSERT INTO {table} ({columns}) "
             f"SELECT {', '.join(COLUMNS)}, true FROM pg_temp.{_STAGE} {conflict}"
         )
+        self._load_snapshot_sql = (
+            f"SELECT id::text, doc::text, removed_at IS NOT NULL, updated_at FROM {table} ORDER BY id"
+        )
         self._load_pending_sql = (
             f"SELECT id::text, doc::text, removed_at IS NOT NULL, updated_at FROM {table} "
             f"WHERE {PENDING_COLUMN} ORDER BY id"
@@ -181,8 +184,15 @@ class PostgresStore:
         return {r[0]: StoredAsset(json.loads(r[1]), r[2]) for r in rows}
 
     async def load_pending(self) -> list[PendingAsset]:
+        return await self._load_rows(self._load_pending_sql)
+
+    async def load_snapshot(self) -> list[PendingAsset]:
+        # One statement: PostgreSQL reads it from one snapshot, even outside a transaction.
+        return await self._load_rows(self._load_snapshot_sql)
+
+    async def _load_rows(self, sql: str) -> list[PendingAsset]:
         try:
-            rows = await self.conn.fetch(self._load_pending_sql)
+            rows = await self.conn.fetch(sql)
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"PostgreSQL read failed: {exc}") from exc
         return [PendingAsset(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]

@@ -99,9 +99,15 @@ class SqliteStore:
         return {asset_id: StoredAsset(json.loads(doc), bool(removed)) for asset_id, doc, removed in rows}
 
     async def load_pending(self) -> list[PendingAsset]:
+        return self._load_rows(f"WHERE {PENDING_COLUMN}")
+
+    async def load_snapshot(self) -> list[PendingAsset]:
+        # One SELECT outside any transaction of ours: SQLite (WAL) reads it from one snapshot.
+        return self._load_rows("")
+
+    def _load_rows(self, where: str) -> list[PendingAsset]:
         rows = self.conn.execute(
-            f"SELECT id, doc, removed_at IS NOT NULL, updated_at FROM {ASSETS_TABLE} "
-            f"WHERE {PENDING_COLUMN} ORDER BY id"
+            f"SELECT id, doc, removed_at IS NOT NULL, updated_at FROM {ASSETS_TABLE} {where} ORDER BY id"
         )
         return [
             PendingAsset(asset_id, json.loads(doc), bool(removed), datetime.fromisoformat(updated_at))

@@ -56,16 +56,48 @@ class AssetPublisher:
 
 
 class AssetSubscriber:
-    """Receives ``assets.changed`` and keeps a local cache: id (raw 16 bytes) -> record."""
+    """Receives ``assets.changed`` and keeps a local cache: id (raw 16 bytes) -> record.
 
-    def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, context: zmq.Context | None = None):
+    ``await_connection=S``: before returning, wait up to S seconds until the connection to the
+    publisher is made (ZMTP handshake done, our subscription sent), or until ZeroMQ reports the
+    publisher is not there (a refused connect; it retries in the background); ``connected``
+    says which. A warm start (``load``) reads the database only after that, so a change
+    published once the subscription reached the publisher arrives as a message."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_PUB_ENDPOINT,
+        *,
+        context: zmq.Context | None = None,
+        await_connection: float | None = None,
+    ):
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SUBSCRIBE, TOPIC)
-        self._socket.connect(endpoint)  # connect before the publisher binds is fine: ZeroMQ retries
         self.cache: dict[bytes, np.void] = {}
         self.messages = 0
+        self.connected: bool | None = None  # known only with await_connection
+        monitor = None
+        if await_connection is not None:  # the monitor must be there before connect()
+            monitor = self._socket.get_monitor_socket(_CONNECT_EVENTS)
+        try:
+            self._socket.connect(endpoint)  # connect before the publisher binds is fine: ZeroMQ retries
+            if monitor is not None:
+                self.connected = _await_handshake(monitor, await_connection)
+        except BaseException:
+            self._socket.close()
+            raise
+        finally:
+            if monitor is not None:
+                self._socket.disable_monitor()
+                monitor.close(linger=0)
+
+    def load(self, records: np.ndarray) -> None:
+        """Apply ``records`` to the cache as a message would (upsert by id, removed ones kept
+        with their flag) without counting a message: the warm start from the database."""
+        for record in records:
+            self.cache[bytes(record["id"])] = record.copy()
 
     def receive(self, timeout: float) -> np.ndarray | None:
         """The next message's records (a zero-copy view of the frame), applied to the cache;
@@ -93,6 +125,32 @@ class AssetSubscriber:
 
     def close(self) -> None:
         self._socket.close()
+
+
+_CONNECT_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def _await_handshake(monitor: zmq.Socket, timeout: float) -> bool:
+    """True once the handshake with the publisher succeeded; False when the connect was refused
+    (nobody bound there yet), the handshake failed, or ``timeout`` seconds passed."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not monitor.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+            return False
+        event = recv_monitor_message(monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return True
+        if event & _CONNECT_EVENTS:
+            return False
 
 
 @contextmanager
