@@ -271,3 +271,24 @@ def test_read_returns_ordinary_owned_arrays(ring_name, dtype):
     assert got.tobytes() == sent.tobytes()
     got.view(np.uint8)[:] = 0             # usable (and writeable) after the ring is gone
     assert got[2] == np.zeros(1, dtype)[0]
+
+
+def test_open_keeps_cheap_dtype_identity(ring_name):
+    """Comparing structured dtypes costs ~400 ns, so open() hands out the very dtype object the
+    caller passed (or the shared records.* one) and the hot path checks identity first."""
+    mine = np.dtype([("a", "<u8"), ("b", "<u8")])
+    with shmpipe.Ring.create(ring_name, TICK, 8):
+        with shmpipe.Ring.open(ring_name) as ring:
+            assert ring.dtype is TICK
+        with shmpipe.Ring.open(ring_name, TICK) as ring:
+            assert ring.dtype is TICK
+    segments.unlink(ring_name)
+    with shmpipe.Ring.create(ring_name, mine, 8):
+        twin = np.dtype([("a", "<u8"), ("b", "<u8")])
+        with shmpipe.Ring.open(ring_name, twin) as ring, ring.producer() as p:
+            assert ring.dtype is twin
+            assert p.write_batch(np.zeros(2, mine)) == 2     # equal but distinct objects still work
+            assert p.write(np.zeros(1, mine)[0])
+            with pytest.raises(shmpipe.DtypeMismatchError):
+                p.write_batch(np.zeros(2, TICK))
+    segments.unlink(ring_name)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _ring, segments
+from . import _ring, records, segments
 from .dtypes import as_record_dtype, describe, fingerprint, from_description
 from .errors import DtypeMismatchError, RingClosedError, RingFormatError
 from .liveness import process_start_ticks
@@ -102,6 +102,9 @@ class Ring:
                     raise DtypeMismatchError(
                         f"ring {name!r} holds records of dtype {ring_dtype} (itemsize {ring_dtype.itemsize}), "
                         f"but dtype {wanted} (itemsize {wanted.itemsize}) was given")
+                ring_dtype = wanted          # the caller's own object: identity checks stay cheap
+            else:
+                ring_dtype = _known_dtype(ring_dtype)
         except BaseException:
             segment.close()
             raise
@@ -231,6 +234,15 @@ class Ring:
         state = "closed" if self.closed else f"capacity={self.capacity}"
         kind = f"broadcast/{self.policy}" if not self.closed and self.broadcast else "spsc"
         return f"<shmpipe.Ring {self.name!r} {kind} dtype={self.dtype} {state}>"
+
+
+def _known_dtype(dt: np.dtype) -> np.dtype:
+    """The shared records.* object when the ring holds one of ours (so arrays users build with
+    records.TICK are the very dtype object of the ring), else the rebuilt dtype."""
+    for known in records.BY_NAME.values():
+        if known == dt:
+            return known
+    return dt
 
 
 def _age(now_ns: int, then_ns: int) -> float | None:
