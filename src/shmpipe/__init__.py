@@ -16,7 +16,6 @@ from .errors import (
     RingFormatError,
     RingNotFoundError,
     RingPermissionError,
-    RingTimeoutError,
     RoleTakenError,
     ShmpipeError,
 )
@@ -27,6 +26,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Ring", "Producer", "Consumer", "records",
     "ShmpipeError", "RingExistsError", "RingNotFoundError", "RingFormatError", "DtypeMismatchError",
-    "InvalidNameError", "RoleTakenError", "RingPermissionError", "NoSpaceError", "RingTimeoutError",
+    "InvalidNameError", "RoleTakenError", "RingPermissionError", "NoSpaceError",
     "ConsumerEvictedError", "RingClosedError",
 ]

@@ -313,11 +313,6 @@ cdef class MappedRing:
             return True
         return shm_lock_held_elsewhere(self.fd, SHMPIPE_LOCK_CONSUMER0 + slot) == 1
 
-    def anyone_else_attached(self):
-        """True while any other handle, in any process, has this ring open."""
-        self._check()
-        return shm_lock_held_elsewhere(self.fd, SHMPIPE_LOCK_ATTACHED) == 1
-
     cdef int _take_role(self, long long byte) except -1:
         cdef int err = shm_lock_try(self.fd, byte, 1)
         if err == 0:

@@ -47,10 +47,6 @@ class NoSpaceError(ShmpipeError, OSError):
         return self.args[1]
 
 
-class RingTimeoutError(ShmpipeError, TimeoutError):
-    """A wait ran past its timeout where the API cannot report it as a return value."""
-
-
 class ConsumerEvictedError(ShmpipeError, RuntimeError):
     """The producer evicted this broadcast consumer (dead-looking, or silent past the timeout)."""
 

@@ -4,8 +4,6 @@ The authoritative liveness test is the OFD lock each role holds on the segment (
 pid and start time are what the header shows people and tools."""
 from __future__ import annotations
 
-import os
-
 
 def process_start_ticks(pid: int) -> int:
     """Start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22); 0 if unknown."""
@@ -20,16 +18,3 @@ def process_start_ticks(pid: int) -> int:
         return int(fields[19])
     except (IndexError, ValueError):
         return 0
-
-
-def pid_alive(pid: int, start_ticks: int = 0) -> bool:
-    """True if ``pid`` runs and, when ``start_ticks`` is given, is the same process as then."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return not start_ticks or process_start_ticks(pid) == start_ticks
