@@ -239,26 +239,17 @@ def test_changed_fields_match_the_known_diff(tmp_path):
 
 def test_watch_cli_prints_and_stores_features(database, pub_endpoint, capsys, tmp_path):
     """``shmpipe assets watch`` in its own process, fed by a one-shot sync."""
-    watch = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shmpipe_tools.cli",
-            "assets",
-            "watch",
-            "--sub",
-            pub_endpoint,
-            *db_args(database),
-            "--messages",
-            "1",
-            "--idle-timeout",
-            str(WAIT),
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_child_env(),
-        text=True,
+    watch = spawn_cli(
+        "assets",
+        "watch",
+        "--sub",
+        pub_endpoint,
+        *db_args(database),
+        "--messages",
+        "1",
+        "--idle-timeout",
+        str(WAIT),
+        "--json",
     )
     try:
         code, out, err = run_cli(
@@ -514,6 +505,17 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
+def spawn_cli(*args: str) -> subprocess.Popen:
+    """``python -m shmpipe_tools.cli ARGS`` as a child process with piped text output."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmpipe_tools.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(),
+        text=True,
+    )
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -552,28 +554,19 @@ def test_fetcher_to_service_over_unix_socket(database, pub_endpoint, capsys):
     with tempfile.TemporaryDirectory(prefix="shmpa-") as tmp:
         socket_path = f"{tmp}/sync.sock"
         subscriber = AssetSubscriber(pub_endpoint)
-        service = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shmpipe_tools.cli",
-                "assets",
-                "serve",
-                "--listen",
-                socket_path,
-                *db_args(database),
-                "--pub",
-                pub_endpoint,
-                "--wait-subscribers",
-                "1",
-                "--wait-timeout",
-                str(WAIT),
-                "--json",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_child_env(),
-            text=True,
+        service = spawn_cli(
+            "assets",
+            "serve",
+            "--listen",
+            socket_path,
+            *db_args(database),
+            "--pub",
+            pub_endpoint,
+            "--wait-subscribers",
+            "1",
+            "--wait-timeout",
+            str(WAIT),
+            "--json",
         )
         try:
             lines = LineReader(service.stdout)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import tempfile
 import threading
 import uuid
@@ -37,9 +35,9 @@ from test_asset_sync import (
     V2,
     WAIT,
     LineReader,
-    _child_env,
     _feature_rows,
     _stop,
+    spawn_cli,
     assert_cache_equals_database,
     db_args,
     load_db,
@@ -288,26 +286,17 @@ def test_watch_process_warm_start_then_sync(database, pub_endpoint, capsys):
     code, _, err = run_cli(capsys, "sync", "--from-file", str(V1), *db_args(database), "--pub", pub_endpoint)
     assert code == 0, err
     v1_features = compute_features(database_records(database))
-    watch = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shmpipe_tools.cli",
-            "assets",
-            "watch",
-            "--sub",
-            pub_endpoint,
-            *db_args(database),
-            "--messages",
-            "1",
-            "--idle-timeout",
-            str(WAIT),
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_child_env(),
-        text=True,
+    watch = spawn_cli(
+        "assets",
+        "watch",
+        "--sub",
+        pub_endpoint,
+        *db_args(database),
+        "--messages",
+        "1",
+        "--idle-timeout",
+        str(WAIT),
+        "--json",
     )
     try:
         lines = LineReader(watch.stdout)
