@@ -9,11 +9,13 @@ from ._ring import Consumer, Producer
 from .errors import (
     ConsumerEvictedError,
     DtypeMismatchError,
+    InvalidArgumentError,
     InvalidNameError,
     NoSpaceError,
     RingClosedError,
     RingExistsError,
     RingFormatError,
+    RingIOError,
     RingNotFoundError,
     RingPermissionError,
     RoleTakenError,
@@ -27,5 +29,5 @@ __all__ = [
     "Ring", "Producer", "Consumer", "records",
     "ShmpipeError", "RingExistsError", "RingNotFoundError", "RingFormatError", "DtypeMismatchError",
     "InvalidNameError", "RoleTakenError", "RingPermissionError", "NoSpaceError",
-    "ConsumerEvictedError", "RingClosedError",
+    "ConsumerEvictedError", "RingClosedError", "InvalidArgumentError", "RingIOError",
 ]

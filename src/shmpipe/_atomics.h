@@ -21,12 +21,18 @@ static inline void shm_store_release_u64(uint64_t *p, uint64_t v) { __atomic_sto
 static inline void shm_store_relaxed_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline uint64_t shm_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
 
+static inline void shm_store_relaxed_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline uint32_t shm_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline uint32_t shm_load_relaxed_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void shm_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint32_t shm_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-static inline uint32_t shm_fetch_sub_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
-static inline int shm_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) {
+/* Never below zero: a count reset by a new owner (a sleeper killed by kill -9 left it raised)
+ * must not wrap when a sleeper from before the reset leaves. */
+static inline void shm_decrement_saturating_u32(uint32_t *p) {
+    uint32_t seen = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (seen != 0 && !__atomic_compare_exchange_n(p, &seen, seen - 1, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {}
+}
+static inline int shm_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
@@ -73,7 +79,8 @@ static inline int shm_futex_wait(uint32_t *word, uint32_t expected, uint64_t tim
     struct timespec ts;
     ts.tv_sec = (time_t)(timeout_ns / 1000000000ull);
     ts.tv_nsec = (long)(timeout_ns % 1000000000ull);
-    return (int)syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0);
+    /* 0: woken; -EAGAIN: the word had already changed (the wake came first); -ETIMEDOUT; -EINTR */
+    return syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0) == 0 ? 0 : -errno;
 }
 
 static inline int shm_futex_wake_all(uint32_t *word) {

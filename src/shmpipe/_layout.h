@@ -71,7 +71,7 @@ _Static_assert(sizeof(shmpipe_asset) % 8 == 0, "Asset itemsize is a multiple of 
 
 /* ---------------------------------------------------------------- ring header */
 #define SHMPIPE_MAGIC 0x31676e6952706d53ull   /* "SmpRing1" read as little-endian bytes */
-#define SHMPIPE_LAYOUT_VERSION 1u
+#define SHMPIPE_LAYOUT_VERSION 2u   /* 2: slot state carries a generation; the membership block */
 /* 128-byte blocks: a 64-byte line plus its pair, which the adjacent-line prefetcher drags along. */
 #define SHMPIPE_BLOCK 128
 #define SHMPIPE_MAX_CONSUMERS 32
@@ -81,6 +81,10 @@ _Static_assert(sizeof(shmpipe_asset) % 8 == 0, "Asset itemsize is a multiple of 
 enum { SHMPIPE_WAIT_SPIN = 0, SHMPIPE_WAIT_YIELD = 1, SHMPIPE_WAIT_BLOCK = 2 };
 enum { SHMPIPE_FLAG_BROADCAST = 1, SHMPIPE_FLAG_LOSSY = 2 };
 enum { SHMPIPE_SLOT_FREE = 0, SHMPIPE_SLOT_ACTIVE = 1, SHMPIPE_SLOT_EVICTED = 2, SHMPIPE_SLOT_CLAIMING = 3 };
+/* A slot's state word: the state in the low 32 bits, the slot's generation (bumped by every
+ * join) in the high 32, so an evictor's compare-and-swap fails on a slot reused since it looked. */
+#define SHMPIPE_SLOT_STATE_MASK 0xffffffffull
+#define SHMPIPE_SLOT_GENERATION_SHIFT 32
 
 /* Byte offsets in the segment file used as fcntl OFD record locks (never data): the kernel drops
  * them when the holder dies, even by kill -9, so liveness survives pid reuse. */
@@ -107,7 +111,8 @@ typedef struct {                          /* written once by the creator, read-o
 
 typedef struct {                          /* hot, written by the producer only */
     uint64_t write_pos;                   /* records published; store-release after the copy */
-    uint64_t claim_pos;                   /* records being written (lossy readers re-check it) */
+    uint64_t claim_pos;                   /* broadcast: records being written, never decreasing;
+                                             readers re-check it after a copy (seqlock) */
     uint8_t pad[SHMPIPE_BLOCK - 16];
 } shmpipe_producer_cursor;
 
@@ -128,15 +133,21 @@ typedef struct {                          /* a sleeper's doorbell, on its own bl
     uint8_t pad[SHMPIPE_BLOCK - 8];
 } shmpipe_doorbell;
 
+typedef struct {                          /* broadcast joins, read by the producer on every publish */
+    uint64_t joins;                       /* bumped by each joiner once its slot shows CLAIMING */
+    uint8_t pad[SHMPIPE_BLOCK - 8];
+} shmpipe_membership;
+
 typedef struct {                          /* one consumer's cursor and identity, one block each */
     uint64_t read_pos;                    /* next record to read; store-release after the copy */
-    uint32_t state;                       /* SHMPIPE_SLOT_* */
+    uint64_t state_word;                  /* SHMPIPE_SLOT_* | generation << 32 */
     uint32_t pid;
+    uint32_t reserved;
     uint64_t start_ticks;
     uint64_t heartbeat_ns;                /* CLOCK_MONOTONIC */
     uint64_t lost;                        /* records this cursor missed (lossy overrun, eviction) */
     uint64_t attached_unix_ns;
-    uint8_t pad[SHMPIPE_BLOCK - 48];
+    uint8_t pad[SHMPIPE_BLOCK - 56];
 } shmpipe_consumer_slot;
 
 typedef struct {
@@ -146,6 +157,7 @@ typedef struct {
     shmpipe_producer_info producer_info;
     shmpipe_doorbell data_ready;          /* consumers sleep here when empty */
     shmpipe_doorbell space_ready;         /* the producer sleeps here when full */
+    shmpipe_membership membership;
     shmpipe_consumer_slot consumers[SHMPIPE_MAX_CONSUMERS];
 } shmpipe_header;
 
@@ -153,6 +165,7 @@ _Static_assert(sizeof(shmpipe_config) == SHMPIPE_BLOCK, "config is one block");
 _Static_assert(offsetof(shmpipe_header, producer) % SHMPIPE_BLOCK == 0, "write index on its own block");
 _Static_assert(offsetof(shmpipe_header, consumers) % SHMPIPE_BLOCK == 0, "read indices on their own blocks");
 _Static_assert(sizeof(shmpipe_consumer_slot) == SHMPIPE_BLOCK, "one block per consumer");
+_Static_assert(offsetof(shmpipe_header, membership) % SHMPIPE_BLOCK == 0, "joins on their own block");
 _Static_assert(sizeof(shmpipe_header) <= SHMPIPE_DATA_OFFSET, "header fits before the records");
 
 #endif

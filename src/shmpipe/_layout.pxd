@@ -3,6 +3,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 cdef extern from "_layout.h" nogil:
     const unsigned long long SHMPIPE_MAGIC
+    const unsigned long long SHMPIPE_SLOT_STATE_MASK
     enum:
         SHMPIPE_LAYOUT_VERSION
         SHMPIPE_BLOCK
@@ -18,6 +19,7 @@ cdef extern from "_layout.h" nogil:
         SHMPIPE_SLOT_ACTIVE
         SHMPIPE_SLOT_EVICTED
         SHMPIPE_SLOT_CLAIMING
+        SHMPIPE_SLOT_GENERATION_SHIFT
         SHMPIPE_LOCK_PRODUCER
         SHMPIPE_LOCK_CONSUMER0
         SHMPIPE_LOCK_ATTACHED
@@ -54,9 +56,12 @@ cdef extern from "_layout.h" nogil:
         uint32_t seq
         uint32_t waiters
 
+    ctypedef struct shmpipe_membership:
+        uint64_t joins
+
     ctypedef struct shmpipe_consumer_slot:
         uint64_t read_pos
-        uint32_t state
+        uint64_t state_word
         uint32_t pid
         uint64_t start_ticks
         uint64_t heartbeat_ns
@@ -70,6 +75,7 @@ cdef extern from "_layout.h" nogil:
         shmpipe_producer_info producer_info
         shmpipe_doorbell data_ready
         shmpipe_doorbell space_ready
+        shmpipe_membership membership
         shmpipe_consumer_slot consumers[32]
 
     ctypedef struct shmpipe_tick:

@@ -52,12 +52,15 @@ class _DoorbellThread:
                     self._waiting.clear()
 
     def _serve_once(self) -> None:
+        # Snapshot the interrupt word before the list: a watch() that lands after the list was
+        # taken bumps the word, so wait_any() returns at once instead of sleeping past it.
+        token = self._interrupt.snapshot()
         with self._lock:
             for gone in [c for c in self._waiting if c.closed]:
                 self._resolve(self._waiting.pop(gone))
             consumers = list(self._waiting)
         slice_s = POLL_S if any(not c.blocking for c in consumers) else IDLE_S
-        ready = _ring.wait_any(consumers, self._interrupt, slice_s)
+        ready = _ring.wait_any(consumers, self._interrupt, slice_s, token)
         if ready:
             with self._lock:
                 for i in ready:

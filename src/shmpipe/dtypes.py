@@ -8,19 +8,21 @@ import hashlib
 import numpy as np
 from numpy.lib.format import descr_to_dtype, dtype_to_descr
 
+from .errors import InvalidArgumentError
+
 
 def as_record_dtype(dtype: object) -> np.dtype:
-    """A fixed-size, object-free numpy dtype (ValueError naming what is wrong otherwise)."""
+    """A fixed-size, object-free numpy dtype (InvalidArgumentError naming what is wrong otherwise)."""
     try:
         dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise ValueError(f"not a numpy dtype: {dtype!r} ({exc})") from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"not a numpy dtype: {dtype!r} ({exc})") from None
     if dt.hasobject:
-        raise ValueError(f"dtype {dt} holds Python objects; a shared-memory record must be plain bytes")
+        raise InvalidArgumentError(f"dtype {dt} holds Python objects; a shared-memory record must be plain bytes")
     if dt.itemsize == 0:
-        raise ValueError(f"dtype {dt} has no fixed size")
+        raise InvalidArgumentError(f"dtype {dt} has no fixed size")
     if dt.subdtype is not None:
-        raise ValueError(f"dtype {dt} is a sub-array; wrap it in a structured dtype with a field name")
+        raise InvalidArgumentError(f"dtype {dt} is a sub-array; wrap it in a structured dtype with a field name")
     return dt
 
 

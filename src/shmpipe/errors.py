@@ -9,6 +9,15 @@ class ShmpipeError(Exception):
     """Base of every error shmpipe raises on purpose."""
 
 
+class InvalidArgumentError(ShmpipeError, ValueError, TypeError):
+    """A bad argument: a capacity, a timeout, a record of the wrong size, a non-array batch.
+    A ValueError and a TypeError too, so callers who catch either keep working."""
+
+
+class RingIOError(ShmpipeError, OSError):
+    """The operating system refused a mapping or a lock on a ring segment."""
+
+
 class RingExistsError(ShmpipeError, FileExistsError):
     """A segment of that name already exists."""
 

@@ -5,6 +5,7 @@ validation, the segment's life cycle and the readable error messages."""
 from __future__ import annotations
 
 import os
+import stat
 import time
 from typing import Any
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from . import _ring, records, segments
 from .dtypes import as_record_dtype, describe, fingerprint, from_description
-from .errors import DtypeMismatchError, RingClosedError, RingFormatError
+from .errors import (DtypeMismatchError, InvalidArgumentError, RingClosedError, RingFormatError,
+                     RingPermissionError)
 from .liveness import process_start_ticks
 
 WAIT_STRATEGIES = tuple(_ring.WAIT_STRATEGIES)
@@ -22,13 +24,20 @@ MAX_CAPACITY = 1 << 40
 _HALF_MADE_GRACE_S = 1.0
 
 
-def _check_capacity(capacity: object, itemsize: int) -> int:
+def _check_capacity(capacity: object) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
-        raise ValueError(f"capacity must be an int, not {type(capacity).__name__}")
+        raise InvalidArgumentError(f"capacity must be an int, not {type(capacity).__name__}")
     capacity = int(capacity)
     if capacity < 2 or capacity & (capacity - 1) or capacity > MAX_CAPACITY:
-        raise ValueError(f"capacity must be a power of two between 2 and 2**40, not {capacity}")
+        raise InvalidArgumentError(f"capacity must be a power of two between 2 and 2**40, not {capacity}")
     return capacity
+
+
+def _check_mode(mode: object) -> int:
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        raise InvalidArgumentError(f"mode must be permission bits 0o600..0o777 that let the owner read "
+                                   f"and write, not {mode!r}")
+    return mode
 
 
 class Ring:
@@ -37,10 +46,9 @@ class Ring:
     SPSC by default: one producer, one consumer, lossless. ``broadcast=True`` gives every
     consumer its own cursor (up to ``max_consumers``), lossless or lossy."""
 
-    def __init__(self, name: str, segment: segments.Segment, mapped: _ring.MappedRing, dtype: np.dtype):
-        self._segment = segment
+    def __init__(self, name: str, mapped: _ring.MappedRing, config: dict[str, Any], dtype: np.dtype):
         self._mapped = mapped
-        self._config = mapped.config()
+        self._config = config
         self.name = name
         self.dtype = dtype
         self._children: list[Any] = []
@@ -49,55 +57,60 @@ class Ring:
     @classmethod
     def create(cls, name: str, dtype: object, capacity: int, *, wait: str = "block",
                broadcast: bool = False, policy: str = "lossless", max_consumers: int = 32,
-               consumer_timeout: float = 5.0) -> "Ring":
+               consumer_timeout: float = 5.0, mode: int = 0o600) -> "Ring":
         """Create a new ring. ``wait`` is how both sides wait when full/empty: "spin" (lowest
         latency, burns a core), "yield" (spin then sched_yield) or "block" (spin ~µs, then sleep
-        in the kernel on a futex; the default)."""
+        in the kernel on a futex; the default). ``mode`` other than 0o600 shares the ring with
+        other users; they must then open it with ``allow_other_users=True``."""
         segments.validate_name(name)
         dt = as_record_dtype(dtype)
-        capacity = _check_capacity(capacity, dt.itemsize)
+        capacity = _check_capacity(capacity)
+        mode = _check_mode(mode)
         if wait not in _ring.WAIT_STRATEGIES:
-            raise ValueError(f"wait must be one of {', '.join(WAIT_STRATEGIES)}, not {wait!r}")
+            raise InvalidArgumentError(f"wait must be one of {', '.join(WAIT_STRATEGIES)}, not {wait!r}")
         if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+            raise InvalidArgumentError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
         if policy == "lossy" and not broadcast:
-            raise ValueError("policy='lossy' needs broadcast=True (an SPSC ring is always lossless)")
+            raise InvalidArgumentError("policy='lossy' needs broadcast=True (an SPSC ring is always lossless)")
         if broadcast and not 1 <= max_consumers <= _ring.MAX_CONSUMERS:
-            raise ValueError(f"max_consumers must be 1..{_ring.MAX_CONSUMERS}, not {max_consumers}")
-        if consumer_timeout is None or consumer_timeout < 0:
-            raise ValueError(f"consumer_timeout must be >= 0 seconds, not {consumer_timeout!r}")
+            raise InvalidArgumentError(f"max_consumers must be 1..{_ring.MAX_CONSUMERS}, not {max_consumers}")
+        if not isinstance(consumer_timeout, (int, float)) or not 0 <= consumer_timeout < float("inf"):
+            raise InvalidArgumentError(f"consumer_timeout must be >= 0 seconds, not {consumer_timeout!r}")
         descr = describe(dt).encode()
         if len(descr) >= _ring.DTYPE_DESCR_BYTES:
-            raise ValueError(f"dtype {dt} is too complex to record in the header "
-                             f"({len(descr)} bytes of description, {_ring.DTYPE_DESCR_BYTES - 1} max)")
+            raise InvalidArgumentError(f"dtype {dt} is too complex to record in the header "
+                                       f"({len(descr)} bytes of description, {_ring.DTYPE_DESCR_BYTES - 1} max)")
         size = _ring.DATA_OFFSET + capacity * dt.itemsize
         flags = (_ring.FLAG_BROADCAST if broadcast else 0) | (_ring.FLAG_LOSSY if policy == "lossy" else 0)
-        segment = segments.create(name, size)
+        config = {"capacity": capacity, "itemsize": dt.itemsize, "flags": flags,
+                  "wait_strategy": _ring.WAIT_STRATEGIES[wait],
+                  "max_consumers": max_consumers if broadcast else 1,
+                  "consumer_timeout_ns": int(consumer_timeout * 1e9)}
+        segment = segments.create(name, size, mode)
         try:
-            mapped = _ring.MappedRing(segment.fd, size, name)
-            mapped.init_header(capacity, dt.itemsize, descr, fingerprint(dt), _ring.WAIT_STRATEGIES[wait],
-                               flags, max_consumers if broadcast else 1,
-                               int(consumer_timeout * 1e9), os.getpid())
+            mapped = _map(segment, name, config)
+            mapped.init_header(descr, fingerprint(dt), os.getpid())
         except BaseException:
             segment.close()
             segments.unlink(name)
             raise
-        return cls(name, segment, mapped, dt)
+        config.update(created_unix_ns=time.time_ns(), creator_pid=os.getpid(), segment_bytes=size)
+        return cls(name, mapped, config, dt)
 
     @classmethod
-    def open(cls, name: str, dtype: object = None) -> "Ring":
+    def open(cls, name: str, dtype: object = None, *, allow_other_users: bool = False) -> "Ring":
         """Open an existing ring. Without ``dtype`` the ring's own is used; with one, it must
-        match what the ring was created with."""
+        match what the ring was created with. The segment must belong to this user and be closed
+        to everyone else (/dev/shm is world-writable, so anyone could have put a file at the
+        name first); ``allow_other_users=True`` accepts a segment shared on purpose."""
+        segments.validate_name(name)
+        wanted = None if dtype is None else as_record_dtype(dtype)
         segment = segments.open_existing(name)
         try:
-            if segment.size < _ring.DATA_OFFSET:
-                raise RingFormatError(f"ring {name!r} is {segment.size} bytes, smaller than a header "
-                                      f"({_ring.DATA_OFFSET}): not a shmpipe ring or a broken one")
-            mapped = _ring.MappedRing(segment.fd, segment.size, name)
-            config = _wait_for_magic(mapped)
-            ring_dtype = _validate_header(name, config, segment.size)
-            if dtype is not None:
-                wanted = as_record_dtype(dtype)
+            _check_ownership(name, os.fstat(segment.fd), allow_other_users)
+            config, st = _read_header(name, segment.fd)
+            ring_dtype = _validate_header(name, config, st)
+            if wanted is not None:
                 if fingerprint(wanted) != config["dtype_fingerprint"]:
                     raise DtypeMismatchError(
                         f"ring {name!r} holds records of dtype {ring_dtype} (itemsize {ring_dtype.itemsize}), "
@@ -105,10 +118,11 @@ class Ring:
                 ring_dtype = wanted          # the caller's own object: identity checks stay cheap
             else:
                 ring_dtype = _known_dtype(ring_dtype)
+            mapped = _map(segment, name, config)
         except BaseException:
             segment.close()
             raise
-        return cls(name, segment, mapped, ring_dtype)
+        return cls(name, mapped, config, ring_dtype)
 
     def close(self) -> None:
         """Detach: closes this handle's producer/consumers and releases their roles."""
@@ -116,7 +130,6 @@ class Ring:
             child.close()
         self._children.clear()
         self._mapped.close()
-        self._segment.fd = -1  # the mapping closed it
 
     def unlink(self) -> None:
         """Remove the name from /dev/shm (attached processes keep their mapping until they close)."""
@@ -249,17 +262,50 @@ def _age(now_ns: int, then_ns: int) -> float | None:
     return None if not then_ns else max(0.0, (now_ns - then_ns) / 1e9)
 
 
-def _wait_for_magic(mapped: _ring.MappedRing) -> dict[str, Any]:
-    """The creator stamps the magic last; give a racing create() a moment to finish."""
+def _map(segment: segments.Segment, name: str, config: dict[str, Any]) -> _ring.MappedRing:
+    """Map the validated geometry; the mapping takes over the segment's fd (closing it once)."""
+    mapped = _ring.MappedRing(segment.fd, name, config["capacity"], config["itemsize"], config["flags"],
+                              config["wait_strategy"], config["max_consumers"], config["consumer_timeout_ns"])
+    segment.fd = -1
+    return mapped
+
+
+def _check_ownership(name: str, st: os.stat_result, allow_other_users: bool) -> None:
+    if allow_other_users:
+        return
+    if st.st_uid != os.geteuid():
+        raise RingPermissionError(
+            f"ring {name!r} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}): "
+            f"refusing a segment someone else may have put at the name; pass allow_other_users=True "
+            f"to Ring.open if it is shared on purpose")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise RingPermissionError(
+            f"ring {name!r} has mode {stat.S_IMODE(st.st_mode):04o}: other users can open it; shmpipe "
+            f"creates rings 0600, so pass allow_other_users=True to Ring.open if it is shared on purpose")
+
+
+def _read_header(name: str, fd: int) -> tuple[dict[str, Any], os.stat_result]:
+    """The header, read with pread before anything is mapped (a huge or sparse file costs
+    nothing). A creator stamps the magic last and holds the segment's lock from its first
+    moment, so a header-less segment that someone holds is waited for, briefly."""
     deadline = time.monotonic() + _HALF_MADE_GRACE_S
     while True:
-        config = mapped.config()
-        if config["magic"] != 0 or time.monotonic() >= deadline:
-            return config
+        st = os.fstat(fd)
+        raw = os.pread(fd, _ring.DATA_OFFSET, 0) if st.st_size >= _ring.DATA_OFFSET else b""
+        config = _ring.parse_header(raw) if raw else None
+        if config is not None and config["magic"] != 0:
+            return config, st
+        if not (time.monotonic() < deadline and _ring.segment_in_use(fd)):
+            break
         time.sleep(0.001)
+    if config is None:
+        raise RingFormatError(f"ring {name!r} is {st.st_size} bytes, smaller than a header "
+                              f"({_ring.DATA_OFFSET}): not a shmpipe ring or a broken one")
+    return config, st
 
 
-def _validate_header(name: str, config: dict[str, Any], size: int) -> np.dtype:
+def _validate_header(name: str, config: dict[str, Any], st: os.stat_result) -> np.dtype:
+    """Everything a header claims, checked against itself and the file before it is trusted."""
     if config["magic"] != _ring.MAGIC:
         raise RingFormatError(f"ring {name!r} has magic {config['magic']:#018x}, expected "
                               f"{_ring.MAGIC:#018x}: not a shmpipe ring, or a corrupt header")
@@ -267,18 +313,30 @@ def _validate_header(name: str, config: dict[str, Any], size: int) -> np.dtype:
         raise RingFormatError(f"ring {name!r} has layout version {config['layout_version']}, this shmpipe "
                               f"reads version {_ring.LAYOUT_VERSION}")
     capacity, itemsize = config["capacity"], config["itemsize"]
-    if capacity < 2 or capacity & (capacity - 1) or itemsize == 0:
+    if capacity < 2 or capacity & (capacity - 1) or capacity > MAX_CAPACITY or itemsize == 0:
         raise RingFormatError(f"ring {name!r} has a corrupt header (capacity {capacity}, itemsize {itemsize})")
-    if config["data_offset"] != _ring.DATA_OFFSET or _ring.DATA_OFFSET + capacity * itemsize > size:
+    needed = _ring.DATA_OFFSET + capacity * itemsize
+    if config["data_offset"] != _ring.DATA_OFFSET or needed > st.st_size:
         raise RingFormatError(f"ring {name!r}: header says {capacity} x {itemsize} bytes at offset "
-                              f"{config['data_offset']}, but the segment is {size} bytes")
+                              f"{config['data_offset']}, but the segment is {st.st_size} bytes")
+    if st.st_blocks * 512 < needed:
+        raise RingFormatError(f"ring {name!r}: only {st.st_blocks * 512} of its {needed} bytes are reserved "
+                              f"(a sparse file, not made by Ring.create): writing could crash with SIGBUS")
     if not 1 <= config["max_consumers"] <= _ring.MAX_CONSUMERS:
         raise RingFormatError(f"ring {name!r} has a corrupt header (max_consumers {config['max_consumers']})")
+    known_flags = _ring.FLAG_BROADCAST | _ring.FLAG_LOSSY
+    if config["flags"] & ~known_flags or config["flags"] == _ring.FLAG_LOSSY \
+            or config["wait_strategy"] not in _ring.WAIT_NAMES:
+        raise RingFormatError(f"ring {name!r} has a corrupt header (flags {config['flags']:#x}, "
+                              f"wait strategy {config['wait_strategy']})")
     try:
         dt = from_description(config["dtype_descr"])
     except Exception as exc:
         raise RingFormatError(f"ring {name!r} has an unreadable dtype description "
                               f"{config['dtype_descr']!r}: {exc}") from None
+    if dt.hasobject:
+        raise RingFormatError(f"ring {name!r} claims records of dtype {dt}, which holds Python objects: "
+                              f"refusing to hand raw shared bytes to Python as object pointers")
     if dt.itemsize != itemsize or fingerprint(dt) != config["dtype_fingerprint"]:
         raise RingFormatError(f"ring {name!r} has a corrupt header: dtype {dt} (itemsize {dt.itemsize}) "
                               f"does not match itemsize {itemsize} / its fingerprint")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import posix_ipc
 
+from . import _ring
 from .errors import InvalidNameError, NoSpaceError, RingExistsError, RingNotFoundError, RingPermissionError
 
 PREFIX = "shmpipe."
@@ -50,9 +51,11 @@ class Segment:
             self.fd = -1
 
 
-def create(name: str, size: int) -> Segment:
-    """Create ``shmpipe.<name>`` with mode 0600 and reserve ``size`` bytes now, so a full /dev/shm
-    fails here with NoSpaceError rather than with SIGBUS on some later write."""
+def create(name: str, size: int, mode: int = 0o600) -> Segment:
+    """Create ``shmpipe.<name>`` with ``mode`` (0600 unless a ring is shared on purpose) and
+    reserve ``size`` bytes now, so a full /dev/shm fails here with NoSpaceError rather than with
+    SIGBUS on some later write. The segment is marked in use (its "attached" lock) from its first
+    moment, so `shmpipe clean` never removes a ring that is still being made."""
     posix = shm_name(name)
     free = free_bytes()
     if free is not None and size > free:
@@ -60,7 +63,7 @@ def create(name: str, size: int) -> Segment:
             f"ring {name!r} needs {size} bytes but /dev/shm has {free} free; use a smaller capacity"
         )
     try:
-        shm = posix_ipc.SharedMemory(posix, flags=posix_ipc.O_CREX, mode=0o600)
+        shm = posix_ipc.SharedMemory(posix, flags=posix_ipc.O_CREX, mode=mode)
     except posix_ipc.ExistentialError:
         raise RingExistsError(
             f"ring {name!r} already exists ({SHM_DIR / (PREFIX + name)}); open it with Ring.open, "
@@ -70,6 +73,9 @@ def create(name: str, size: int) -> Segment:
         raise RingPermissionError(f"cannot create ring {name!r}: {exc}") from None
     fd = shm.fd
     try:
+        _ring.hold_attached(fd)
+        if mode != 0o600:
+            os.fchmod(fd, mode)   # the umask may have cleared bits the caller asked for
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         os.close(fd)

@@ -1,0 +1,317 @@
+# Included by _ring.pyx. A reader with its own cursor: joining, read, peek/commit.
+#
+# read: load-acquire write_pos -> copy at most one lap -> store-release read_pos.
+# Lossy broadcast: claim_pos is loaded before write_pos (so the oldest valid position, claim -
+# capacity, never passes the write_pos seen), and after the copy an acquire fence and a re-check
+# of claim_pos drop and count whatever may have been overwritten meanwhile.
+# Lossless broadcast: the producer overwrites nothing a live member has not read, so the only
+# way a copy can be overwritten is that we were evicted during it: after the copy an acquire
+# fence and a look at our own slot's state catch that, and the copy is thrown away.
+
+cdef class Consumer(_Side):
+    """A reader with its own cursor (a slot in the header). Made by Ring.consumer()."""
+    cdef uint64_t read_pos
+    cdef uint64_t write_seen       # cached producer position
+    cdef uint64_t shown            # records the last peek() showed and commit() has not taken
+    cdef uint32_t slot_index
+    cdef uint64_t generation       # broadcast: this join's generation of the slot
+    cdef shmpipe_consumer_slot *mine
+    cdef readonly uint64_t lost_here
+
+    def __cinit__(self):
+        self.closed = True
+
+    @staticmethod
+    def _attach(MappedRing ring, object dtype, int wait_strategy, uint32_t pid, uint64_t start_ticks,
+                str start):
+        ring._check()
+        cdef Consumer self = Consumer.__new__(Consumer)
+        self._bind(ring, dtype, wait_strategy)
+        cdef shmpipe_header *h = ring.hdr
+        cdef uint32_t i
+        cdef int found = -1
+        self.own_bell = &h.data_ready
+        if not self.broadcast:
+            if ring.consumer_roles & 1 or not ring._take_role(SHMPIPE_LOCK_CONSUMER0):
+                raise RoleTakenError(
+                    f"ring {ring.name!r} already has a live consumer (pid {h.consumers[0].pid}); "
+                    f"an SPSC ring takes one reader (create it with broadcast=True for more)")
+            found = 0
+            # The only sleeper on data_ready of an SPSC ring is its one consumer, which we now
+            # are: a count left raised by one killed asleep would cost every write a syscall.
+            shm_store_relaxed_u32(&h.data_ready.waiters, 0)
+            self._fill_identity(&h.consumers[0], pid, start_ticks)
+            self.generation = (shm_load_acquire_u64(&h.consumers[0].state_word)
+                               >> SHMPIPE_SLOT_GENERATION_SHIFT) + 1
+            # SPSC keeps its cursor across consumer restarts: nothing published is skipped.
+            shm_store_release_u64(&h.consumers[0].state_word, _slot_word(self.generation, SHMPIPE_SLOT_ACTIVE))
+        else:
+            for i in range(ring.max_consumers):
+                if not ring.consumer_roles & (1ull << i) and ring._take_role(SHMPIPE_LOCK_CONSUMER0 + i):
+                    found = i
+                    break
+            if found < 0:
+                raise RoleTakenError(f"ring {ring.name!r} has all {ring.max_consumers} consumer "
+                                     f"slots held by live consumers")
+            self._join(&h.consumers[found], pid, start_ticks, start == "oldest")
+        ring.consumer_roles |= (1ull << found)
+        self.slot_index = found
+        self.mine = &h.consumers[found]
+        self.read_pos = shm_load_acquire_u64(&self.mine.read_pos)
+        self.write_seen = shm_load_acquire_u64(&h.producer.write_pos)
+        self.closed = False
+        return self
+
+    cdef void _fill_identity(self, shmpipe_consumer_slot *s, uint32_t pid, uint64_t start_ticks):
+        s.pid = pid
+        s.start_ticks = start_ticks
+        s.attached_unix_ns = shm_realtime_ns()
+        # Before the slot can be seen as joining: a newcomer is never judged silent.
+        shm_store_relaxed_u64(&s.heartbeat_ns, shm_monotonic_ns())
+
+    cdef void _join(self, shmpipe_consumer_slot *s, uint32_t pid, uint64_t start_ticks, bint oldest):
+        """Take a broadcast slot (its lock is already ours) and pick a start the producer will
+        not overwrite: see the Dekker pairing at the top of _producer.pxi."""
+        cdef shmpipe_header *h = self.hdr
+        cdef uint64_t w, claim, front, start
+        self.generation = (shm_load_acquire_u64(&s.state_word) >> SHMPIPE_SLOT_GENERATION_SHIFT) + 1
+        # A provisional position no later than any start we can pick: while we choose, a
+        # producer that sees our slot holds back behind it.
+        w = shm_load_acquire_u64(&h.producer.write_pos)
+        shm_store_release_u64(&s.read_pos, w - self.capacity if w > self.capacity else 0)
+        shm_store_relaxed_u64(&s.lost, 0)
+        self._fill_identity(s, pid, start_ticks)
+        # A plain store, not a CAS: whatever an evictor wrote into this slot before we took its
+        # lock is overwritten, and the new generation fails any evictor that looked earlier.
+        shm_store_release_u64(&s.state_word, _slot_word(self.generation, SHMPIPE_SLOT_CLAIMING))
+        shm_fetch_add_u64(&h.membership.joins, 1)
+        shm_fence_seq_cst()
+        claim = shm_load_acquire_u64(&h.producer.claim_pos)
+        w = shm_load_acquire_u64(&h.producer.write_pos)
+        if oldest:
+            front = claim if claim > w else w
+            start = front - self.capacity if front > self.capacity else 0
+            if start > w:
+                start = w
+        else:
+            start = w
+        shm_store_release_u64(&s.read_pos, start)
+        shm_store_release_u64(&s.state_word, _slot_word(self.generation, SHMPIPE_SLOT_ACTIVE))
+        if self.blocking:
+            _wake(&h.space_ready)   # a producer may be waiting on our provisional position
+
+    cdef void _release_role(self):
+        self.lost_here = shm_load_relaxed_u64(&self.mine.lost)
+        if self.broadcast:
+            shm_store_release_u64(&self.mine.state_word, _slot_word(self.generation, SHMPIPE_SLOT_FREE))
+            if self.blocking:
+                _wake(&self.hdr.space_ready)
+        self.ring.consumer_roles &= ~(1ull << self.slot_index)
+        self.ring._drop_role(SHMPIPE_LOCK_CONSUMER0 + self.slot_index)
+
+    @property
+    def producer_alive(self):
+        """True while a producer holds the ring's producer role; False when none ever attached
+        or it is gone (closed, crashed, killed). Empty reads plus this tell 'gone' from 'no data yet'."""
+        self._check()
+        return self.ring.producer_alive()
+
+    @property
+    def lost(self):
+        """Records this cursor missed (lossy overruns, or records overwritten under an evicted reader)."""
+        return self.lost_here if self.closed or self.ring.closed else shm_load_relaxed_u64(&self.mine.lost)
+
+    @property
+    def slot(self):
+        """This consumer's slot number in the ring header."""
+        return self.slot_index
+
+    @property
+    def position(self):
+        """Sequence number of the next record this consumer will read."""
+        return self.read_pos
+
+    @property
+    def available(self):
+        """Records published and not yet read by this consumer (as of now)."""
+        self._check()
+        cdef uint64_t w = shm_load_acquire_u64(&self.hdr.producer.write_pos)
+        return w - self.read_pos if w > self.read_pos else 0
+
+    cdef inline uint64_t _unread(self) noexcept nogil:
+        """Records between our cursor and the producer's, as last seen; never 'negative'."""
+        return self.write_seen - self.read_pos if self.write_seen > self.read_pos else 0
+
+    cdef bint _ready(self) noexcept nogil:
+        if self.closing:
+            return True
+        self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
+        return self.write_seen > self.read_pos
+
+    cdef void _on_wait_slice(self) except *:
+        self._heartbeat()
+
+    cdef inline void _heartbeat(self) noexcept nogil:
+        shm_store_relaxed_u64(&self.mine.heartbeat_ns, shm_coarse_ns())
+
+    cdef inline void _check_slot(self) except *:
+        if self.broadcast and _slot_state(shm_load_acquire_u64(&self.mine.state_word)) == SHMPIPE_SLOT_EVICTED:
+            raise ConsumerEvictedError(
+                f"consumer slot {self.slot_index} of ring {self.ring.name!r} was evicted by the "
+                f"producer (dead or silent longer than the consumer timeout); close it and join again")
+
+    cdef uint64_t _available_or_wait(self, uint64_t wanted, double timeout_s) except? 0xffffffffffffffff:
+        cdef uint64_t avail = self._unread()
+        cdef int64_t deadline
+        if avail < wanted:
+            # The cached position cannot fill this call: look at the producer's line once.
+            self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
+            avail = self._unread()
+            if avail == 0:
+                deadline = _deadline_after(timeout_s)
+                if deadline == 0 or not self._wait(&self.hdr.data_ready, deadline):
+                    return 0
+                avail = self._unread()
+        return avail
+
+    cdef void _skip_overwritten(self) noexcept nogil:
+        """Lossy: jump over records the producer has claimed (lapped), counting them.
+        claim_pos is loaded before write_pos: the producer stored the write_pos behind a claim
+        before that claim (release), so claim - capacity never passes the write_pos we read."""
+        cdef uint64_t claim = shm_load_acquire_u64(&self.hdr.producer.claim_pos)
+        self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
+        cdef uint64_t oldest = claim - self.capacity if claim > self.capacity else 0
+        if oldest > self.write_seen:
+            oldest = self.write_seen       # only a corrupt header gets here
+        if self.read_pos < oldest:
+            shm_store_relaxed_u64(&self.mine.lost, shm_load_relaxed_u64(&self.mine.lost) + oldest - self.read_pos)
+            self.read_pos = oldest
+
+    cdef bint _evicted_while_copying(self) noexcept nogil:
+        """Lossless broadcast, after a copy: the producer evicts (CAS) before it overwrites, and
+        fences before its copy; so if our copy saw any overwritten byte, we see EVICTED here."""
+        shm_fence_acquire()
+        return _slot_state(shm_load_relaxed_u64(&self.mine.state_word)) == SHMPIPE_SLOT_EVICTED
+
+    cdef uint64_t _dropped_while_copying(self, uint64_t n) noexcept nogil:
+        """Lossy seqlock check after a copy of n records from read_pos: how many of them the
+        producer may have overwritten meanwhile (those are counted lost, never returned)."""
+        cdef uint64_t claim, oldest, dropped
+        shm_fence_acquire()
+        claim = shm_load_relaxed_u64(&self.hdr.producer.claim_pos)
+        oldest = claim - self.capacity if claim > self.capacity else 0
+        if self.read_pos >= oldest:
+            return 0
+        dropped = _min_u64(oldest - self.read_pos, n)
+        shm_store_relaxed_u64(&self.mine.lost, shm_load_relaxed_u64(&self.mine.lost) + dropped)
+        return dropped
+
+    def read(self, Py_ssize_t max_n=1024, timeout=None):
+        """Copy out up to max_n records (a new numpy array). Waits by the ring's strategy while
+        empty; timeout=0 never waits. An empty array means the timeout passed with no data.
+        Records shown by peek() and not committed are read again here."""
+        self._enter()
+        try:
+            return self._read(max_n, timeout)
+        finally:
+            self._leave()
+
+    cdef object _read(self, Py_ssize_t max_n, object timeout):
+        self._check_slot()
+        if max_n <= 0:
+            raise InvalidArgumentError(f"max_n must be positive, not {max_n}")
+        cdef double timeout_s = _timeout_seconds(timeout)
+        cdef uint64_t avail, n, first, head, dropped
+        cdef bint evicted
+        cdef char *dst
+        self.shown = 0
+        while True:
+            avail = self._available_or_wait(<uint64_t>max_n, timeout_s)
+            if avail == 0:
+                self._heartbeat()          # polling an idle ring is a sign of life too
+                return shm_new_array(self.dtype, self.void_dtype, 0, NULL)
+            if self.lossy:
+                self._skip_overwritten()
+                avail = self._unread()
+                if avail == 0:
+                    continue
+            n = _min_u64(_min_u64(avail, <uint64_t>max_n), self.capacity)
+            arr = shm_new_array(self.dtype, self.void_dtype, <cnp.npy_intp>n, NULL)
+            dst = <char *>cnp.PyArray_DATA(<cnp.ndarray>arr)
+            dropped = 0
+            evicted = False
+            with nogil:
+                first = self.read_pos & self.mask
+                head = self.capacity - first
+                if head > n:
+                    head = n
+                memcpy(dst, self.data + first * self.itemsize, head * self.itemsize)
+                if n > head:
+                    memcpy(dst + head * self.itemsize, self.data, (n - head) * self.itemsize)
+                if self.lossy:
+                    dropped = self._dropped_while_copying(n)
+                elif self.broadcast:
+                    evicted = self._evicted_while_copying()
+                if not evicted:
+                    self.read_pos += n
+                    shm_store_release_u64(&self.mine.read_pos, self.read_pos)
+                    if self.blocking:
+                        _wake(&self.hdr.space_ready)
+                    self._heartbeat()
+            if evicted:
+                self._check_slot()      # raises ConsumerEvictedError
+            if dropped == 0:
+                return arr
+            if dropped < n:
+                return arr[dropped:]
+            # Lapped during the copy: all of it was overwritten. Try again from the oldest.
+
+    def peek(self, Py_ssize_t max_n=1024, timeout=0):
+        """A read-only zero-copy view of up to max_n unread records from this consumer's position
+        (up to the wrap point). Calling it again shows the same records; commit(k) consumes the
+        first k shown. Not offered on lossy rings, where the producer may overwrite the slots
+        under the view."""
+        self._enter()
+        try:
+            return self._peek(max_n, timeout)
+        finally:
+            self._leave()
+
+    cdef object _peek(self, Py_ssize_t max_n, object timeout):
+        self._check_slot()
+        if self.lossy:
+            raise ShmpipeError(f"ring {self.ring.name!r} is lossy: peek() cannot guard a zero-copy "
+                               f"view against overwrite; use read()")
+        if max_n <= 0:
+            raise InvalidArgumentError(f"max_n must be positive, not {max_n}")
+        cdef uint64_t avail = self._available_or_wait(<uint64_t>max_n, _timeout_seconds(timeout))
+        cdef uint64_t first = self.read_pos & self.mask
+        cdef uint64_t n = _min_u64(_min_u64(avail, <uint64_t>max_n), self.capacity - first)
+        self._heartbeat()
+        view = shm_new_array(self.dtype, self.void_dtype, <cnp.npy_intp>n, <void *>(self.data + first * self.itemsize))
+        cnp.set_array_base(<cnp.ndarray>view, self.ring)   # the mapping outlives the view
+        self.shown = n
+        return view
+
+    def commit(self, Py_ssize_t n):
+        """Consume the first n records the last peek() showed (hand their slots back)."""
+        self._enter()
+        try:
+            if n < 0 or <uint64_t>n > self.shown:
+                raise InvalidArgumentError(f"commit({n}): the last peek() of ring {self.ring.name!r} "
+                                           f"showed {self.shown} records not yet committed")
+            self.shown -= n
+            self.read_pos += n
+            shm_store_release_u64(&self.mine.read_pos, self.read_pos)
+            if self.blocking:
+                _wake(&self.hdr.space_ready)
+            self._heartbeat()
+        finally:
+            self._leave()
+
+    def read_async(self, Py_ssize_t max_n=1024, timeout=None):
+        """Awaitable read(): waits for the next batch without blocking the event loop. One
+        helper thread per process sleeps on every awaiting consumer's doorbell at once
+        (futex_waitv), so no thread spins per consumer."""
+        from .aio import read_async
+        return read_async(self, max_n, timeout)
