@@ -232,8 +232,9 @@ class Ring:
             "full_waits": producer["full_waits"],
             "evictions": producer["evictions"],
             "fill": min(len(self), cfg["capacity"]),
-            # Processes asleep on each doorbell (a sleeper killed by kill -9 stays counted: it
-            # costs the other side a needless wake syscall, never correctness).
+            # Processes asleep on each doorbell. A sleeper killed by kill -9 stays counted (a
+            # needless wake syscall per publish, never wrong) until the next producer, or SPSC
+            # consumer, attaches: its role is exclusive, so it resets the count.
             "sleepers": {"data_ready": pos["data_ready_waiters"], "space_ready": pos["space_ready_waiters"]},
             "producer": producer,
             "consumers": consumers,
