@@ -96,6 +96,7 @@ def test_producer_killed_mid_stream_then_replaced(ring_name):
             assert len(got), "successor stalled"
             check_ticks(got, pos)
             pos += len(got)
+        assert pos == result_total
         successor.join(30)
         assert successor.exitcode == 0
         assert ring.stats()["producer"]["attach_count"] == 2
