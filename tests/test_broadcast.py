@@ -23,6 +23,7 @@ def _reap(procs):
             p.join()
 
 
+@pytest.mark.slow
 def test_four_consumers_lossless_ten_million(ring_name):
     total = 10_000_000
     with shmpipe.Ring.create(ring_name, TICK, 1 << 14, broadcast=True, policy="lossless") as ring:

@@ -30,6 +30,7 @@ def _finish(procs, result, timeout=240):
                 p.join()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "producer_batch, consumer_max_n, wait",
     [(1, 1024, "block"), (4096, 1000, "block"), (1000, 4096, "spin"), (777, 333, "yield")],
