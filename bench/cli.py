@@ -122,8 +122,12 @@ def run(args: argparse.Namespace) -> int:
         _log(f"shmpipe bench: WARNING: 1-minute load average is {busy:.2f} before the run: other work "
              "shares these cores and will inflate the tails (recorded in machine.loadavg_before)")
 
-    # Which transports can run here at all, and why not.
+    # Which transports cannot run here, and why (reasons: skipped rows), kept apart from those that
+    # should run but are broken (broken: every run of theirs is recorded as failed). A skip means
+    # only "cannot run on this machine" (an optional peer not installed, its server not up, no C
+    # compiler) or "the scenario does not apply"; a bug in our own code must never read as a skip.
     reasons: dict[str, str | None] = {}
+    broken: dict[str, str] = {}
     versions: dict[str, str | None] = {}
     for name in wanted:
         if name == "c-floor":
@@ -132,11 +136,14 @@ def run(args: argparse.Namespace) -> int:
             t = transports.get(name)
             reasons[name] = t.unavailable()
             versions[name] = None if reasons[name] else t.version()
-        except ImportError as exc:
-            reasons[name] = f"transport module failed to import: {exc}"
+        except Exception as exc:  # our transport module or its check is broken: a failure
+            broken[name] = f"transport check failed: {type(exc).__name__}: {exc}"
     floor_bin = None
     if "c-floor" in wanted:
-        floor_bin, reasons["c-floor"] = cfloor.build()
+        try:
+            floor_bin, reasons["c-floor"] = cfloor.build()
+        except cfloor.BuildError as exc:
+            broken["c-floor"] = str(exc)
         versions["c-floor"] = "bench/floor.c, cc -O2"
 
     bcast_reason: dict[str, str | None] = {}
@@ -145,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     for sc in scenarios:
         for name in wanted:
             cell = cells.setdefault((name, sc.name), {"runs": [], "errors": [], "skipped": None})
+            if name in broken:
+                continue
             if reasons.get(name):
                 cell["skipped"] = reasons[name]
             elif name == "c-floor" and sc.layout != "pingpong":
@@ -153,11 +162,11 @@ def run(args: argparse.Namespace) -> int:
                 if name not in bcast_reason:
                     try:
                         bcast_reason[name] = transports.get(name).broadcast_reason()
-                    except Exception as exc:
-                        bcast_reason[name] = f"broadcast check failed: {type(exc).__name__}: {exc}"
+                    except Exception as exc:  # the check itself failed: that is no reason to skip
+                        broken[name] = f"broadcast check failed: {type(exc).__name__}: {exc}"
+                        continue
                 cell["skipped"] = bcast_reason[name]
-            if len(cores) < 2 and not cell["skipped"]:
-                pass  # runs, but unpinned pairs share a core; recorded in machine.pinning_granted
+            # With fewer than 2 cores a pair runs unpinned on one core; machine.pinning_granted says so.
 
     try:
         for r in range(runs):
@@ -168,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
                         continue
                     t0 = time.monotonic()
                     try:
+                        if name in broken:
+                            raise RunError(broken[name])
                         if name == "c-floor":
                             p = sc.params
                             out = cfloor.run(floor_bin, (cores[0], cores[1 % len(cores)]),
@@ -219,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
         why = report.plot(result, png)
         print(f"plot: {png}" if why is None else f"plot: not written ({why})")
     _log(f"shmpipe bench: done in {time.monotonic() - t_all:.1f} s")
+    failed = [f"{r['transport']}/{r['scenario']}" for r in results if r["error"]]
+    if failed:
+        _log(f"shmpipe bench: FAILED: runs failed in {len(failed)} cell(s): {', '.join(failed)} "
+             "(each row's 'error' says why)")
+        return 1
     return 0
 
 
@@ -288,9 +304,8 @@ def _rows(scenarios: list[Scenario], wanted: list[str], cells: dict, runs: int) 
             if name not in ("c-floor",) and not cell["skipped"]:
                 row["receive_mode"] = transports.get(name).receive_mode
             if cell["errors"]:
+                # A failed run is a failure, never a skip: the row keeps skipped=None and says why.
                 row["error"] = f"{len(cell['errors'])} of {runs} runs failed: {cell['errors'][0]}"
-                if not cell["runs"]:
-                    row["skipped"] = f"every run failed: {cell['errors'][0]}"
             for k in LAT_KEYS + ("msgs_per_s", "achieved_send_rate", "worst_send_lag_us"):
                 vals = [f.get(k) for f in cell["runs"]]
                 med, spread = median_spread(vals)

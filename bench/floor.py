@@ -16,12 +16,20 @@ def cache_dir() -> Path:
     return Path(base) / "shmpipe-bench"
 
 
+class BuildError(RuntimeError):
+    """floor.c did not compile: a failure of ours, not a reason to skip the floor."""
+
+
 def build() -> tuple[Path | None, str | None]:
-    """(binary, None) or (None, reason)."""
+    """(binary, None), or (None, reason) when this machine has no C compiler; raises BuildError
+    when the compiler rejects floor.c."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
         return None, "no C compiler (cc/gcc/clang) on PATH"
-    src = SOURCE.read_bytes()
+    try:
+        src = SOURCE.read_bytes()
+    except OSError as exc:  # an install without its package data: ours to fix, not a skip
+        raise BuildError(f"cannot read {SOURCE}: {exc}") from exc
     digest = hashlib.sha256(src + cc.encode()).hexdigest()[:12]
     out = cache_dir() / f"floor-{digest}"
     if out.exists():
@@ -31,7 +39,7 @@ def build() -> tuple[Path | None, str | None]:
     proc = subprocess.run([cc, "-O2", "-pthread", "-std=gnu11", "-o", str(tmp), str(SOURCE)],
                           capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        return None, f"compiling floor.c failed: {proc.stderr.strip()[:500]}"
+        raise BuildError(f"compiling floor.c failed: {proc.stderr.strip()[:500]}")
     os.replace(tmp, out)
     return out, None
 

@@ -32,6 +32,11 @@ def _spread(row: dict, key: str) -> str:
     return f"{_fmt(sp[0], unit)}..{_fmt(sp[1], unit)}"
 
 
+def _unmeasured(row: dict) -> str:
+    """What a row with no successful run says: its failure, or that the run was cut short."""
+    return f"FAILED: {row['error']}" if row.get("error") else "not measured (the bench was interrupted)"
+
+
 def table(result: dict) -> str:
     """Side-by-side table, one block per scenario."""
     lines: list[str] = []
@@ -48,6 +53,9 @@ def table(result: dict) -> str:
         for r in (x for x in rows if x["scenario"] == sc):
             if r.get("skipped"):
                 lines.append(f"{r['transport']:<14} {'skipped: ' + r['skipped']}")
+                continue
+            if not r["runs"]:
+                lines.append(f"{r['transport']:<14} {_unmeasured(r)}")
                 continue
             is_lat = r.get("p50_us") is not None
             spread = (f"p50 {_spread(r, 'p50_us')}" if is_lat else f"{_spread(r, 'msgs_per_s')}")
@@ -75,6 +83,9 @@ def markdown_table(result: dict) -> str:
     for r in result["results"]:
         if r.get("skipped"):
             out.append(f"| {r['scenario']} | {r['transport']} | skipped: {r['skipped']} | | | | | | |")
+            continue
+        if not r["runs"]:
+            out.append(f"| {r['scenario']} | {r['transport']} | {_unmeasured(r)} | | | | | | |")
             continue
         is_lat = r.get("p50_us") is not None
         spread = f"p50 {_spread(r, 'p50_us')}" if is_lat else _spread(r, "msgs_per_s")
@@ -161,6 +172,8 @@ def markdown_summary(result: dict) -> str:
             r = by.get((t, sc))
             if r is None or r.get("skipped"):
                 cells.append("skip")
+            elif not r["runs"]:
+                cells.append("FAILED" if r.get("error") else "-")
             else:
                 cells.append(_fmt(r.get(key), "rate" if key == "msgs_per_s" else ""))
         out.append(f"| {t} | " + " | ".join(cells) + " |")

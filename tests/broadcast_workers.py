@@ -30,6 +30,8 @@ def read_all(name: str, total: int, ready, result, start: str = "oldest") -> Non
                 got = consumer.read(4096, timeout=30)
                 if len(got) == 0:
                     raise AssertionError(f"no record for 30 s at {pos}")
+                if len(got) > 4096:
+                    raise AssertionError(f"read(4096) returned {len(got)} records")
                 check_ticks(got, pos)
                 pos += len(got)
             result.put(("ok", pos, consumer.lost))
@@ -47,6 +49,8 @@ def read_lossy(name: str, total: int, pause_s: float, ready, result) -> None:
                 got = consumer.read(1000, timeout=30)
                 if len(got) == 0:
                     raise AssertionError(f"no record for 30 s after {last}")
+                if len(got) > 1000:
+                    raise AssertionError(f"read(1000) returned {len(got)} records")
                 seq = (got["timestamp_ns"].astype(np.int64) - 3) // 7
                 # One read returns consecutive records; across reads they only move forward.
                 if seq[0] <= last:
@@ -67,7 +71,8 @@ def paced_producer(name: str, total: int, batch: int, per_second: float, go) -> 
         started = time.monotonic()
         for pos in range(0, total, batch):
             n = min(batch, total - pos)
-            producer.write_batch(make_ticks(pos, n))
+            if producer.write_batch(make_ticks(pos, n)) != n:  # a lossy producer never waits
+                raise AssertionError(f"write_batch of {n} at {pos} came up short")
             ahead = (pos + n) / per_second - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)

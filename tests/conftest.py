@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,7 +22,10 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _service_or_skip(what: str, host: str, port: int) -> None:
+def _service_or_skip(what: str, url: str, default_port: int) -> None:
+    """Skip (or fail, under SHMPIPE_REQUIRE_SERVICES=1) unless the server the URL names listens."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
     if _port_open(host, port):
         return
     reason = f"{what} is not reachable at {host}:{port}"
@@ -34,14 +38,15 @@ def _service_or_skip(what: str, host: str, port: int) -> None:
 def postgres_dsn() -> str:
     """DSN of the local PostgreSQL (SHMPIPE_TEST_PG_DSN overrides)."""
     dsn = os.environ.get("SHMPIPE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-    _service_or_skip("PostgreSQL", "127.0.0.1", 5432)
+    _service_or_skip("PostgreSQL", dsn, 5432)
     return dsn
 
 
 @pytest.fixture
 def redis_url() -> str:
+    """URL of the local Redis (SHMPIPE_TEST_REDIS_URL overrides)."""
     url = os.environ.get("SHMPIPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    _service_or_skip("Redis", "127.0.0.1", 6379)
+    _service_or_skip("Redis", url, 6379)
     return url
 
 

@@ -28,25 +28,43 @@ def make_ticks(start: int, n: int) -> np.ndarray:
     return out
 
 
-def check_ticks(batch: np.ndarray, start: int) -> None:
-    """Raise AssertionError unless batch is exactly records start, start+1, ... in order."""
-    expected = make_ticks(start, len(batch))
-    if not np.array_equal(batch.view(np.uint8).reshape(len(batch), -1),
-                          expected.view(np.uint8).reshape(len(batch), -1)):
-        bad = np.nonzero(batch != expected)[0][0]
+def check_ticks(batch: np.ndarray, start: int, n: int | None = None) -> None:
+    """Raise AssertionError unless batch is exactly the n records start, start+1, ..., start+n-1,
+    every byte of each.
+
+    Pass n wherever the count is known. Leave it out only in a stream loop that takes whatever
+    one read returned and then holds its running total to the exact total written (the loop must
+    check that itself); even there an empty batch fails, since it would prove nothing."""
+    if batch.dtype != TICK:
+        raise AssertionError(f"dtype {batch.dtype}, expected TICK")
+    if n is None:
+        if len(batch) == 0:
+            raise AssertionError(f"empty batch at record {start}")
+        n = len(batch)
+    elif len(batch) != n:
+        raise AssertionError(f"{len(batch)} records from {start}, expected exactly {n}")
+    expected = make_ticks(start, n)
+    got_bytes = np.ascontiguousarray(batch).view(np.uint8).reshape(n, TICK.itemsize)
+    mismatched = np.nonzero((got_bytes != expected.view(np.uint8).reshape(n, TICK.itemsize)).any(axis=1))[0]
+    if len(mismatched):
+        bad = int(mismatched[0])
         raise AssertionError(f"record {start + bad}: got {batch[bad]}, expected {expected[bad]}")
 
 
 def produce(name: str, total: int, batch: int, ready=None) -> None:
-    """Write records [position, total) in batches (batch == 1: single write() calls)."""
+    """Write records [position, total) in batches, each call's count checked.
+
+    batch == 1 means single write() calls, alternating a numpy record and its 32 raw bytes, so
+    both single-write forms cross the process boundary and meet the reader's exact check."""
     with shmpipe.Ring.open(name, TICK) as ring, ring.producer() as producer:
         if ready is not None:
             ready.set()
         pos = producer.position
         if batch == 1:
             records = make_ticks(pos, total - pos)
-            for rec in records:
-                producer.write(rec)
+            for i, rec in enumerate(records):
+                if not producer.write(rec if i % 2 == 0 else rec.tobytes()):
+                    raise AssertionError(f"write() of record {pos + i} with no timeout returned False")
         else:
             while pos < total:
                 n = min(batch, total - pos)
@@ -73,9 +91,11 @@ def consume(name: str, total: int, max_n: int, result) -> None:
                 got = consumer.read(max_n, timeout=30)
                 if len(got) == 0:
                     raise AssertionError(f"no record for 30 s at position {pos}")
+                if len(got) > max_n:
+                    raise AssertionError(f"read({max_n}) returned {len(got)} records")
                 check_ticks(got, pos)
                 pos += len(got)
-            result.put(("ok", pos))
+            result.put(("ok", pos))  # the caller holds pos to the exact total
     except BaseException as exc:  # report, do not hang the parent
         result.put(("error", f"{type(exc).__name__}: {exc}"))
 

@@ -37,6 +37,7 @@ def test_read_async_waits_without_blocking_the_loop(ring_name, wait):
                 assert len(got), "read_async timed out with a live producer"
                 check_ticks(got, pos)
                 pos += len(got)
+            assert pos == total
             producer.join(30)
             stop.set()
             return await ticker
@@ -59,7 +60,7 @@ def test_many_broadcast_consumers_awaited_at_once(ring_name):
             producer.write_batch(make_ticks(0, 7))
             results = await asyncio.wait_for(asyncio.gather(*waits), 5)
             for got in results:
-                check_ticks(got, 0)
+                check_ticks(got, 0, 7)
 
         asyncio.run(main())
         for c in consumers:

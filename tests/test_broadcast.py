@@ -23,6 +23,7 @@ def _reap(procs):
             p.join()
 
 
+@pytest.mark.slow
 def test_four_consumers_lossless_ten_million(ring_name):
     total = 10_000_000
     with shmpipe.Ring.create(ring_name, TICK, 1 << 14, broadcast=True, policy="lossless") as ring:
@@ -151,10 +152,10 @@ def test_late_joiner_newest_and_oldest(ring_name):
         producer.write_batch(make_ticks(0, 40))        # no consumer: the records go nowhere
         with ring.consumer(start="newest") as newest, ring.consumer(start="oldest") as oldest:
             assert (newest.position, oldest.position) == (40, 24)
-            check_ticks(oldest.read(), 24)
+            check_ticks(oldest.read(), 24, 16)
             producer.write_batch(make_ticks(40, 5))
-            check_ticks(newest.read(), 40)
-            check_ticks(oldest.read(), 40)
+            check_ticks(newest.read(), 40, 5)
+            check_ticks(oldest.read(), 40, 5)
             stats = ring.stats()
             assert [c["slot"] for c in stats["consumers"]] == [0, 1]
             assert all(c["lag"] == 0 and c["lost"] == 0 and not c["evicted"] for c in stats["consumers"])

@@ -21,7 +21,7 @@ def test_round_trip_and_wrap(ring_name):
                 assert p.write_batch(make_ticks(pos, n)) == n
                 assert len(ring) == n
                 got = c.read(1024)
-                check_ticks(got, pos)
+                check_ticks(got, pos, n)
                 pos += n
             assert ring.stats()["written"] == pos
             assert ring.stats()["wraps"] == pos // 16
@@ -34,7 +34,7 @@ def test_single_writes_accept_scalars_and_bytes(ring_name):
         assert p.write(recs[0])
         assert p.write(recs[1].tobytes())
         assert p.write(recs[2:3])          # a one-record array
-        check_ticks(c.read(), 0)
+        check_ticks(c.read(), 0, 3)
     ring.unlink()
 
 
@@ -44,9 +44,9 @@ def test_full_ring_times_out_and_partial_batch(ring_name):
         assert p.write(make_ticks(8, 1)[0], timeout=0) is False
         assert p.write(make_ticks(8, 1)[0], timeout=0.05) is False
         assert p.write_batch(make_ticks(8, 4), timeout=0.05) == 0
-        check_ticks(c.read(3), 0)
+        check_ticks(c.read(3), 0, 3)
         assert p.write_batch(make_ticks(8, 4), timeout=0) == 3
-        check_ticks(c.read(100), 3)
+        check_ticks(c.read(100), 3, 8)
         assert len(c.read(100, timeout=0)) == 0
         assert len(c.read(100, timeout=0.05)) == 0
     ring.unlink()
@@ -65,14 +65,14 @@ def test_peek_is_zero_copy_read_only_and_commit_frees_room(ring_name):
     with shmpipe.Ring.create(ring_name, TICK, 8) as ring, ring.producer() as p, ring.consumer() as c:
         p.write_batch(make_ticks(0, 8))
         view = c.peek(5)
-        check_ticks(view, 0)
+        check_ticks(view, 0, 5)
         assert not view.flags.writeable
         with pytest.raises(ValueError):
             view["sequence"][0] = 99
         assert p.write(make_ticks(8, 1)[0], timeout=0) is False   # peeked is not yet freed
         c.commit(5)
         assert p.write_batch(make_ticks(8, 5), timeout=0) == 5
-        check_ticks(c.read(), 5)
+        check_ticks(c.read(), 5, 8)
         with pytest.raises(ValueError):
             c.commit(1)
     ring.unlink()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import shmpipe
 from shmpipe import segments
 from shmpipe.records import TICK
-from ring_workers import make_ticks
+from ring_workers import check_ticks, make_ticks
 
 OPS = st.lists(
     st.one_of(
@@ -45,11 +45,14 @@ def test_ring_behaves_like_a_bounded_fifo(ring_name, capacity_log2, ops):
                 elif op == "read":
                     got = c.read(n, timeout=0)
                     expected = [model.popleft() for _ in range(min(n, len(model)))]
-                    assert got["sequence"].tolist() == expected
+                    check_ticks(got, expected[0] if expected else next_seq, len(expected))
                 else:
                     view = c.peek(n)
-                    assert len(view) <= min(n, len(model))
-                    assert view["sequence"].tolist() == list(model)[:len(view)]
+                    if model:  # records wait: a peek shows at least the first (less at the wrap)
+                        assert 0 < len(view) <= min(n, len(model))
+                        check_ticks(view, model[0], len(view))
+                    else:
+                        assert len(view) == 0
                     c.commit(len(view))
                     for _ in range(len(view)):
                         model.popleft()

@@ -30,6 +30,7 @@ def _finish(procs, result, timeout=240):
                 p.join()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "producer_batch, consumer_max_n, wait",
     [(1, 1024, "block"), (4096, 1000, "block"), (1000, 4096, "spin"), (777, 333, "yield")],
@@ -96,6 +97,7 @@ def test_producer_killed_mid_stream_then_replaced(ring_name):
             assert len(got), "successor stalled"
             check_ticks(got, pos)
             pos += len(got)
+        assert pos == result_total
         successor.join(30)
         assert successor.exitcode == 0
         assert ring.stats()["producer"]["attach_count"] == 2
