@@ -228,7 +228,8 @@ cdef class Consumer(_Side):
         while True:
             avail = self._available_or_wait(<uint64_t>max_n, timeout_s)
             if avail == 0:
-                self._heartbeat()          # polling an idle ring is a sign of life too
+                if self.broadcast:         # polling an idle ring is a sign of life too
+                    self._heartbeat()
                 return shm_new_array(self.dtype, self.void_dtype, 0, NULL)
             if self.lossy:
                 self._skip_overwritten()

@@ -35,7 +35,7 @@ cdef class _Side:
     cdef readonly bint waiting      # inside a wait right now (tools and tests can see it)
     cdef bint closing               # close() was called while a call was in flight
     cdef int calls_in_flight        # changed only with the GIL held
-    cdef unsigned long caller_thread
+    cdef bint at_signal_check       # the call in flight is parked in PyErr_CheckSignals()
     cdef shmpipe_doorbell *own_bell # where this side sleeps
     cdef uint64_t sleeps, woken, timed_out
 
@@ -63,7 +63,6 @@ cdef class _Side:
         thread waits for it instead of freeing a role the call is still using."""
         self._check()
         self.calls_in_flight += 1
-        self.caller_thread = PyThread_get_thread_ident()
 
     cdef inline void _leave(self) noexcept:
         self.calls_in_flight -= 1
@@ -80,8 +79,9 @@ cdef class _Side:
         if self.calls_in_flight and not self.ring.closed:
             self.closing = True
             _ring_unconditionally(self.own_bell)
-            # (A signal handler on the calling thread itself cannot wait for its own call.)
-            while self.calls_in_flight and self.caller_thread != PyThread_get_thread_ident():
+            # A call parked at its signal check (where a handler may be the very caller of this
+            # close()) looks at `closing` before it touches anything again: no need to wait.
+            while self.calls_in_flight and not self.at_signal_check:
                 with nogil:
                     usleep(200)
         self.closed = True
@@ -172,7 +172,11 @@ cdef class _Side:
                                           f"closed while waiting")
                 if r:
                     return 1
-                PyErr_CheckSignals()
+                self.at_signal_check = True
+                try:
+                    PyErr_CheckSignals()
+                finally:
+                    self.at_signal_check = False
                 if self.closing:       # closed by a signal handler on this very thread
                     raise RingClosedError(f"{type(self).__name__} of ring {self.ring.name!r} was "
                                           f"closed while waiting")
