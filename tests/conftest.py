@@ -52,8 +52,12 @@ def redis_url() -> str:
 
 @pytest.fixture
 def ring_name(request) -> str:
-    """A ring name unique to this test; any segment left under it is unlinked afterwards."""
+    """A ring name unique to this test. A segment left under it afterwards is removed and fails
+    the test: every test unlinks what it made."""
     name = f"test-{os.getpid()}-{uuid.uuid4().hex[:10]}"
     yield name
-    for leftover in Path("/dev/shm").glob(f"shmpipe.{name}*"):
+    leftovers = sorted(Path("/dev/shm").glob(f"shmpipe.{name}*"))
+    for leftover in leftovers:
         leftover.unlink(missing_ok=True)
+    if leftovers:   # removed so the next run starts clean, but a leak is a bug users would hit too
+        pytest.fail(f"the test left {[p.name for p in leftovers]} in /dev/shm")

@@ -160,6 +160,7 @@ def test_late_joiner_newest_and_oldest(ring_name):
             assert [c["slot"] for c in stats["consumers"]] == [0, 1]
             assert all(c["lag"] == 0 and c["lost"] == 0 and not c["evicted"] for c in stats["consumers"])
         assert ring.stats()["consumers"] == [] or all(c["state"] == "free" for c in ring.stats()["consumers"])
+    ring.unlink()
 
 
 def test_consumers_leave_and_slots_are_reused(ring_name):

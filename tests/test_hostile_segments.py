@@ -91,6 +91,7 @@ def test_a_truncated_file_is_refused(ring_name):
     os.truncate(_path(ring_name), 100)                           # header cut off
     _refused_fast(ring_name, shmpipe.RingFormatError)
     assert header
+    segments.unlink(ring_name)
 
 
 def test_a_sparse_huge_junk_file_is_refused_without_touching_it(ring_name):
