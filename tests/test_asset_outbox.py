@@ -20,7 +20,8 @@ import pytest
 from shmpipe.asset_codec import ASSET_FLAG_REMOVED, canonical_json, parse_assets_json, record_id
 from shmpipe_services.asset_sync.service import SyncError, SyncService, WriteRetry
 from shmpipe_services.asset_sync.source_map import SourceMap
-from shmpipe_services.asset_sync.store import StoreUnavailable, open_store, typed_values
+from shmpipe_services.asset_sync.store import StoreUnavailable, typed_values
+from shmpipe_services.asset_sync.store_factory import open_store
 from shmpipe_services.asset_sync.store_sqlite import _sqlite_value
 from shmpipe_services.asset_sync.zmq_pubsub import AssetPublisher, AssetSubscriber
 

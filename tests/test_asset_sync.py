@@ -30,7 +30,7 @@ from shmpipe_services.asset_sync.delta_wire import AssetDelta, decode_delta, enc
 from shmpipe_services.asset_sync.features import compute_features
 from shmpipe_services.asset_sync.service import SyncError, SyncService, WriteRetry
 from shmpipe_services.asset_sync.source_map import SourceMap
-from shmpipe_services.asset_sync.store import open_store
+from shmpipe_services.asset_sync.store_factory import open_store
 from shmpipe_services.asset_sync.store_sqlite import SqliteStore
 from shmpipe_services.asset_sync.zmq_pubsub import AssetSubscriber
 from shmpipe_tools.cli import main as shmpipe_main

@@ -23,7 +23,7 @@ import test_asset_sync
 from shmpipe_services.asset_sync import zmq_pubsub
 from shmpipe_services.asset_sync.features import compute_features
 from shmpipe_services.asset_sync.service import SyncService
-from shmpipe_services.asset_sync.store import open_store
+from shmpipe_services.asset_sync.store_factory import open_store
 from shmpipe_services.asset_sync.store_postgres import PostgresStore
 from shmpipe_services.asset_sync.store_sqlite import SqliteStore
 from shmpipe_services.asset_sync.zmq_pubsub import AssetPublisher, AssetSubscriber

@@ -14,7 +14,8 @@ from typing import Any
 from shmpipe.asset_codec import AssetFormatError, parse_assets_json
 
 from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
-from .store import StoreUnavailable, default_sqlite_path, open_store
+from .store import StoreUnavailable
+from .store_factory import default_sqlite_path, open_store
 from .transport import DEFAULT_SOCKET, TransportError
 from .zmq_pubsub import DEFAULT_PUB_ENDPOINT
 

@@ -19,12 +19,10 @@ on the marked rows keeps the "anything pending?" check at every cycle cheap.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Protocol
 
 ASSETS_TABLE = "assets"
@@ -144,24 +142,3 @@ def typed_values(doc: Mapping[str, Any]) -> tuple:
         margin_decimal(doc.get("margin_requirement_short")),
         json.dumps(doc.get("attributes")) if doc.get("attributes") is not None else None,
     )
-
-
-def default_sqlite_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "shmpipe" / "assets.sqlite"
-
-
-def open_store(db: str | None, *, schema: str | None = None) -> AssetStore:
-    """``postgresql://...`` or ``postgres://...`` -> PostgreSQL; ``sqlite:///path``, a path or
-    nothing -> SQLite (default file: $XDG_DATA_HOME/shmpipe/assets.sqlite)."""
-    if db and db.startswith(("postgresql://", "postgres://")):
-        from .store_postgres import PostgresStore  # asyncpg only when asked for
-
-        return PostgresStore(db, schema=schema)
-    from .store_sqlite import SqliteStore
-
-    if not db:
-        return SqliteStore(default_sqlite_path())
-    if db.startswith("sqlite://"):
-        db = db[len("sqlite://") :]  # sqlite:///abs/path -> /abs/path, sqlite://rel -> rel
-    return SqliteStore(Path(db))
