@@ -17,7 +17,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from shmpipe.asset_codec import ASSET_FLAG_REMOVED, canonical_json, parse_assets_json, record_id
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED, record_id
+from shmpipe_services.asset_sync.canonical import canonical_json
+from shmpipe_services.asset_sync.listing import parse_assets_json
 from shmpipe_services.asset_sync.service import SyncError, SyncService, WriteRetry
 from shmpipe_services.asset_sync.source_map import SourceMap
 from shmpipe_services.asset_sync.store import StoreUnavailable, typed_values

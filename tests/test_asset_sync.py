@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shmpipe.asset_codec import ASSET_FLAG_REMOVED, assets_to_records, parse_assets_json, record_id
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED, record_id
 from shmpipe_services.asset_sync.delta_wire import AssetDelta, decode_delta, encode_delta
 from shmpipe_services.asset_sync.features import compute_features
+from shmpipe_services.asset_sync.listing import parse_assets_json, to_records
 from shmpipe_services.asset_sync.service import SyncError, SyncService, WriteRetry
 from shmpipe_services.asset_sync.source_map import SourceMap
 from shmpipe_services.asset_sync.store_factory import open_store
@@ -108,7 +109,7 @@ def last_json(out: str) -> dict:
 def assert_cache_equals_database(subscriber: AssetSubscriber, rows: dict) -> None:
     assert subscriber.ids() == set(rows)
     ids = sorted(rows)
-    expected = assets_to_records([rows[i].doc for i in ids], validate=False)
+    expected = to_records([rows[i].doc for i in ids])
     for i, asset_id in enumerate(ids):
         if rows[asset_id].removed:
             expected[i]["flags"] |= ASSET_FLAG_REMOVED

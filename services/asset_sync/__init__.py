@@ -3,6 +3,8 @@ an Asset AoS buffer to the sync service, upsert into PostgreSQL or SQLite, publi
 
 Modules, one job each:
     http_fetch   GET /v2/assets with timeouts and retries (429 / 5xx / network)
+    listing      the Alpaca listing rules: parse, validate, encode as Asset records
+    canonical    one text per asset value, and the per-field diff
     source_map   the fetcher's view of what the service holds; turns a listing into a delta
     delta_wire   the delta on the wire: the Asset AoS plus a sidecar with the full JSON
     transport    how a delta reaches the service: in-process, or a Unix socket with framed messages

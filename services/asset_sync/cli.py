@@ -11,8 +11,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from shmpipe.asset_codec import AssetFormatError, parse_assets_json
+from shmpipe.asset_codec import AssetFormatError
 
+from .listing import parse_assets_json
 from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
 from .store import StoreUnavailable
 from .store_factory import default_sqlite_path, open_store

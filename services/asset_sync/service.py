@@ -33,17 +33,12 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from shmpipe.asset_codec import (
-    ASSET_FLAG_REMOVED,
-    AssetFormatError,
-    assets_to_records,
-    canonical_json,
-    changed_fields,
-    validate_assets,
-)
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED, AssetFormatError
 from shmpipe.records import ASSET
 
+from .canonical import canonical_json, changed_fields
 from .delta_wire import AssetDelta
+from .listing import to_records, validate_assets
 from .store import AssetRow, AssetStore, PendingAsset, StoredAsset, StoreUnavailable
 
 DEFAULT_BATCH_SIZE = 500
@@ -312,7 +307,7 @@ class SyncService:
             records[fresh] = np.array([changes[i].record for i in fresh], dtype=ASSET)
         gone = [i for i, c in enumerate(changes) if c.record is None]
         if gone:  # removals: encode what the database holds, then mark them removed
-            records[gone] = assets_to_records([changes[i].doc for i in gone], validate=False)
+            records[gone] = to_records([changes[i].doc for i in gone])
             records["flags"][gone] |= np.uint8(ASSET_FLAG_REMOVED)
         records["updated_ns"] = now_ns
         return self.publisher.publish(records)
@@ -321,7 +316,7 @@ class SyncService:
 def stored_records(pending: list[PendingAsset]) -> np.ndarray:
     """The AoS for stored rows (pending ones, or a subscriber's warm-start snapshot): encoded from
     what the database holds, removals flagged, ``updated_ns`` when the row was committed."""
-    records = assets_to_records([p.doc for p in pending], validate=False)
+    records = to_records([p.doc for p in pending])
     gone = [i for i, p in enumerate(pending) if p.removed]
     if gone:
         records["flags"][gone] |= np.uint8(ASSET_FLAG_REMOVED)

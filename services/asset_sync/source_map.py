@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.asset_codec import ASSET_FLAG_REMOVED, assets_to_records, canonical_json
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED
 
+from .canonical import canonical_json
 from .delta_wire import AssetDelta
+from .listing import to_records
 
 
 class SourceMap:
@@ -47,7 +49,7 @@ class SourceMap:
         scope = dict(scope or {})
         if self._known is None:
             return AssetDelta(
-                assets_to_records(docs, updated_ns=now, validate=False),
+                to_records(docs, updated_ns=now),
                 list(docs),
                 full=complete,
                 scope=scope,
@@ -62,7 +64,7 @@ class SourceMap:
         if complete:
             fetched_ids = {d["id"].lower() for d in docs}
             removed = [doc for asset_id, (_, doc) in self._known.items() if asset_id not in fetched_ids]
-        records = assets_to_records([*upserts, *removed], updated_ns=now, validate=False)
+        records = to_records([*upserts, *removed], updated_ns=now)
         if removed:
             records["flags"][len(upserts) :] |= np.uint8(ASSET_FLAG_REMOVED)
         return AssetDelta(

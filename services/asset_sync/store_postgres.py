@@ -20,8 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from shmpipe.asset_codec import canonical_json
-
+from .canonical import canonical_json
 from .store import (
     ASSETS_TABLE,
     COLUMNS,

@@ -14,8 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from shmpipe.asset_codec import canonical_json
-
+from .canonical import canonical_json
 from .store import (
     ASSETS_TABLE,
     COLUMNS,
