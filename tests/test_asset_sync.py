@@ -298,31 +298,68 @@ def _feature_rows(database) -> int:
 
 # ------------------------------------------------------------------------------------ bad input
 
-BAD = [
-    "assets_missing_required_field.json",
-    "assets_wrong_types.json",
-    "assets_duplicate_ids.json",
-    "assets_unknown_status.json",
-    "assets_unknown_class.json",
-    "assets_truncated.json",
-    "empty.json",
-]
+BAD_DOCUMENTS = ["assets_truncated.json", "empty.json"]
 
 
-def test_bad_input_is_reported_and_changes_nothing(database, pub_endpoint, capsys):
+def test_a_bad_document_is_reported_and_changes_nothing(database, pub_endpoint, capsys):
     common = [*db_args(database), "--pub", pub_endpoint, "--json"]
     code, _, err = run_cli(capsys, "sync", "--from-file", str(V1), *common)
     assert code == 0, err
     before = load_db(database)
-    for name in BAD:
+    for name in BAD_DOCUMENTS:
         code, out, err = run_cli(capsys, "sync", "--from-file", str(ASSETS / "bad" / name), *common)
         assert code == 1, name
-        assert out == "" and err.startswith("shmpipe assets: "), (name, err)
+        assert out == "" and err.startswith("shmpipe assets: ") and len(err.splitlines()) == 1, (name, err)
         assert load_db(database) == before, name
     with serve(Script((404, {}, b"not here"))) as url:
         code, out, err = run_cli(capsys, "sync", "--base-url", url, "--retries", "1", *common)
     assert code == 1 and "HTTP 404" in err
     assert load_db(database) == before
+
+
+def test_bad_assets_are_left_out_and_do_not_block_the_others(database, pub_endpoint, capsys, tmp_path):
+    """Quarantine, on both databases: v2 arrives with one unchanged asset (AAPL) made invalid (a
+    NUL in its name) and one new asset with a NaN margin. The cycle writes every other change of
+    v2, keeps AAPL's row as it was (not removed), names both problems; the next clean listing
+    adds the new asset."""
+    common = [*db_args(database), "--pub", pub_endpoint, "--json"]
+    code, _, err = run_cli(capsys, "sync", "--from-file", str(V1), *common)
+    assert code == 0, err
+    v2 = json.loads(V2.read_bytes())
+    aapl = next(i for i, d in enumerate(v2) if d["symbol"] == "AAPL")
+    new = next(i for i, d in enumerate(v2) if d["id"] == DIFF["added"][0])
+    v2[aapl]["name"] = "Apple\x00Inc"
+    v2[new]["maintenance_margin_requirement"] = float("nan")
+    bad_v2 = tmp_path / "bad_v2.json"
+    bad_v2.write_text(json.dumps(v2))  # NaN and \u0000 as json.dumps writes them
+    before = load_db(database)
+
+    code, out, err = run_cli(capsys, "sync", "--from-file", str(bad_v2), *common)
+    assert code == 0, err
+    line = last_json(out)
+    counts = DIFF["counts"]
+    assert (line["added"], line["changed"], line["removed"], line["rejected"]) == (
+        counts["added"] - 1,
+        counts["changed"],
+        counts["removed"],
+        2,
+    )
+    assert line["written"] == line["published"] == counts["added"] - 1 + counts["changed"] + counts["removed"]
+    problems = err.strip().splitlines()
+    assert len(problems) == 2 and "Traceback" not in err
+    assert f"asset [{min(aapl, new)}] id " in problems[0] and f"asset [{max(aapl, new)}] id " in problems[1]
+    assert any(f"id {v2[aapl]['id']} field 'name': contains a NUL" in p for p in problems)
+    assert any(f"id {v2[new]['id']} field 'maintenance_margin_requirement': number NaN is refused" in p for p in problems)
+    rows = load_db(database)
+    assert rows[v2[aapl]["id"]] == before[v2[aapl]["id"]]  # held: neither changed nor removed
+    assert v2[new]["id"] not in rows
+    assert {i for i, r in rows.items() if r.removed} == set(DIFF["removed"])
+
+    code, out, err = run_cli(capsys, "sync", "--from-file", str(V2), *common)
+    assert code == 0, err
+    line = last_json(out)
+    assert (line["added"], line["changed"], line["removed"], line["written"]) == (1, 0, 0, 1)
+    assert "rejected" not in line
 
 
 # ------------------------------------------------------------------------------------ database faults
@@ -496,6 +533,21 @@ def test_delta_wire_rejects_inconsistent_frames():
         decode_delta(good[:-1])
     with pytest.raises(AssetFormatError):
         decode_delta(good[:100])
+
+
+def test_delta_wire_validates_documents_as_the_listing_does():
+    """The service's socket is a trust boundary: a delta is checked as strictly as a listing."""
+    from shmpipe.asset_codec import AssetFormatError
+
+    docs = parse_assets_json(V1.read_bytes())[:3]
+    delta = SourceMap().delta(docs, complete=True, held=[str(uuid.uuid4())])
+    assert decode_delta(encode_delta(delta)).held == delta.held
+    delta.docs[1] = {**docs[1], "name": "a\x00b"}
+    with pytest.raises(AssetFormatError, match=rf"asset \[1\] id {docs[1]['id']} field 'name': contains a NUL"):
+        decode_delta(encode_delta(delta))
+    delta.docs[1], delta.held = docs[1], ["not-an-id"]
+    with pytest.raises(AssetFormatError, match="held ids must be UUIDs"):
+        decode_delta(encode_delta(delta))
 
 
 # ------------------------------------------------------------------------------------ serve + fetcher

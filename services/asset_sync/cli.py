@@ -13,7 +13,7 @@ from typing import Any
 
 from shmpipe.asset_codec import AssetFormatError
 
-from .listing import parse_assets_json
+from .listing import Listing, parse_listing
 from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
 from .store import StoreUnavailable
 from .store_factory import default_sqlite_path, open_store
@@ -22,6 +22,8 @@ from .zmq_pubsub import DEFAULT_PUB_ENDPOINT
 
 # How long ``watch`` waits for its connection to a running publisher before reading the database.
 CONNECT_WAIT = 5.0
+# Rejected assets named one per line on stderr, at most this many per cycle, then a count.
+REJECTED_LINES = 10
 
 # Errors that end a cycle with a message rather than a traceback: bad input, network, database.
 CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreUnavailable, OSError)
@@ -88,7 +90,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="print one JSON line per cycle: fetched, added, changed, removed, written, published, "
-        "seconds (plus republished, only in a cycle that published assets left pending earlier)",
+        "seconds (plus republished, only in a cycle that published assets left pending earlier, "
+        "and rejected, only in a cycle whose listing had invalid assets, left out)",
     )
     s.set_defaults(func=lambda args: asyncio.run(_run_sync(args)))
 
@@ -190,12 +193,22 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary), flush=True)
     else:
         republished = summary.get("republished")
+        rejected = summary.get("rejected")
         print(
             (f"{republished} pending from earlier republished; " if republished else "")
             + "fetched {fetched}: {added} added, {changed} changed, {removed} removed; "
-            "{written} rows written, {published} published in {seconds:.3f} s".format(**summary),
+            "{written} rows written, {published} published in {seconds:.3f} s".format(**summary)
+            + (f"; {rejected} invalid assets left out" if rejected else ""),
             flush=True,
         )
+
+
+def _report_rejected(listing: Listing) -> None:
+    """One line per invalid asset (the cycle goes on without them), then how many more."""
+    for problem in listing.rejected[:REJECTED_LINES]:
+        _error(f"{problem}; left out, its stored row is kept")
+    if len(listing.rejected) > REJECTED_LINES:
+        _error(f"... and {len(listing.rejected) - REJECTED_LINES} more invalid assets left out")
 
 
 async def _start_service(args: argparse.Namespace):
@@ -257,12 +270,19 @@ async def _run_sync(args: argparse.Namespace) -> int:
             cycle += 1
             try:
                 body = await asyncio.to_thread(fetch)
-                docs = parse_assets_json(body)
+                listing = parse_listing(body)
+                _report_rejected(listing)
                 delta = source_map.delta(
-                    docs, complete=args.from_file is not None or args.status is None, scope=scope
+                    listing.docs,
+                    complete=args.from_file is not None or args.status is None,
+                    scope=scope,
+                    held=listing.held_ids,
+                    fetched=listing.fetched,
                 )
                 summary = await sink.send(delta)
                 source_map.commit(delta)  # only now: an unacknowledged delta is resent next cycle
+                if listing.rejected:
+                    summary["rejected"] = len(listing.rejected)
                 _print_summary(summary, args.json)
                 status = 0
             except CYCLE_ERRORS as exc:

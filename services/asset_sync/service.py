@@ -38,7 +38,7 @@ from shmpipe.records import ASSET
 
 from .canonical import canonical_json, changed_fields
 from .delta_wire import AssetDelta
-from .listing import to_records, validate_assets
+from .listing import to_records
 from .store import AssetRow, AssetStore, PendingAsset, StoredAsset, StoreUnavailable
 
 DEFAULT_BATCH_SIZE = 500
@@ -178,11 +178,10 @@ class SyncService:
 
     # ------------------------------------------------------------------------------------
     def _diff(self, delta: AssetDelta, result: SyncResult) -> list[_Change]:
-        """What actually differs from the cache; the fetcher's delta is a hint, the cache decides."""
-        docs = [d for d in delta.docs if d is not None]
-        validate_assets(docs)  # the socket is a trust boundary: same checks as the fetcher ran
+        """What actually differs from the cache; the fetcher's delta is a hint, the cache decides.
+        (Its documents were validated where it was decoded, delta_wire.decode_delta.)"""
         changes: list[_Change] = []
-        seen: set[str] = set()
+        seen: set[str] = set(delta.held)  # in the listing but invalid: neither changed nor removed
         for record, doc in zip(delta.records, delta.docs):
             asset_id = delta.id_of(record)
             cached = self.cache.get(asset_id)
@@ -190,7 +189,7 @@ class SyncService:
                 if cached is not None and not cached.removed:
                     changes.append(_Change(asset_id, cached.doc, "removed", None))
                 continue
-            if doc["id"].lower() != asset_id:
+            if doc["id"] != asset_id:
                 raise AssetFormatError(
                     f"delta: record id {asset_id} does not match its document id {doc['id']}"
                 )

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from .canonical import canonical_json
+from .canonical import canonical_json, loads
 from .store import (
     ASSETS_TABLE,
     COLUMNS,
@@ -180,7 +180,7 @@ class PostgresStore:
             )
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"PostgreSQL read failed: {exc}") from exc
-        return {r[0]: StoredAsset(json.loads(r[1]), r[2]) for r in rows}
+        return {r[0]: StoredAsset(loads(r[1]), r[2]) for r in rows}
 
     async def load_pending(self) -> list[PendingAsset]:
         return await self._load_rows(self._load_pending_sql)
@@ -194,7 +194,7 @@ class PostgresStore:
             rows = await self.conn.fetch(sql)
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"PostgreSQL read failed: {exc}") from exc
-        return [PendingAsset(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
+        return [PendingAsset(r[0], loads(r[1]), r[2], r[3]) for r in rows]
 
     async def clear_pending(self, marks: Sequence[tuple[str, datetime]]) -> int:
         if not marks:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .canonical import canonical_json
+from .canonical import canonical_json, loads
 from .store import (
     ASSETS_TABLE,
     COLUMNS,
@@ -95,7 +95,7 @@ class SqliteStore:
 
     async def load_all(self) -> dict[str, StoredAsset]:
         rows = self.conn.execute(f"SELECT id, doc, removed_at IS NOT NULL FROM {ASSETS_TABLE}")
-        return {asset_id: StoredAsset(json.loads(doc), bool(removed)) for asset_id, doc, removed in rows}
+        return {asset_id: StoredAsset(loads(doc), bool(removed)) for asset_id, doc, removed in rows}
 
     async def load_pending(self) -> list[PendingAsset]:
         return self._load_rows(f"WHERE {PENDING_COLUMN}")
@@ -109,7 +109,7 @@ class SqliteStore:
             f"SELECT id, doc, removed_at IS NOT NULL, updated_at FROM {ASSETS_TABLE} {where} ORDER BY id"
         )
         return [
-            PendingAsset(asset_id, json.loads(doc), bool(removed), datetime.fromisoformat(updated_at))
+            PendingAsset(asset_id, loads(doc), bool(removed), datetime.fromisoformat(updated_at))
             for asset_id, doc, removed, updated_at in rows
         ]
 

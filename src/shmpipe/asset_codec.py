@@ -69,14 +69,31 @@ _COUNT = struct.Struct("<I")
 class AssetFormatError(ShmpipeError, ValueError):
     """Asset data does not have the expected shape (an AoS buffer, a record's fields, a listing).
 
-    ``index`` is the array element at fault (None for whole-document problems), ``field`` the key.
+    ``index`` is the array element at fault (None for whole-document problems), ``asset_id`` its
+    id where it could be read, ``field`` the key.
     """
 
-    def __init__(self, message: str, *, index: int | None = None, field: str | None = None):
-        where = "" if index is None else f"asset [{index}]" + (f" field {field!r}" if field else "") + ": "
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        field: str | None = None,
+        asset_id: str | None = None,
+    ):
+        where = ""
+        if index is not None:
+            where = (
+                f"asset [{index}]"
+                + (f" id {asset_id}" if asset_id else "")
+                + (f" field {field!r}" if field else "")
+                + ": "
+            )
         super().__init__(where + message)
         self.index = index
         self.field = field
+        self.asset_id = asset_id
+        self.reason = message
 
 
 # --------------------------------------------------------------------------------------------
