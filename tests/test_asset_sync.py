@@ -373,13 +373,14 @@ class FlakySqlite(SqliteStore):
         self.fail_batches, self.times, self.calls, self.failures = set(fail_batches), times, 0, 0
 
     def _execute_rows(self, conn, sql, values):
-        super()._execute_rows(conn, sql, values)
+        changed = super()._execute_rows(conn, sql, values)
         self.calls += 1
         if self.calls in self.fail_batches and self.failures < self.times:
             self.failures += 1
             self.fail_batches.discard(self.calls)
             self.fail_batches.add(self.calls + 1)  # the retry of this batch is the next call
             raise sqlite3.OperationalError("disk I/O error (injected)")
+        return changed
 
 
 class Recorder:

@@ -231,15 +231,20 @@ class SyncService:
     async def _write_and_publish(self, changes: list[_Change], result: SyncResult) -> None:
         now_ns = self.clock()
         now = datetime.fromtimestamp(now_ns / 1e9, tz=timezone.utc)
-        committed: list[_Change] = []
+        committed: list[_Change] = []  # the changes the database took, so the ones to publish
+        done = 0
         try:
             for start in range(0, len(changes), self.batch_size):
                 batch = changes[start : start + self.batch_size]
                 rows = [AssetRow(c.id, c.doc, now, now if c.kind == "removed" else None) for c in batch]
-                result.written += await self._write_with_retry(rows)
+                written = set(await self._write_with_retry(rows))
+                result.written += len(written)
                 for c in batch:  # committed: now, and only now, the cache may move
                     self.cache[c.id] = StoredAsset(dict(c.doc), c.kind == "removed")
-                committed.extend(batch)
+                # A change the upsert's WHERE skipped is one the database already held: nothing
+                # to publish (the cache was behind, or two texts of one value).
+                committed.extend(c for c in batch if c.id in written)
+                done += len(batch)
         except Exception as exc:
             note = "those were published"
             try:
@@ -247,7 +252,7 @@ class SyncService:
             except SyncError as publish_exc:  # the write error is the news; say what else went wrong
                 note = f"those stay pending: {publish_exc}"
             raise SyncError(
-                f"sync stopped after {len(committed)} of {len(changes)} changes were "
+                f"sync stopped after {done} of {len(changes)} changes were "
                 f"committed ({note}): {exc}",
                 result,
             ) from exc
@@ -279,7 +284,7 @@ class SyncService:
                 result,
             ) from exc
 
-    async def _write_with_retry(self, rows: list[AssetRow]) -> int:
+    async def _write_with_retry(self, rows: list[AssetRow]) -> list[str]:
         return await self._with_retry(lambda: self.store.write_batch(rows, self.write_method))
 
     async def _with_retry(self, operation: Callable[[], Awaitable[T]]) -> T:

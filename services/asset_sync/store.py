@@ -93,9 +93,11 @@ class AssetStore(Protocol):
     async def ensure_schema(self) -> None:
         """Create the tables, or upgrade ones an older version made (adds the outbox column)."""
 
-    async def write_batch(self, rows: Sequence[AssetRow], method: str) -> int:
-        """Write ``rows`` in one transaction; returns how many rows actually changed. Every row
-        that changed is marked publish-pending in that same transaction.
+    async def write_batch(self, rows: Sequence[AssetRow], method: str) -> list[str]:
+        """Write ``rows`` in one transaction; returns the ids of the rows it actually changed
+        (inserted, or updated because the doc or the removed state differs: the database's
+        judgement, which is what gets published). Every row that changed is marked
+        publish-pending in that same transaction.
         Raises StoreUnavailable when the connection failed (nothing of the batch is committed)."""
 
     async def load_pending(self) -> list[PendingAsset]:

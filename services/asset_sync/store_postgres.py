@@ -1,13 +1,14 @@
 """PostgreSQL through asyncpg, with the two write methods the issue asks to compare.
 
 * ``upsert``: one ``INSERT ... SELECT FROM unnest($1::uuid[], ...) ON CONFLICT (id) DO UPDATE
-  ... WHERE`` a column differs: one statement and one round trip per batch.
+  ... WHERE`` a column differs ``RETURNING id``: one statement and one round trip per batch.
 * ``copy``: binary COPY into a session temporary table, then one ``INSERT ... SELECT ... ON
   CONFLICT`` merge from it. The temp table is ``ON COMMIT DELETE ROWS``, so each batch starts empty.
 
 Either way a batch is one transaction; a dropped connection surfaces as StoreUnavailable and
 nothing of the batch is committed, so the caller can reconnect and send the same batch again.
-The ``WHERE`` clause makes a resent or unchanged row a no-op, which the written count reflects.
+The ``WHERE`` clause makes a resent or unchanged row a no-op; ``RETURNING`` names the rows that
+did change (jsonb equality decides: 30 and 30.0 are equal), and only those are published.
 The same statement sets ``publish_pending`` on every row it changes (the outbox, see store.py).
 """
 
@@ -95,10 +96,13 @@ class PostgresStore:
         )
         conflict = f"ON CONFLICT (id) DO UPDATE SET {updates} WHERE {changed}"
         unnest = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
-        self._upsert_sql = f"INSERT INTO {table} ({columns}) SELECT *, true FROM unnest({unnest}) {conflict}"
+        returning = "RETURNING id::text"
+        self._upsert_sql = (
+            f"INSERT INTO {table} ({columns}) SELECT *, true FROM unnest({unnest}) {conflict} {returning}"
+        )
         self._merge_sql = (
             f"INSERT INTO {table} ({columns}) "
-            f"SELECT {', '.join(COLUMNS)}, true FROM pg_temp.{_STAGE} {conflict}"
+            f"SELECT {', '.join(COLUMNS)}, true FROM pg_temp.{_STAGE} {conflict} {returning}"
         )
         self._load_snapshot_sql = (
             f"SELECT id::text, doc::text, removed_at IS NOT NULL, updated_at FROM {table} ORDER BY id"
@@ -210,7 +214,7 @@ class PostgresStore:
             raise
         return int(status.split()[-1])  # "UPDATE n"
 
-    async def write_batch(self, rows: Sequence[AssetRow], method: str) -> int:
+    async def write_batch(self, rows: Sequence[AssetRow], method: str) -> list[str]:
         if method not in self.write_methods:
             raise ValueError(f"unknown write method {method!r} (known: {self.write_methods})")
         records = [(*typed_values(r.doc), canonical_json(r.doc), r.updated_at, r.removed_at) for r in rows]
@@ -218,20 +222,20 @@ class PostgresStore:
             conn = self.conn
             async with conn.transaction():
                 if method == "upsert":
-                    status = await self._run_upsert(conn, records)
+                    changed = await self._run_upsert(conn, records)
                 else:
-                    status = await self._run_copy_merge(conn, records)
+                    changed = await self._run_copy_merge(conn, records)
         except Exception as exc:
             if isinstance(exc, _CONNECTION_ERRORS) or self._conn is None or self._conn.is_closed():
                 raise StoreUnavailable(f"PostgreSQL write failed: {type(exc).__name__}: {exc}") from exc
             raise  # a bad statement or value: retrying the same batch would fail the same way
-        return int(status.split()[-1])  # "INSERT 0 n": rows inserted or updated
+        return changed
 
-    async def _run_upsert(self, conn: asyncpg.Connection, records: list[tuple]) -> str:
+    async def _run_upsert(self, conn: asyncpg.Connection, records: list[tuple]) -> list[str]:
         columns = list(zip(*records)) if records else [[] for _ in COLUMNS]
-        return await conn.execute(self._upsert_sql, *map(list, columns))
+        return [r[0] for r in await conn.fetch(self._upsert_sql, *map(list, columns))]
 
-    async def _run_copy_merge(self, conn: asyncpg.Connection, records: list[tuple]) -> str:
+    async def _run_copy_merge(self, conn: asyncpg.Connection, records: list[tuple]) -> list[str]:
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
             f"(LIKE {self._table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -239,7 +243,7 @@ class PostgresStore:
         await conn.copy_records_to_table(
             _STAGE, records=records, columns=list(COLUMNS), schema_name="pg_temp"
         )
-        return await conn.execute(self._merge_sql)
+        return [r[0] for r in await conn.fetch(self._merge_sql)]
 
     async def write_features(self, computed_at: datetime, assets: int, features: Mapping[str, Any]) -> None:
         await self.conn.execute(
