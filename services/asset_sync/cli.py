@@ -14,6 +14,7 @@ from typing import Any
 from shmpipe.asset_codec import AssetFormatError
 
 from .listing import Listing, parse_listing
+from .removal_guard import DEFAULT_MAX_REMOVALS, DEFAULT_MAX_SHARE, MassRemovalRefused, RemovalGuard
 from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
 from .store import StoreUnavailable
 from .store_factory import default_sqlite_path, open_store
@@ -26,7 +27,7 @@ CONNECT_WAIT = 5.0
 REJECTED_LINES = 10
 
 # Errors that end a cycle with a message rather than a traceback: bad input, network, database.
-CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreUnavailable, OSError)
+CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreUnavailable, MassRemovalRefused, OSError)
 
 DB_HELP = (
     f"database: postgresql://user@host/db, or an SQLite path / sqlite:///path "
@@ -161,6 +162,32 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
         help=f"ZeroMQ endpoint to bind and publish assets.changed on (default {DEFAULT_PUB_ENDPOINT})",
     )
     p.add_argument("--batch-size", type=int, default=500, help="rows per write transaction (default 500)")
+    guard = p.add_argument_group(
+        "mass-removal guard",
+        "a cycle that would mark more assets removed than the larger of SHARE of the listed ones "
+        "and N is refused whole (nothing written or published, exit 1), and so is an empty "
+        "listing: an API hiccup or a truncated file looks exactly like a mass delisting",
+    )
+    guard.add_argument(
+        "--max-removal-share",
+        type=_fraction,
+        default=DEFAULT_MAX_SHARE,
+        metavar="SHARE",
+        help=f"fraction of the listed assets one cycle may remove (default {DEFAULT_MAX_SHARE})",
+    )
+    guard.add_argument(
+        "--max-removals",
+        type=_count,
+        default=DEFAULT_MAX_REMOVALS,
+        metavar="N",
+        help=f"removals one cycle may always make (default {DEFAULT_MAX_REMOVALS})",
+    )
+    guard.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help="apply the listing even so (with sync --to-service, the running service lets "
+        "this fetcher's deltas through)",
+    )
     p.add_argument(
         "--write-method",
         choices=("upsert", "copy"),
@@ -182,6 +209,20 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="give up waiting for subscribers after S seconds and go on (default 10)",
     )
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1 (5 % is 0.05)")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def _error(message: str) -> None:
@@ -218,7 +259,13 @@ async def _start_service(args: argparse.Namespace):
     store = open_store(args.db, schema=args.schema)
     publisher = AssetPublisher(args.pub)
     try:
-        service = SyncService(store, publisher, batch_size=args.batch_size, write_method=args.write_method)
+        service = SyncService(
+            store,
+            publisher,
+            batch_size=args.batch_size,
+            write_method=args.write_method,
+            removal_guard=RemovalGuard(args.max_removal_share, args.max_removals, args.allow_mass_removal),
+        )
         # Assets an earlier run committed but did not publish go out only after the wait below
         # (a message published before a subscriber joined is lost to it): serve publishes them
         # right after, sync at the start of its first cycle.
@@ -279,6 +326,7 @@ async def _run_sync(args: argparse.Namespace) -> int:
                     held=listing.held_ids,
                     fetched=listing.fetched,
                 )
+                delta.allow_mass_removal = args.allow_mass_removal
                 summary = await sink.send(delta)
                 source_map.commit(delta)  # only now: an unacknowledged delta is resent next cycle
                 if listing.rejected:

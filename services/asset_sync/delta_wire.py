@@ -2,14 +2,15 @@
 
     u32 count | count x ASSET record | u32 sidecar_length | sidecar (UTF-8 JSON)
     sidecar = {"v": 1, "full": bool, "scope": {...}, "fetched": N, "docs": [object | null, ...],
-               "held": [id, ...]}   (held: optional, absent = none)
+               "held": [id, ...], "allow_mass_removal": true}   (both optional)
 
 The AoS prefix is exactly the shared Asset AoS format, so any AoS reader can read the records.
 The sidecar exists because the database holds the truth: the record cuts names at 64 bytes and has
 no room for ``attributes`` or the crypto-only fields, and the diff is defined over all of them.
 ``docs[i]`` belongs to record i; ``null`` marks a removal (that record also has ASSET_FLAG_REMOVED).
 ``held`` lists the ids of assets the listing carried but that failed validation: the service keeps
-their rows as they are and never counts them as removed (listing.py).
+their rows as they are and never counts them as removed (listing.py). ``allow_mass_removal`` is
+the fetcher's ``--allow-mass-removal``: this one delta may pass the service's removal guard.
 
 Decoding is where a delta from another process is checked: the documents are validated with the
 listing's rules, as strictly as PostgreSQL would (the first bad one rejects the delta).
@@ -41,6 +42,7 @@ class AssetDelta:
     scope: dict[str, str] = field(default_factory=dict)  # e.g. {"asset_class": "crypto"}
     fetched: int = 0  # assets in the listing this delta came from
     held: list[str] = field(default_factory=list)  # ids in the listing that failed validation
+    allow_mass_removal: bool = False  # may pass the removal guard (removal_guard.py)
 
     def __post_init__(self) -> None:
         if len(self.records) != len(self.docs):
@@ -63,6 +65,7 @@ def encode_delta(delta: AssetDelta) -> bytes:
             "fetched": delta.fetched,
             "docs": delta.docs,
             **({"held": delta.held} if delta.held else {}),
+            **({"allow_mass_removal": True} if delta.allow_mass_removal else {}),
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -103,4 +106,5 @@ def decode_delta(buffer: bytes | bytearray | memoryview) -> AssetDelta:
         scope=dict(sidecar.get("scope") or {}),
         fetched=int(sidecar.get("fetched", 0)),
         held=canonical_held,
+        allow_mass_removal=sidecar.get("allow_mass_removal") is True,
     )

@@ -9,6 +9,8 @@ Rules that keep "nothing lost":
 * Rows committed in a cycle are published as one AoS message at the end of the cycle (also when
   a later batch finally fails), and only after that publish succeeded are their marks cleared,
   in a small transaction of their own, matched by (id, updated_at).
+* A cycle the mass-removal guard refuses (removal_guard.py) stops before anything else: it
+  neither writes nor publishes, not even what earlier cycles left pending.
 * Whatever is still marked (the process died, or the publish or the clearing failed, after the
   commit) is published first, as one AoS message on the same topic and in the same format
   (removed assets flagged), when the service starts and at the start of every cycle, and then
@@ -39,6 +41,7 @@ from shmpipe.records import ASSET
 from .canonical import canonical_json, changed_fields
 from .delta_wire import AssetDelta
 from .listing import to_records
+from .removal_guard import RemovalGuard
 from .store import AssetRow, AssetStore, PendingAsset, StoredAsset, StoreUnavailable
 
 DEFAULT_BATCH_SIZE = 500
@@ -125,6 +128,7 @@ class SyncService:
         write_method: str | None = None,
         retry: WriteRetry | None = None,
         clock: Callable[[], int] = time.time_ns,
+        removal_guard: RemovalGuard | None = None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -140,6 +144,7 @@ class SyncService:
             )
         self.retry = retry or WriteRetry()
         self.clock = clock
+        self.removal_guard = removal_guard or RemovalGuard()
         self.cache: dict[str, StoredAsset] = {}
         self._lock = asyncio.Lock()  # one delta at a time: the cache is the sequence point
 
@@ -169,8 +174,9 @@ class SyncService:
             started = time.perf_counter()
             result = SyncResult(fetched=delta.fetched)
             try:
-                await self._flush_pending(result)  # earlier changes go out before newer ones
                 changes = self._diff(delta, result)
+                self._check_removals(changes, delta)  # refused: nothing written, nothing published
+                await self._flush_pending(result)  # earlier changes go out before newer ones
                 await self._write_and_publish(changes, result)
             finally:
                 result.seconds = time.perf_counter() - started
@@ -206,6 +212,19 @@ class SyncService:
         for change in changes:
             setattr(result, change.kind, getattr(result, change.kind) + 1)
         return changes
+
+    def _check_removals(self, changes: list[_Change], delta: AssetDelta) -> None:
+        removing = sum(c.kind == "removed" for c in changes)
+        guard = self.removal_guard
+        if delta.allow_mass_removal and not guard.allow:  # the fetcher's one-off permission
+            guard = RemovalGuard(guard.max_share, guard.max_removals, allow=True)
+        guard.check(
+            removing=removing,
+            listed=sum(not cached.removed for cached in self.cache.values()),
+            fetched=delta.fetched,
+            # Only a complete listing removes anything: a full delta, or one with removals.
+            complete=delta.full or removing > 0,
+        )
 
     async def _flush_pending(self, result: SyncResult) -> None:
         """Publish, then unmark, what is still marked from earlier; counts it in result.republished."""
