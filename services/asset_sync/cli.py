@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from datetime import datetime, timezone
@@ -13,21 +14,27 @@ from typing import Any
 
 from shmpipe.asset_codec import AssetFormatError
 
+from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
 from .listing import Listing, parse_listing
 from .removal_guard import DEFAULT_MAX_REMOVALS, DEFAULT_MAX_SHARE, MassRemovalRefused, RemovalGuard
-from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
-from .store import StoreUnavailable
+from .service import SyncError
+from .store import DEFAULT_DB_TIMEOUT, StoreError
 from .store_factory import default_sqlite_path, open_store
 from .transport import DEFAULT_SOCKET, TransportError
-from .zmq_pubsub import DEFAULT_PUB_ENDPOINT
+from .zmq_pubsub import DEFAULT_PUB_ENDPOINT, EndpointError
 
 # How long ``watch`` waits for its connection to a running publisher before reading the database.
 CONNECT_WAIT = 5.0
 # Rejected assets named one per line on stderr, at most this many per cycle, then a count.
 REJECTED_LINES = 10
 
-# Errors that end a cycle with a message rather than a traceback: bad input, network, database.
-CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreUnavailable, MassRemovalRefused, OSError)
+# Errors that end a cycle, or a command, with their one-line message rather than a traceback:
+# bad input, network, database, endpoints, the removal guard. (ValueError: a bad option value
+# the parser could not judge, such as a write method the database lacks.)
+CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreError, MassRemovalRefused, SyncError, OSError)
+COMMAND_ERRORS = (*CYCLE_ERRORS, EndpointError, ValueError)
+# Set to see the traceback of an error nobody expected (a bug), instead of its one line.
+DEBUG_ENV = "SHMPIPE_DEBUG"
 
 DB_HELP = (
     f"database: postgresql://user@host/db, or an SQLite path / sqlite:///path "
@@ -94,7 +101,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "seconds (plus republished, only in a cycle that published assets left pending earlier, "
         "and rejected, only in a cycle whose listing had invalid assets, left out)",
     )
-    s.set_defaults(func=lambda args: asyncio.run(_run_sync(args)))
+    s.set_defaults(func=_command(_run_sync))
 
     v = commands.add_parser(
         "serve", help="run the sync service: receive deltas on a Unix socket, write, publish"
@@ -107,7 +114,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     _add_service_options(v)
     v.add_argument("--json", action="store_true", help="print each delta's summary as a JSON line")
-    v.set_defaults(func=lambda args: asyncio.run(_run_serve(args)))
+    v.set_defaults(func=_command(_run_serve))
 
     w = commands.add_parser(
         "watch",
@@ -134,6 +141,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     w.add_argument("--db", help=DB_HELP + "; features go to its asset_features table")
     w.add_argument("--schema", help="PostgreSQL schema (default public)")
+    _add_db_timeout(w)
     w.add_argument("--messages", type=int, metavar="N", help="exit after N messages")
     w.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S seconds without a message")
     w.add_argument(
@@ -148,13 +156,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="print features as one JSON line per message (received: its asset count), after "
         "one for the warm start (warm_start: the assets loaded, received: 0)",
     )
-    w.set_defaults(func=lambda args: asyncio.run(_run_watch(args)))
+    w.set_defaults(func=_command(_run_watch))
     return p
+
+
+def _add_db_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db-timeout",
+        type=float,
+        default=DEFAULT_DB_TIMEOUT,
+        metavar="S",
+        help="seconds one database statement may take, waiting for locks included "
+        f"(PostgreSQL statement_timeout, SQLite busy timeout; default {DEFAULT_DB_TIMEOUT:g})",
+    )
 
 
 def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help=DB_HELP)
     p.add_argument("--schema", help="PostgreSQL schema for the tables (default public)")
+    _add_db_timeout(p)
     p.add_argument(
         "--pub",
         default=DEFAULT_PUB_ENDPOINT,
@@ -229,6 +249,23 @@ def _error(message: str) -> None:
     print(f"shmpipe assets: {message}", file=sys.stderr, flush=True)
 
 
+def _command(run):
+    """``run(args)`` under asyncio, with every error as one line on stderr and exit status 1."""
+
+    def main(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(run(args))
+        except COMMAND_ERRORS as exc:
+            _error(str(exc))
+        except Exception as exc:  # a bug: still one line for the user, the traceback on request
+            if os.environ.get(DEBUG_ENV):
+                raise
+            _error(f"unexpected {type(exc).__name__}: {exc} ({DEBUG_ENV}=1 shows the traceback)")
+        return 1
+
+    return main
+
+
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary), flush=True)
@@ -256,7 +293,7 @@ async def _start_service(args: argparse.Namespace):
     from .service import SyncService
     from .zmq_pubsub import AssetPublisher
 
-    store = open_store(args.db, schema=args.schema)
+    store = open_store(args.db, schema=args.schema, timeout=args.db_timeout)
     publisher = AssetPublisher(args.pub)
     try:
         service = SyncService(
@@ -298,15 +335,11 @@ async def _run_sync(args: argparse.Namespace) -> int:
         )
 
     service = publisher = None
-    try:
-        if args.to_service:
-            sink = UnixSocketSink(args.to_service)
-        else:
-            service, publisher = await _start_service(args)
-            sink = InProcessSink(service)
-    except (*CYCLE_ERRORS, ValueError) as exc:
-        _error(str(exc))
-        return 1
+    if args.to_service:
+        sink = UnixSocketSink(args.to_service)
+    else:
+        service, publisher = await _start_service(args)
+        sink = InProcessSink(service)
 
     source_map = SourceMap()
     scope = {"asset_class": args.asset_class} if args.asset_class and not args.from_file else {}
@@ -336,8 +369,10 @@ async def _run_sync(args: argparse.Namespace) -> int:
             except CYCLE_ERRORS as exc:
                 _error(str(exc))
                 status = 1
-            except Exception as exc:  # SyncError and friends: report, keep the loop alive
-                _error(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug: report it in one line, keep the loop alive
+                if os.environ.get(DEBUG_ENV):
+                    raise
+                _error(f"unexpected {type(exc).__name__}: {exc}")
                 status = 1
             if args.interval is None or (args.cycles and cycle >= args.cycles):
                 return status
@@ -354,11 +389,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
     from .delta_wire import decode_delta
     from .transport import serve_unix
 
-    try:
-        service, publisher = await _start_service(args)
-    except (*CYCLE_ERRORS, ValueError) as exc:
-        _error(str(exc))
-        return 1
+    service, publisher = await _start_service(args)
     try:
         republished = await service.publish_pending()
     except Exception as exc:  # the service still runs; every delta retries the pending ones first
@@ -407,14 +438,13 @@ async def _run_watch(args: argparse.Namespace) -> int:
     from .zmq_pubsub import AssetSubscriber
 
     warm_start = not args.no_warm_start
-    store = open_store(args.db, schema=args.schema)
+    store = open_store(args.db, schema=args.schema, timeout=args.db_timeout)
     try:
         await store.open()
         await store.ensure_schema()
-    except (*CYCLE_ERRORS, ValueError) as exc:
+    except BaseException:
         await store.close()
-        _error(str(exc))
-        return 1
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -428,11 +458,7 @@ async def _run_watch(args: argparse.Namespace) -> int:
             AssetSubscriber, args.sub, await_connection=CONNECT_WAIT if warm_start else None
         )
         if warm_start:
-            try:
-                snapshot = await store.load_snapshot()
-            except CYCLE_ERRORS as exc:
-                _error(f"warm start: {exc}")
-                return 1
+            snapshot = await store.load_snapshot()
             subscriber.load(stored_records(snapshot))
             _print_features(
                 compute_features(subscriber.records()),

@@ -265,7 +265,7 @@ class SyncService:
                 committed.extend(c for c in batch if c.id in written)
                 done += len(batch)
         except Exception as exc:
-            note = "those were published"
+            note = "those were published" if done else "nothing was written"
             try:
                 await self._publish_committed(committed, now_ns, now, result)
             except SyncError as publish_exc:  # the write error is the news; say what else went wrong

@@ -52,8 +52,22 @@ PENDING_INDEX = f"{ASSETS_TABLE}_{PENDING_COLUMN}"
 WRITE_METHODS = ("upsert", "copy")
 
 
-class StoreUnavailable(RuntimeError):
+# Seconds one statement may take, waiting for locks included (--db-timeout): a table locked by
+# another session must fail a cycle with a message, not hang it.
+DEFAULT_DB_TIMEOUT = 30.0
+
+
+class StoreError(RuntimeError):
+    """The database refused or failed an operation. The message is one line that names the
+    database (never its password) and the reason; retrying the same thing would fail the same way."""
+
+
+class StoreUnavailable(StoreError):
     """The database could not be reached or dropped the connection: worth retrying."""
+
+
+class StoreTimeout(StoreError):
+    """A statement ran past the timeout, usually waiting for a lock another session holds."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,8 @@ class AssetStore(Protocol):
         (inserted, or updated because the doc or the removed state differs: the database's
         judgement, which is what gets published). Every row that changed is marked
         publish-pending in that same transaction.
-        Raises StoreUnavailable when the connection failed (nothing of the batch is committed)."""
+        Raises StoreUnavailable when the connection failed (nothing of the batch is committed),
+        StoreTimeout past the statement timeout, StoreError when the database refused the batch."""
 
     async def load_pending(self) -> list[PendingAsset]:
         """Every row still marked publish-pending, ordered by id."""

@@ -7,6 +7,10 @@
 
 Either way a batch is one transaction; a dropped connection surfaces as StoreUnavailable and
 nothing of the batch is committed, so the caller can reconnect and send the same batch again.
+Every statement runs under ``statement_timeout`` (and asyncpg's ``command_timeout`` a little
+later, for a server that stops answering): a lock held elsewhere fails it with StoreTimeout.
+Every error leaves as a StoreError whose one-line message names the database without its
+password (``user@host:port/db``).
 The ``WHERE`` clause makes a resent or unchanged row a no-op; ``RETURNING`` names the rows that
 did change (jsonb equality decides: 30 and 30.0 are equal), and only those are published.
 The same statement sets ``publish_pending`` on every row it changes (the outbox, see store.py).
@@ -14,8 +18,10 @@ The same statement sets ``publish_pending`` on every row it changes (the outbox,
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +30,7 @@ import asyncpg
 from .canonical import canonical_json, loads
 from .store import (
     ASSETS_TABLE,
+    DEFAULT_DB_TIMEOUT,
     COLUMNS,
     FEATURES_TABLE,
     PENDING_COLUMN,
@@ -31,6 +38,8 @@ from .store import (
     AssetRow,
     PendingAsset,
     StoredAsset,
+    StoreError,
+    StoreTimeout,
     StoreUnavailable,
     typed_values,
 )
@@ -67,20 +76,44 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.InternalClientError,
+    asyncpg.TooManyConnectionsError,
 )
+# asyncpg's own timeout fires this much after the server's statement_timeout should have.
+_CLIENT_TIMEOUT_MARGIN = 5.0
 
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/db`` for messages: the DSN without its password or options."""
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        user = parts.username or ""
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a DSN urlsplit cannot read (a bad port): name what is safe to name
+        return "(unreadable)"
+    return f"{user + '@' if user else ''}{host}{port}{parts.path or '/'}"
+
+
 class PostgresStore:
     write_methods = ("upsert", "copy")
 
-    def __init__(self, dsn: str, *, schema: str | None = None, connect_timeout: float = 10.0):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        connect_timeout: float = 10.0,
+        statement_timeout: float = DEFAULT_DB_TIMEOUT,
+    ):
         self.dsn = dsn
+        self.where = describe_dsn(dsn)
         self.schema = schema or "public"
         self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self._conn: asyncpg.Connection | None = None
         table = f"{_quote(self.schema)}.{_quote(ASSETS_TABLE)}"
         self._table = table
@@ -119,9 +152,39 @@ class PostgresStore:
 
     async def open(self) -> None:
         try:
-            self._conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
+            self._conn = await asyncpg.connect(
+                self.dsn,
+                timeout=self.connect_timeout,
+                command_timeout=self.statement_timeout + _CLIENT_TIMEOUT_MARGIN,
+                server_settings={"statement_timeout": str(max(1, round(self.statement_timeout * 1000)))},
+            )
         except (*_CONNECTION_ERRORS, TimeoutError) as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {self.where}: {_reason(exc)}") from exc
+        except asyncpg.PostgresError as exc:  # no such database or role, a refused password, ...
+            raise StoreError(f"PostgreSQL at {self.where} refused the connection: {_reason(exc)}") from exc
+        except ValueError as exc:  # asyncpg's DSN parser: a bad port, an unknown option
+            raise StoreError(f"invalid PostgreSQL address {self.where}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, doing: str) -> AsyncIterator[None]:
+        """Turn whatever a statement raises into the StoreError that says what it means."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except (asyncpg.QueryCanceledError, TimeoutError) as exc:
+            raise StoreTimeout(
+                f"{doing} on PostgreSQL at {self.where} ran past the {self.statement_timeout:g} s "
+                f"statement timeout (--db-timeout); is another session holding a lock on {self._table}?"
+            ) from exc
+        except Exception as exc:
+            if isinstance(exc, _CONNECTION_ERRORS) or self._conn is None or self._conn.is_closed():
+                raise StoreUnavailable(
+                    f"{doing} on PostgreSQL at {self.where} failed, connection lost: {_reason(exc)}"
+                ) from exc
+            if isinstance(exc, asyncpg.PostgresError):
+                raise StoreError(f"{doing} on PostgreSQL at {self.where} failed: {_reason(exc)}") from exc
+            raise
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -138,11 +201,14 @@ class PostgresStore:
     @property
     def conn(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            raise StoreUnavailable("PostgreSQL connection is closed")
+            raise StoreUnavailable(f"the connection to PostgreSQL at {self.where} is closed")
         return self._conn
 
     async def ensure_schema(self) -> None:
-        conn = self.conn
+        async with self._errors(f"creating the tables in schema {self.schema!r}"):
+            await self._ensure_schema(self.conn)
+
+    async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
         await conn.execute(f"""
             CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)};
             CREATE TABLE IF NOT EXISTS {self._table} (
@@ -178,12 +244,10 @@ class PostgresStore:
         )
 
     async def load_all(self) -> dict[str, StoredAsset]:
-        try:
+        async with self._errors("reading the assets"):
             rows = await self.conn.fetch(
                 f"SELECT id::text, doc::text, removed_at IS NOT NULL FROM {self._table}"
             )
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(f"PostgreSQL read failed: {exc}") from exc
         return {r[0]: StoredAsset(loads(r[1]), r[2]) for r in rows}
 
     async def load_pending(self) -> list[PendingAsset]:
@@ -194,41 +258,33 @@ class PostgresStore:
         return await self._load_rows(self._load_snapshot_sql)
 
     async def _load_rows(self, sql: str) -> list[PendingAsset]:
-        try:
+        async with self._errors("reading the assets"):
             rows = await self.conn.fetch(sql)
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(f"PostgreSQL read failed: {exc}") from exc
         return [PendingAsset(r[0], loads(r[1]), r[2], r[3]) for r in rows]
 
     async def clear_pending(self, marks: Sequence[tuple[str, datetime]]) -> int:
         if not marks:
             return 0
         ids, stamps = zip(*marks)
-        try:
+        async with self._errors("clearing publish marks"):
             conn = self.conn
             async with conn.transaction():
                 status = await conn.execute(self._clear_pending_sql, list(ids), list(stamps))
-        except Exception as exc:
-            if isinstance(exc, _CONNECTION_ERRORS) or self._conn is None or self._conn.is_closed():
-                raise StoreUnavailable(f"PostgreSQL write failed: {type(exc).__name__}: {exc}") from exc
-            raise
         return int(status.split()[-1])  # "UPDATE n"
 
     async def write_batch(self, rows: Sequence[AssetRow], method: str) -> list[str]:
         if method not in self.write_methods:
             raise ValueError(f"unknown write method {method!r} (known: {self.write_methods})")
         records = [(*typed_values(r.doc), canonical_json(r.doc), r.updated_at, r.removed_at) for r in rows]
-        try:
+        # A bad statement or value is a StoreError, not StoreUnavailable: retrying the same batch
+        # would fail the same way.
+        async with self._errors(f"writing {len(rows)} assets"):
             conn = self.conn
             async with conn.transaction():
                 if method == "upsert":
                     changed = await self._run_upsert(conn, records)
                 else:
                     changed = await self._run_copy_merge(conn, records)
-        except Exception as exc:
-            if isinstance(exc, _CONNECTION_ERRORS) or self._conn is None or self._conn.is_closed():
-                raise StoreUnavailable(f"PostgreSQL write failed: {type(exc).__name__}: {exc}") from exc
-            raise  # a bad statement or value: retrying the same batch would fail the same way
         return changed
 
     async def _run_upsert(self, conn: asyncpg.Connection, records: list[tuple]) -> list[str]:
@@ -246,9 +302,16 @@ class PostgresStore:
         return [r[0] for r in await conn.fetch(self._merge_sql)]
 
     async def write_features(self, computed_at: datetime, assets: int, features: Mapping[str, Any]) -> None:
-        await self.conn.execute(
-            f"INSERT INTO {self._features} VALUES ($1, $2, $3::jsonb)",
-            computed_at,
-            assets,
-            json.dumps(features, sort_keys=True),
-        )
+        async with self._errors("writing features"):
+            await self.conn.execute(
+                f"INSERT INTO {self._features} VALUES ($1, $2, $3::jsonb)",
+                computed_at,
+                assets,
+                json.dumps(features, sort_keys=True),
+            )
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: asyncpg's messages can carry a DETAIL or HINT on further lines."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, asyncpg.PostgresError) else f"{type(exc).__name__}: {text}"
