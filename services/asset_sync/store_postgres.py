@@ -19,6 +19,7 @@ The same statement sets ``publish_pending`` on every row it changes (the outbox,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -65,6 +66,8 @@ _TYPES = (
     "timestamptz",
 )
 _STAGE = "asset_sync_stage"
+SYMBOL_INDEX = f"{ASSETS_TABLE}_symbol"
+_INDEXES = (SYMBOL_INDEX, PENDING_INDEX)
 # Errors that mean "the server or the link is gone", as opposed to a bad statement. A backend
 # killed inside a transaction can also surface as InternalClientError (the protocol state machine
 # catching the FATAL mid-operation), after which the connection is unusable: same treatment.
@@ -84,6 +87,11 @@ _CLIENT_TIMEOUT_MARGIN = 5.0
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """``text`` inside a single-quoted SQL string literal."""
+    return text.replace("'", "''")
 
 
 def describe_dsn(dsn: str) -> str:
@@ -118,6 +126,16 @@ class PostgresStore:
         table = f"{_quote(self.schema)}.{_quote(ASSETS_TABLE)}"
         self._table = table
         self._features = f"{_quote(self.schema)}.{_quote(FEATURES_TABLE)}"
+        # Everything ensure_schema makes, looked up in the catalog (to_regclass takes no lock).
+        made = (table, self._features, *(f"{_quote(self.schema)}.{_quote(i)}" for i in _INDEXES))
+        self._schema_is_current_sql = (
+            "SELECT " + " AND ".join(f"to_regclass('{_literal(name)}') IS NOT NULL" for name in made)
+            + f" AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('{_literal(table)}') "
+            "AND attname = $1 AND NOT attisdropped)"
+        )
+        # One advisory lock per schema, the same in every process: a stable hash of its name.
+        digest = hashlib.blake2b(f"shmpipe.asset_sync:{self.schema}".encode(), digest_size=8).digest()
+        self._schema_lock_key = int.from_bytes(digest, "big", signed=True)
         # Every row inserted or updated is marked publish-pending by the same statement.
         columns = ", ".join((*COLUMNS, PENDING_COLUMN))
         updates = ", ".join(
@@ -205,10 +223,21 @@ class PostgresStore:
         return self._conn
 
     async def ensure_schema(self) -> None:
+        """Create or upgrade the tables. CREATE ... IF NOT EXISTS alone races: two sessions that
+        both find nothing both insert the catalog row, and one fails (UniqueViolationError), as
+        ``serve`` and ``watch`` started together on a new database did. So the DDL runs under a
+        transaction-scoped advisory lock per schema: the second session waits, then finds the
+        tables there. A schema that is already current is only looked up: no DDL, so no table
+        lock (CREATE INDEX IF NOT EXISTS locks the table even when the index exists)."""
         async with self._errors(f"creating the tables in schema {self.schema!r}"):
-            await self._ensure_schema(self.conn)
+            conn = self.conn
+            if await conn.fetchval(self._schema_is_current_sql, PENDING_COLUMN):
+                return
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._schema_lock_key)
+                await self._create_or_upgrade(conn)
 
-    async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
+    async def _create_or_upgrade(self, conn: asyncpg.Connection) -> None:
         await conn.execute(f"""
             CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)};
             CREATE TABLE IF NOT EXISTS {self._table} (
@@ -220,7 +249,7 @@ class PostgresStore:
                 margin_requirement_short numeric, attributes jsonb,
                 doc jsonb NOT NULL, updated_at timestamptz NOT NULL, removed_at timestamptz,
                 {PENDING_COLUMN} boolean NOT NULL DEFAULT false);
-            CREATE INDEX IF NOT EXISTS {_quote(ASSETS_TABLE + "_symbol")} ON {self._table} (symbol);
+            CREATE INDEX IF NOT EXISTS {_quote(SYMBOL_INDEX)} ON {self._table} (symbol);
             CREATE TABLE IF NOT EXISTS {self._features} (
                 computed_at timestamptz NOT NULL, assets integer NOT NULL, features jsonb NOT NULL);
         """)
