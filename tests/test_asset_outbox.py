@@ -20,7 +20,8 @@ import pytest
 from shmpipe.asset_codec import ASSET_FLAG_REMOVED, record_id
 from shmpipe_services.asset_sync.canonical import canonical_json
 from shmpipe_services.asset_sync.listing import parse_assets_json
-from shmpipe_services.asset_sync.service import SyncError, SyncService, WriteRetry
+from shmpipe_services.asset_sync.reconnect import ReconnectPolicy
+from shmpipe_services.asset_sync.service import SyncError, SyncService
 from shmpipe_services.asset_sync.source_map import SourceMap
 from shmpipe_services.asset_sync.store import StoreUnavailable, typed_values
 from shmpipe_services.asset_sync.store_factory import open_store
@@ -278,7 +279,7 @@ def test_crash_before_the_marks_are_cleared_publishes_again(database, pub_endpoi
     subscriber = subscribe(pub_endpoint, publisher)
 
     async def scenario():
-        service = new_service(database, publisher, retry=WriteRetry(attempts=2, base_delay=0.001))
+        service = new_service(database, publisher, retry=ReconnectPolicy(attempts=2, base_delay=0.001))
         await service.start()
         try:
             await service.apply(listing(V1))

@@ -29,7 +29,8 @@ from shmpipe.asset_codec import ASSET_FLAG_REMOVED, record_id
 from shmpipe_services.asset_sync.delta_wire import AssetDelta, decode_delta, encode_delta
 from shmpipe_services.asset_sync.features import compute_features
 from shmpipe_services.asset_sync.listing import parse_assets_json, to_records
-from shmpipe_services.asset_sync.service import SyncError, SyncService, WriteRetry
+from shmpipe_services.asset_sync.reconnect import ReconnectPolicy
+from shmpipe_services.asset_sync.service import SyncError, SyncService
 from shmpipe_services.asset_sync.source_map import SourceMap
 from shmpipe_services.asset_sync.store_factory import open_store
 from shmpipe_services.asset_sync.store_sqlite import SqliteStore
@@ -401,7 +402,7 @@ def test_sqlite_batch_failure_is_retried_without_loss_or_duplicates(tmp_path):
     docs = parse_assets_json(V1.read_bytes())
 
     async def scenario():
-        service = SyncService(store, publisher, retry=WriteRetry(attempts=3, base_delay=0.001))
+        service = SyncService(store, publisher, retry=ReconnectPolicy(attempts=3, base_delay=0.001))
         await service.start()
         try:
             return await service.apply(SourceMap().delta(docs, complete=True))
@@ -422,7 +423,7 @@ def test_database_down_for_good_publishes_only_what_committed_then_catches_up(tm
     store = FlakySqlite(path, fail_batches={3}, times=99)  # batch 3 never gets through
 
     async def scenario():
-        service = SyncService(store, publisher, retry=WriteRetry(attempts=3, base_delay=0.001))
+        service = SyncService(store, publisher, retry=ReconnectPolicy(attempts=3, base_delay=0.001))
         await service.start()
         with pytest.raises(SyncError, match="after 1000 of 3000 changes were committed") as info:
             await service.apply(SourceMap().delta(docs, complete=True))
@@ -482,7 +483,7 @@ def test_postgres_connection_killed_mid_batch(postgres_dsn, method):
             KilledMidBatch(postgres_dsn, schema=schema),
             publisher,
             write_method=method,
-            retry=WriteRetry(attempts=5, base_delay=0.01),
+            retry=ReconnectPolicy(attempts=5, base_delay=0.01),
         )
         await service.start()
         try:

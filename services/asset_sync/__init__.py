@@ -13,5 +13,8 @@ Modules, one job each:
     service      the canonical cache, batched writes with retry, publish-after-commit
     zmq_pubsub   ZeroMQ publisher and subscriber of ``assets.changed``
     features     statistics the subscriber derives from its cache
+    reconnect    retry a store operation across a lost connection (service writes, watch features)
+    removal_guard  refuse a listing that would mark many assets removed
+    watch        the subscriber process: cache, features, feature rows
     cli          ``shmpipe assets sync | serve | watch``
 """

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,9 @@ from .service import SyncError
 from .store import DEFAULT_DB_TIMEOUT, StoreError
 from .store_factory import default_sqlite_path, open_store
 from .transport import DEFAULT_SOCKET, TransportError
+from .watch import CONNECT_WAIT, run_watch
 from .zmq_pubsub import DEFAULT_PUB_ENDPOINT, EndpointError
 
-# How long ``watch`` waits for its connection to a running publisher before reading the database.
-CONNECT_WAIT = 5.0
 # Rejected assets named one per line on stderr, at most this many per cycle, then a count.
 REJECTED_LINES = 10
 
@@ -156,7 +154,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="print features as one JSON line per message (received: its asset count), after "
         "one for the warm start (warm_start: the assets loaded, received: 0)",
     )
-    w.set_defaults(func=_command(_run_watch))
+    w.set_defaults(func=_command(lambda args: run_watch(args, _error)))
     return p
 
 
@@ -430,78 +428,3 @@ async def _run_serve(args: argparse.Namespace) -> int:
         await service.close()
         publisher.close()
     return 0
-
-
-async def _run_watch(args: argparse.Namespace) -> int:
-    from .features import compute_features
-    from .service import stored_records
-    from .zmq_pubsub import AssetSubscriber
-
-    warm_start = not args.no_warm_start
-    store = open_store(args.db, schema=args.schema, timeout=args.db_timeout)
-    try:
-        await store.open()
-        await store.ensure_schema()
-    except BaseException:
-        await store.close()
-        raise
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    subscriber = None
-    try:
-        # Subscribe first, read the database second: a change committed after the snapshot is
-        # published after it too, so it reaches us as a message; ZeroMQ queues the messages
-        # that arrive while we read, and they are applied after the snapshot.
-        subscriber = await asyncio.to_thread(
-            AssetSubscriber, args.sub, await_connection=CONNECT_WAIT if warm_start else None
-        )
-        if warm_start:
-            snapshot = await store.load_snapshot()
-            subscriber.load(stored_records(snapshot))
-            _print_features(
-                compute_features(subscriber.records()),
-                args.json,
-                {"warm_start": len(snapshot), "received": 0},
-                f"warm start: {len(snapshot)} assets from the database",
-            )
-        idle_since = loop.time()
-        while not stop.is_set():
-            # Short polls in a thread keep the loop free for the signal handlers.
-            records = await asyncio.to_thread(subscriber.receive, 0.2)
-            if records is None:
-                if args.idle_timeout is not None and loop.time() - idle_since > args.idle_timeout:
-                    return 0
-                continue
-            idle_since = loop.time()
-            features = compute_features(subscriber.records())
-            await store.write_features(datetime.now(timezone.utc), features["assets"], features)
-            _print_features(
-                features,
-                args.json,
-                {"received": len(records)},
-                f"received {len(records)} changed assets",
-            )
-            if args.messages and subscriber.messages >= args.messages:
-                return 0
-        return 0
-    finally:
-        if subscriber is not None:
-            subscriber.close()
-        await store.close()
-
-
-def _print_features(features: dict[str, Any], as_json: bool, head: dict[str, Any], text: str) -> None:
-    if as_json:
-        print(json.dumps({**head, **features}), flush=True)
-        return
-    ratios = ", ".join(
-        f"{name} {'n/a' if features['ratios'][name] is None else format(features['ratios'][name], '.3f')}"
-        for name in ("shortable", "easy_to_borrow", "fractionable")
-    )
-    print(
-        f"{text}; {features['assets']} listed, {features['removed']} removed; "
-        f"by class {features['by_class']}; {ratios}",
-        flush=True,
-    )

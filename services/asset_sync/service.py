@@ -26,7 +26,6 @@ row's current content, and its ``updated_ns`` is when that row was committed.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,8 +40,9 @@ from shmpipe.records import ASSET
 from .canonical import canonical_json, changed_fields
 from .delta_wire import AssetDelta
 from .listing import to_records
+from .reconnect import ReconnectPolicy, with_reconnect
 from .removal_guard import RemovalGuard
-from .store import AssetRow, AssetStore, PendingAsset, StoredAsset, StoreUnavailable
+from .store import AssetRow, AssetStore, PendingAsset, StoredAsset
 
 DEFAULT_BATCH_SIZE = 500
 # bench/asset_upsert_bench.py (2-core box, local PostgreSQL 15, batch 500): upsert and COPY+merge
@@ -107,17 +107,6 @@ class _Change:
     record: np.void | None  # the fetcher's record for added/changed
 
 
-@dataclass
-class WriteRetry:
-    attempts: int = 5
-    base_delay: float = 0.1
-    max_delay: float = 5.0
-
-    def delay(self, retry: int) -> float:
-        step = min(self.max_delay, self.base_delay * 2**retry)
-        return step / 2 + random.random() * step / 2
-
-
 class SyncService:
     def __init__(
         self,
@@ -126,7 +115,7 @@ class SyncService:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         write_method: str | None = None,
-        retry: WriteRetry | None = None,
+        retry: ReconnectPolicy | None = None,
         clock: Callable[[], int] = time.time_ns,
         removal_guard: RemovalGuard | None = None,
     ):
@@ -142,7 +131,7 @@ class SyncService:
             raise ValueError(
                 f"this database supports write methods {store.write_methods}, not {self.write_method!r}"
             )
-        self.retry = retry or WriteRetry()
+        self.retry = retry or ReconnectPolicy()
         self.clock = clock
         self.removal_guard = removal_guard or RemovalGuard()
         self.cache: dict[str, StoredAsset] = {}
@@ -308,18 +297,7 @@ class SyncService:
 
     async def _with_retry(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run a store operation, reconnecting and backing off while the database is unavailable."""
-        for attempt in range(self.retry.attempts):
-            try:
-                return await operation()
-            except StoreUnavailable:
-                if attempt + 1 == self.retry.attempts:
-                    raise
-            await asyncio.sleep(self.retry.delay(attempt))
-            try:
-                await self.store.reconnect()
-            except StoreUnavailable:
-                pass  # still down: the next attempt fails fast and we back off again
-        raise AssertionError("unreachable")
+        return await with_reconnect(self.store, operation, self.retry)
 
     def _publish(self, changes: list[_Change], now_ns: int) -> int:
         if not changes or self.publisher is None:
