@@ -188,6 +188,16 @@ def test_bad_listen_socket_path(path, reason, tmp_path):
     assert "cannot listen on Unix socket" in line and reason in line
 
 
+# ------------------------------------------------------------------------------------ http
+
+
+def test_http_base_url_is_refused_before_anything_else(tmp_path):
+    db = tmp_path / "a.sqlite"
+    line = one_line_error(run_assets("sync", "--base-url", "http://127.0.0.1:9", "--db", str(db)))
+    assert "refusing http://127.0.0.1:9: http:// sends the API keys in clear text" in line
+    assert "--insecure-http" in line and not db.exists()  # refused before the database was opened
+
+
 # ------------------------------------------------------------------------------------ locked table
 
 

@@ -133,6 +133,7 @@ def test_v1_v2_v2_over_http(database, pub_endpoint, capsys):
                 "sync",
                 "--base-url",
                 url,
+                "--insecure-http",
                 *db_args(database),
                 "--pub",
                 pub_endpoint,
@@ -313,7 +314,9 @@ def test_a_bad_document_is_reported_and_changes_nothing(database, pub_endpoint, 
         assert out == "" and err.startswith("shmpipe assets: ") and len(err.splitlines()) == 1, (name, err)
         assert load_db(database) == before, name
     with serve(Script((404, {}, b"not here"))) as url:
-        code, out, err = run_cli(capsys, "sync", "--base-url", url, "--retries", "1", *common)
+        code, out, err = run_cli(
+            capsys, "sync", "--base-url", url, "--insecure-http", "--retries", "1", *common
+        )
     assert code == 1 and "HTTP 404" in err
     assert load_db(database) == before
 
@@ -637,6 +640,7 @@ def test_fetcher_to_service_over_unix_socket(database, pub_endpoint, capsys):
                     "sync",
                     "--base-url",
                     url,
+                    "--insecure-http",
                     "--to-service",
                     socket_path,
                     "--interval",

@@ -13,7 +13,14 @@ from typing import Any
 
 from shmpipe.asset_codec import AssetFormatError
 
-from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
+from .http_fetch import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_BYTES,
+    FetchError,
+    RetryPolicy,
+    check_base_url,
+    fetch_assets_body,
+)
 from .listing import Listing, parse_listing
 from .removal_guard import DEFAULT_MAX_REMOVALS, DEFAULT_MAX_SHARE, MassRemovalRefused, RemovalGuard
 from .service import SyncError
@@ -82,7 +89,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, help="HTTP connect/read timeout, seconds (default 10)"
     )
     s.add_argument(
-        "--retries", type=int, default=5, help="HTTP attempts on 429/5xx/network errors (default 5)"
+        "--retries",
+        type=int,
+        default=5,
+        help="HTTP attempts on 429/5xx/network errors and broken responses (default 5)",
+    )
+    s.add_argument(
+        "--deadline",
+        type=float,
+        default=RetryPolicy.deadline,
+        metavar="S",
+        help=f"seconds one fetch may take in all, retries included (default {RetryPolicy.deadline:g})",
+    )
+    s.add_argument(
+        "--max-response-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        metavar="N",
+        help=f"refuse a response body larger than N bytes (default {DEFAULT_MAX_BYTES}, 64 MiB)",
+    )
+    s.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow an http:// --base-url (and redirects to http), which sends the API keys in "
+        "clear text: for a local test server only",
     )
     s.add_argument(
         "--to-service",
@@ -323,13 +353,20 @@ async def _run_sync(args: argparse.Namespace) -> int:
     from .source_map import SourceMap
     from .transport import InProcessSink, UnixSocketSink
 
-    policy = RetryPolicy(attempts=max(1, args.retries), timeout=args.timeout)
+    policy = RetryPolicy(attempts=max(1, args.retries), timeout=args.timeout, deadline=args.deadline)
+    if not args.from_file:
+        check_base_url(args.base_url, insecure_http=args.insecure_http)  # before any cycle
 
     def fetch() -> bytes:
         if args.from_file:
             return args.from_file.read_bytes()
         return fetch_assets_body(
-            args.base_url, status=args.status, asset_class=args.asset_class, policy=policy
+            args.base_url,
+            status=args.status,
+            asset_class=args.asset_class,
+            policy=policy,
+            max_bytes=args.max_response_bytes,
+            insecure_http=args.insecure_http,
         )
 
     service = publisher = None
