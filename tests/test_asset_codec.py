@@ -45,9 +45,7 @@ def v1_docs():
 def assets_to_records(docs, **kwargs):
     """The encoder fed as its producers feed it: margins as numbers (the fixtures carry Alpaca's
     decimal strings, which the listing rules turn into numbers before encoding)."""
-    numeric = [
-        {**d, **{f: None if d.get(f) is None else float(d[f]) for f in MARGIN_FIELDS}} for d in docs
-    ]
+    numeric = [{**d, **{f: None if d.get(f) is None else float(d[f]) for f in MARGIN_FIELDS}} for d in docs]
     return _encode(numeric, **kwargs)
 
 
@@ -205,7 +203,9 @@ def test_aos_empty_and_bad_lengths():
 
 
 def test_encoder_does_not_parse_margin_text():
-    with pytest.raises(AssetFormatError, match=r"asset \[0\] field 'margin_requirement_long': expected a number"):
+    with pytest.raises(
+        AssetFormatError, match=r"asset \[0\] field 'margin_requirement_long': expected a number"
+    ):
         _encode([_asset()])  # "30": text is the listing's business, not the record's
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import test_asset_sync
-from test_asset_sync import V1, WAIT, _child_env, db_args
+from test_asset_sync import V1, WAIT, _child_env
 
 database = test_asset_sync.database
 pub_endpoint = test_asset_sync.pub_endpoint
@@ -108,7 +108,12 @@ def password_refusing_server():
                     conn.recv(1, socket.MSG_WAITALL)  # 'p'
                     (length,) = struct.unpack("!I", conn.recv(4, socket.MSG_WAITALL))
                     conn.recv(length - 4, socket.MSG_WAITALL)
-                    fields = [b"SFATAL", b"VFATAL", b"C28P01", b'Mpassword authentication failed for user "u"']
+                    fields = [
+                        b"SFATAL",
+                        b"VFATAL",
+                        b"C28P01",
+                        b'Mpassword authentication failed for user "u"',
+                    ]
                     conn.sendall(message(b"E", b"\0".join(fields) + b"\0\0"))
                 except OSError:
                     pass
@@ -134,12 +139,16 @@ def test_refused_password_names_no_password(pub_endpoint):
 def test_server_not_listening(pub_endpoint):
     with closing(socket.create_server(("127.0.0.1", 0))) as probe:
         port = probe.getsockname()[1]  # closed below: nothing listens there
-    line = one_line_error(run_assets(*command("sync", ["--db", f"postgresql://u:pw@127.0.0.1:{port}/x"], pub_endpoint)))
+    line = one_line_error(
+        run_assets(*command("sync", ["--db", f"postgresql://u:pw@127.0.0.1:{port}/x"], pub_endpoint))
+    )
     assert f"cannot connect to PostgreSQL at u@127.0.0.1:{port}/x" in line and "pw" not in line
 
 
 def test_schema_that_cannot_be_created(postgres_dsn, pub_endpoint):
-    line = one_line_error(run_assets(*command("serve", ["--db", postgres_dsn, "--schema", "pg_catalog"], pub_endpoint)))
+    line = one_line_error(
+        run_assets(*command("serve", ["--db", postgres_dsn, "--schema", "pg_catalog"], pub_endpoint))
+    )
     assert "creating the tables in schema 'pg_catalog'" in line
 
 
@@ -154,7 +163,9 @@ def test_file_that_is_not_a_database(verb, tmp_path, pub_endpoint):
 def test_database_directory_that_cannot_be_made(tmp_path, pub_endpoint):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    line = one_line_error(run_assets(*command("serve", ["--db", str(blocker / "sub" / "a.sqlite")], pub_endpoint)))
+    line = one_line_error(
+        run_assets(*command("serve", ["--db", str(blocker / "sub" / "a.sqlite")], pub_endpoint))
+    )
     assert "cannot create the directory of SQLite database" in line
 
 
@@ -183,8 +194,17 @@ def test_bad_zeromq_endpoint(verb, endpoint, reason, tmp_path):
     [("/nonexistent-shmpipe-dir/sync.sock", "No such file or directory"), ("/tmp/" + "s" * 120, "too long")],
 )
 def test_bad_listen_socket_path(path, reason, tmp_path):
-    line = one_line_error(run_assets("serve", "--listen", path, "--db", str(tmp_path / "a.sqlite"),
-                                     "--pub", "ipc://" + str(tmp_path / "p")))
+    line = one_line_error(
+        run_assets(
+            "serve",
+            "--listen",
+            path,
+            "--db",
+            str(tmp_path / "a.sqlite"),
+            "--pub",
+            "ipc://" + str(tmp_path / "p"),
+        )
+    )
     assert "cannot listen on Unix socket" in line and reason in line
 
 

@@ -209,7 +209,9 @@ def test_declared_size_over_the_cap_fails_at_once():
 def test_undeclared_size_over_the_cap_fails_while_reading():
     script = Script(("nolength", {}, b"x" * 600_000))
     with serve(script) as url, pytest.raises(FetchError, match="sent more than 500000 bytes"):
-        fetch_assets_body(url, headers={}, policy=FAST, max_bytes=500_000, sleep=lambda s: pytest.fail("retry"))
+        fetch_assets_body(
+            url, headers={}, policy=FAST, max_bytes=500_000, sleep=lambda s: pytest.fail("retry")
+        )
 
 
 def test_the_default_cap_is_far_above_a_real_listing():

@@ -29,6 +29,7 @@ from test_asset_sync import (
     db_args,
     last_json,
     load_db,
+    load_db_async,
     run_cli,
     spawn_cli,
 )
@@ -73,13 +74,17 @@ def test_refused_listings_keep_every_row_and_publish_nothing(database, listings)
             with pytest.raises(SyncError):
                 await service.apply(SourceMap().delta(five, complete=False))
             pending = await pending_ids(database)
-            before = await _load(database)
+            before = await load_db_async(database)
 
-            with pytest.raises(MassRemovalRefused, match="the listing is empty; applying it would mark all 3000"):
+            with pytest.raises(
+                MassRemovalRefused, match="the listing is empty; applying it would mark all 3000"
+            ):
                 await service.apply(delta_of(empty))
-            with pytest.raises(MassRemovalRefused, match=f"would mark {SHRUNKEN_REMOVALS} of 3000 assets removed"):
+            with pytest.raises(
+                MassRemovalRefused, match=f"would mark {SHRUNKEN_REMOVALS} of 3000 assets removed"
+            ):
                 await service.apply(delta_of(shrunken))
-            assert await _load(database) == before
+            assert await load_db_async(database) == before
             assert await pending_ids(database) == pending == {d["id"] for d in five}
             assert not any(c.removed for c in service.cache.values())  # the cache did not move
         finally:
@@ -89,17 +94,9 @@ def test_refused_listings_keep_every_row_and_publish_nothing(database, listings)
     assert [len(m) for m in recorder.messages] == [3000]  # v1 only: the refused cycles published nothing
 
 
-async def _load(database):
-    db, schema = database
-    store = open_store(db, schema=schema)
-    await store.open()
-    try:
-        return await store.load_all()
-    finally:
-        await store.close()
-
-
-def test_cli_refuses_with_a_one_line_message_and_allow_lets_it_through(database, pub_endpoint, listings, capsys):
+def test_cli_refuses_with_a_one_line_message_and_allow_lets_it_through(
+    database, pub_endpoint, listings, capsys
+):
     empty, shrunken = listings
     common = [*db_args(database), "--pub", pub_endpoint, "--json"]
     code, _, err = run_cli(capsys, "sync", "--from-file", str(V1), *common)
@@ -155,7 +152,12 @@ def test_bad_limits_are_usage_errors(flag, value, capsys):
 
 def test_guard_arithmetic():
     guard = RemovalGuard()
-    assert (guard.limit(0), guard.limit(2000), guard.limit(2001), guard.limit(100_000)) == (100, 100, 100, 5000)
+    assert (guard.limit(0), guard.limit(2000), guard.limit(2001), guard.limit(100_000)) == (
+        100,
+        100,
+        100,
+        5000,
+    )
     guard.check(removing=100, listed=10, fetched=1, complete=True)  # small databases: 100 always
     with pytest.raises(MassRemovalRefused):
         guard.check(removing=5001, listed=100_000, fetched=94_999, complete=True)
@@ -167,7 +169,9 @@ def test_guard_arithmetic():
         RemovalGuard(max_share=1.5)
 
 
-def test_serve_refuses_a_fetchers_shrunken_listing_unless_the_fetcher_allows_it(database, pub_endpoint, listings, capsys):
+def test_serve_refuses_a_fetchers_shrunken_listing_unless_the_fetcher_allows_it(
+    database, pub_endpoint, listings, capsys
+):
     """The fetcher -> serve hand-off: the service's guard refuses; the fetcher's
     --allow-mass-removal travels with its delta and lets that one through."""
     _, shrunken = listings

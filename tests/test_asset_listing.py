@@ -39,8 +39,10 @@ def only_problem(listing) -> AssetFormatError:
 # ---------------------------------------------------------------------------------- fixtures
 
 BAD_FILES = {
-    "assets_missing_required_field.json": r"asset \[2\] id [0-9a-f-]{36} field 'symbol': required field is missing",
-    "assets_wrong_types.json": r"asset \[1\] id [0-9a-f-]{36} field 'tradable': expected true/false, got 'yes'",
+    "assets_missing_required_field.json": r"asset \[2\] id [0-9a-f-]{36} field 'symbol': "
+    r"required field is missing",
+    "assets_wrong_types.json": r"asset \[1\] id [0-9a-f-]{36} field 'tradable': "
+    r"expected true/false, got 'yes'",
     "assets_duplicate_ids.json": r"asset \[1\] id c40195e6-3af4-4e1d-8274-420288ee0adc field 'id': "
     r"duplicate id, also at asset \[4\]; every asset with this id is left out",
     "assets_unknown_status.json": r"asset \[0\] id [0-9a-f-]{36} field 'status': unknown status 'delisted'",
@@ -134,8 +136,16 @@ HOSTILE = [
     ('"maintenance_margin_requirement": Infinity', "maintenance_margin_requirement", "Infinity is refused"),
     ('"maintenance_margin_requirement": -Infinity', "maintenance_margin_requirement", "-Infinity is refused"),
     ('"maintenance_margin_requirement": 1e400', "maintenance_margin_requirement", "number 1e400 is refused"),
-    ('"maintenance_margin_requirement": 1e39', "maintenance_margin_requirement", "does not fit the record's f32"),
-    ('"maintenance_margin_requirement": 1e-39', "maintenance_margin_requirement", "does not fit the record's f32"),
+    (
+        '"maintenance_margin_requirement": 1e39',
+        "maintenance_margin_requirement",
+        "does not fit the record's f32",
+    ),
+    (
+        '"maintenance_margin_requirement": 1e-39',
+        "maintenance_margin_requirement",
+        "does not fit the record's f32",
+    ),
     ('"maintenance_margin_requirement": true', "maintenance_margin_requirement", "expected a number"),
     ('"margin_requirement_long": "1e39"', "margin_requirement_long", "does not fit the record's f32"),
     ('"margin_requirement_long": "1e-20000"', "margin_requirement_long", "expected a number or decimal"),
@@ -258,7 +268,9 @@ def test_changed_fields_compares_canonical_json_values():
     same_value = parse_listing("[" + _asset_text('"maintenance_margin_requirement": 30.0') + "]").docs[0]
     assert changed_fields(a, same_value) == []  # 30 and 30.0 are one number, as in jsonb
     assert changed_fields(a, _asset(tradable=1)) == ["tradable"]  # but true is not 1
-    assert changed_fields(a, _asset(maintenance_margin_requirement="30")) == ["maintenance_margin_requirement"]
+    assert changed_fields(a, _asset(maintenance_margin_requirement="30")) == [
+        "maintenance_margin_requirement"
+    ]
     b = dict(a)
     del b["attributes"]
     assert changed_fields(a, {**b, "min_order_size": "1"}) == ["attributes", "min_order_size"]

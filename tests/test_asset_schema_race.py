@@ -10,7 +10,6 @@ import json
 import tempfile
 import uuid
 
-import test_asset_sync
 from shmpipe_services.asset_sync.store_postgres import PostgresStore
 from test_asset_sync import WAIT, LineReader, _drop_schema, _stop, spawn_cli
 
@@ -46,7 +45,9 @@ def test_serve_and_watch_started_together_on_a_new_schema(postgres_dsn):
         with tempfile.TemporaryDirectory(prefix="shmpa-") as tmp:
             pub = ["--pub", f"ipc://{tmp}/pub"]
             serve = spawn_cli("assets", "serve", "--listen", f"{tmp}/s.sock", *db, *pub, "--json")
-            watch = spawn_cli("assets", "watch", "--sub", f"ipc://{tmp}/pub", *db, "--idle-timeout", "0.2", "--json")
+            watch = spawn_cli(
+                "assets", "watch", "--sub", f"ipc://{tmp}/pub", *db, "--idle-timeout", "0.2", "--json"
+            )
             try:
                 assert json.loads(LineReader(serve.stdout).next(WAIT))["ready"]
                 _, watch_err = watch.communicate(timeout=WAIT)
@@ -67,8 +68,9 @@ def test_current_schema_is_only_looked_up(postgres_dsn):
     schema = f"asset_race_{uuid.uuid4().hex[:12]}"
 
     async def scenario():
-        first, second = PostgresStore(postgres_dsn, schema=schema), PostgresStore(
-            postgres_dsn, schema=schema, statement_timeout=2.0
+        first, second = (
+            PostgresStore(postgres_dsn, schema=schema),
+            PostgresStore(postgres_dsn, schema=schema, statement_timeout=2.0),
         )
         holder = await asyncpg.connect(postgres_dsn)
         try:

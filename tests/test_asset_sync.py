@@ -83,18 +83,19 @@ def db_args(database) -> list[str]:
     return ["--db", db, *(["--schema", schema] if schema else [])]
 
 
-def load_db(database) -> dict:
+async def load_db_async(database) -> dict:
+    """Every row, as the store reads it, on a connection of its own (so: what is committed)."""
     db, schema = database
+    store = open_store(db, schema=schema)
+    await store.open()
+    try:
+        return await store.load_all()
+    finally:
+        await store.close()
 
-    async def load():
-        store = open_store(db, schema=schema)
-        await store.open()
-        try:
-            return await store.load_all()
-        finally:
-            await store.close()
 
-    return asyncio.run(load())
+def load_db(database) -> dict:
+    return asyncio.run(load_db_async(database))
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -353,7 +354,10 @@ def test_bad_assets_are_left_out_and_do_not_block_the_others(database, pub_endpo
     assert len(problems) == 2 and "Traceback" not in err
     assert f"asset [{min(aapl, new)}] id " in problems[0] and f"asset [{max(aapl, new)}] id " in problems[1]
     assert any(f"id {v2[aapl]['id']} field 'name': contains a NUL" in p for p in problems)
-    assert any(f"id {v2[new]['id']} field 'maintenance_margin_requirement': number NaN is refused" in p for p in problems)
+    assert any(
+        f"id {v2[new]['id']} field 'maintenance_margin_requirement': number NaN is refused" in p
+        for p in problems
+    )
     rows = load_db(database)
     assert rows[v2[aapl]["id"]] == before[v2[aapl]["id"]]  # held: neither changed nor removed
     assert v2[new]["id"] not in rows
@@ -548,7 +552,9 @@ def test_delta_wire_validates_documents_as_the_listing_does():
     delta = SourceMap().delta(docs, complete=True, held=[str(uuid.uuid4())])
     assert decode_delta(encode_delta(delta)).held == delta.held
     delta.docs[1] = {**docs[1], "name": "a\x00b"}
-    with pytest.raises(AssetFormatError, match=rf"asset \[1\] id {docs[1]['id']} field 'name': contains a NUL"):
+    with pytest.raises(
+        AssetFormatError, match=rf"asset \[1\] id {docs[1]['id']} field 'name': contains a NUL"
+    ):
         decode_delta(encode_delta(delta))
     delta.docs[1], delta.held = docs[1], ["not-an-id"]
     with pytest.raises(AssetFormatError, match="held ids must be UUIDs"):

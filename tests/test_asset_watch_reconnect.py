@@ -15,7 +15,6 @@ import time
 import uuid
 
 import asyncpg
-import test_asset_sync
 from shmpipe_services.asset_sync.listing import parse_listing, to_records
 from shmpipe_services.asset_sync.zmq_pubsub import AssetPublisher
 from test_asset_sync import V1, WAIT, LineReader, _drop_schema, _feature_rows, _stop, spawn_cli
@@ -24,7 +23,9 @@ from test_asset_sync import V1, WAIT, LineReader, _drop_schema, _feature_rows, _
 async def _backends(dsn: str, application_name: str) -> list[int]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name)
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
+        )
         return [r["pid"] for r in rows]
     finally:
         await conn.close()

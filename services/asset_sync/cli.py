@@ -36,7 +36,15 @@ REJECTED_LINES = 10
 # Errors that end a cycle, or a command, with their one-line message rather than a traceback:
 # bad input, network, database, endpoints, the removal guard. (ValueError: a bad option value
 # the parser could not judge, such as a write method the database lacks.)
-CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreError, MassRemovalRefused, SyncError, OSError)
+CYCLE_ERRORS = (
+    AssetFormatError,
+    FetchError,
+    TransportError,
+    StoreError,
+    MassRemovalRefused,
+    SyncError,
+    OSError,
+)
 COMMAND_ERRORS = (*CYCLE_ERRORS, EndpointError, ValueError)
 # Set to see the traceback of an error nobody expected (a bug), instead of its one line.
 DEBUG_ENV = "SHMPIPE_DEBUG"

@@ -29,7 +29,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import dataclasses
 from decimal import Decimal
 from typing import Any
 
@@ -46,7 +46,15 @@ EXCHANGES = frozenset({"AMEX", "ARCA", "BATS", "NYSE", "NASDAQ", "NYSEARCA", "OT
 REQUIRED_FIELDS = ("id", "class", "exchange", "symbol", "status", *(key for key, _ in BOOL_FLAGS))
 # Keys whose text is known to be storable; any other key is checked like a value.
 _KNOWN_KEYS = frozenset(
-    (*REQUIRED_FIELDS, "name", *MARGIN_FIELDS, "attributes", "min_order_size", "min_trade_increment", "price_increment")
+    (
+        *REQUIRED_FIELDS,
+        "name",
+        *MARGIN_FIELDS,
+        "attributes",
+        "min_order_size",
+        "min_trade_increment",
+        "price_increment",
+    )
 )
 
 DOUBLE_MAX = float(np.finfo(np.float64).max)
@@ -68,13 +76,13 @@ _MAX_INT_DIGITS = 310
 _SUSPICIOUS_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abcdefABCDEF])")
 
 
-@dataclass
+@dataclasses.dataclass
 class Listing:
     """One listing judged asset by asset."""
 
     docs: list[dict[str, Any]]  # the valid assets, in canonical form, in listing order
-    rejected: list[AssetFormatError] = field(default_factory=list)  # one per element left out
-    held_ids: list[str] = field(default_factory=list)  # readable ids of rejected elements
+    rejected: list[AssetFormatError] = dataclasses.field(default_factory=list)  # one per element left out
+    held_ids: list[str] = dataclasses.field(default_factory=list)  # readable ids of rejected elements
     fetched: int = 0  # elements in the listing, rejected ones included
 
 
@@ -223,7 +231,9 @@ def validate_asset(doc: Any, index: int, asset_id: str | None, *, deep: bool = T
     def bad(message: str, field: str | None = None) -> AssetFormatError:
         return AssetFormatError(message, index=index, field=field, asset_id=asset_id)
 
-    for key, value in doc.items() if deep else ():  # every value the database stores, as PostgreSQL would judge it
+    for key, value in (
+        doc.items() if deep else ()
+    ):  # every value the database stores, as PostgreSQL would judge it
         kind = type(value)
         if kind is str:  # most values: plain text, no canonical form to take
             problem = None if "\x00" not in value and value.isascii() else _text_problem(value)

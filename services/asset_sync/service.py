@@ -260,8 +260,7 @@ class SyncService:
             except SyncError as publish_exc:  # the write error is the news; say what else went wrong
                 note = f"those stay pending: {publish_exc}"
             raise SyncError(
-                f"sync stopped after {done} of {len(changes)} changes were "
-                f"committed ({note}): {exc}",
+                f"sync stopped after {done} of {len(changes)} changes were committed ({note}): {exc}",
                 result,
             ) from exc
         await self._publish_committed(committed, now_ns, now, result)

@@ -62,9 +62,7 @@ class SourceMap:
                 held=list(held),
             )
         upserts = [
-            d
-            for d in docs
-            if (known := self._known.get(d["id"])) is None or known[0] != canonical_json(d)
+            d for d in docs if (known := self._known.get(d["id"])) is None or known[0] != canonical_json(d)
         ]
         removed: list[dict[str, Any]] = []
         if complete:

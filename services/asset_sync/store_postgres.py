@@ -129,7 +129,8 @@ class PostgresStore:
         # Everything ensure_schema makes, looked up in the catalog (to_regclass takes no lock).
         made = (table, self._features, *(f"{_quote(self.schema)}.{_quote(i)}" for i in _INDEXES))
         self._schema_is_current_sql = (
-            "SELECT " + " AND ".join(f"to_regclass('{_literal(name)}') IS NOT NULL" for name in made)
+            "SELECT "
+            + " AND ".join(f"to_regclass('{_literal(name)}') IS NOT NULL" for name in made)
             + f" AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('{_literal(table)}') "
             "AND attname = $1 AND NOT attisdropped)"
         )

@@ -153,7 +153,9 @@ async def serve_unix(
     try:
         server = await asyncio.start_unix_server(connection, path=str(socket_path))
     except OSError as exc:  # no such directory, a path too long for AF_UNIX, not a socket
-        raise TransportError(f"cannot listen on Unix socket {str(socket_path)!r}: {exc.strerror or exc}") from None
+        raise TransportError(
+            f"cannot listen on Unix socket {str(socket_path)!r}: {exc.strerror or exc}"
+        ) from None
     try:
         if ready:
             ready()
