@@ -73,7 +73,7 @@ async def run_phases(store, method: str, docs: list[dict], batch_size: int) -> d
         written = 0
         started = time.perf_counter()
         for i in range(0, len(rows), batch_size):
-            written += await store.write_batch(rows[i : i + batch_size], method)
+            written += len(await store.write_batch(rows[i : i + batch_size], method))
         seconds = time.perf_counter() - started
         expected = 0 if phase == "noop" else len(rows)
         if written != expected:

@@ -1,5 +1,5 @@
-"""Asset codec: JSON -> ASSET records and back, UTF-8 cutting, enum tables, the AoS buffer,
-and every malformed assets fixture (each must fail with an error naming what is wrong)."""
+"""The library's Asset codec: mappings -> ASSET records and back, UTF-8 cutting, the AoS buffer.
+(The Alpaca listing rules, validation and the diff, are tested in test_asset_listing.py.)"""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ import pytest
 
 from shmpipe.asset_codec import (
     ASSET_FLAG_REMOVED,
+    MARGIN_FIELDS,
     AssetFormatError,
-    assets_to_records,
-    changed_fields,
     cut_utf8,
     pack_aos,
-    parse_assets_json,
     records_to_assets,
     unpack_aos,
 )
+from shmpipe.asset_codec import assets_to_records as _encode
 from shmpipe.records import (
     ASSET,
     ASSET_FLAG_EASY_TO_BORROW,
@@ -40,7 +39,14 @@ KNOWN = json.loads((ASSETS / "known_answers_assets.json").read_text())
 
 @pytest.fixture(scope="module")
 def v1_docs():
-    return parse_assets_json((ASSETS / "alpaca_assets_v1.json").read_bytes())
+    return json.loads((ASSETS / "alpaca_assets_v1.json").read_bytes())
+
+
+def assets_to_records(docs, **kwargs):
+    """The encoder fed as its producers feed it: margins as numbers (the fixtures carry Alpaca's
+    decimal strings, which the listing rules turn into numbers before encoding)."""
+    numeric = [{**d, **{f: None if d.get(f) is None else float(d[f]) for f in MARGIN_FIELDS}} for d in docs]
+    return _encode(numeric, **kwargs)
 
 
 def _asset(**overrides):
@@ -196,6 +202,13 @@ def test_aos_empty_and_bad_lengths():
     assert len(unpack_aos(good + b"sidecar", allow_trailing=True)) == 1
 
 
+def test_encoder_does_not_parse_margin_text():
+    with pytest.raises(
+        AssetFormatError, match=r"asset \[0\] field 'margin_requirement_long': expected a number"
+    ):
+        _encode([_asset()])  # "30": text is the listing's business, not the record's
+
+
 def test_removed_flag_does_not_collide_with_record_flags():
     all_bits = (
         ASSET_FLAG_TRADABLE
@@ -205,73 +218,3 @@ def test_removed_flag_does_not_collide_with_record_flags():
         | ASSET_FLAG_FRACTIONABLE
     )
     assert ASSET_FLAG_REMOVED & all_bits == 0 and ASSET_FLAG_REMOVED < 256
-
-
-# ---------------------------------------------------------------------------------- bad input
-
-BAD_FILES = {
-    "assets_missing_required_field.json": r"asset \[2\] field 'symbol': required field is missing",
-    "assets_wrong_types.json": r"asset \[1\] field 'tradable': expected true/false, got 'yes'",
-    "assets_duplicate_ids.json": r"asset \[4\] field 'id': duplicate id c40195e6-3af4-4e1d-8274-420288ee0adc "
-    r"\(first seen at asset \[1\]\)",
-    "assets_unknown_status.json": r"asset \[0\] field 'status': unknown status 'delisted'",
-    "assets_unknown_class.json": r"asset \[5\] field 'class': unknown asset class 'us_bond'",
-    "assets_truncated.json": r"malformed JSON at line 1 column \d+",
-    "empty.json": r"empty document",
-}
-
-
-@pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_bad_fixture_is_rejected_clearly(name):
-    with pytest.raises(AssetFormatError, match=BAD_FILES[name]):
-        parse_assets_json((ASSETS / "bad" / name).read_bytes())
-
-
-def test_bad_fixture_facts_match_known_answers():
-    bad = KNOWN["bad"]
-    missing = json.loads((ASSETS / "bad" / "assets_missing_required_field.json").read_bytes())
-    assert (
-        bad["assets_missing_required_field.json"]["field"]
-        not in missing[bad["assets_missing_required_field.json"]["index"]]
-    )
-    wrong = KNOWN["bad"]["assets_wrong_types.json"]["problems"][1]
-    doc = json.loads((ASSETS / "bad" / "assets_wrong_types.json").read_bytes())
-    fixed = [dict(d) for d in doc]
-    fixed[1]["tradable"] = True  # with the first fault fixed the second one is reported
-    with pytest.raises(
-        AssetFormatError, match=rf"asset \[{wrong['index']}\] field '{wrong['field']}'.*'thirty'"
-    ):
-        parse_assets_json(json.dumps(fixed))
-
-
-@pytest.mark.parametrize(
-    "doc, message",
-    [
-        ("{}", "expected a JSON array of assets, got dict"),
-        ("[1]", r"asset \[0\]: expected a JSON object, got int"),
-        (json.dumps([_asset(id="not-a-uuid")]), "not a UUID"),
-        (json.dumps([_asset(exchange="LSE")]), "unknown exchange 'LSE'"),
-        (json.dumps([_asset(symbol=5)]), r"field 'symbol': expected a string, got 5"),
-        (json.dumps([_asset(margin_requirement_long=True)]), "expected a number or decimal string, got True"),
-        (
-            json.dumps([_asset(margin_requirement_short="NaN")]),
-            "expected a number or decimal string, got 'NaN'",
-        ),
-        (json.dumps([_asset(attributes="ipo")]), r"field 'attributes': expected a list of strings"),
-        (b"\xff\xfe[]", "not UTF-8"),
-    ],
-)
-def test_more_bad_input(doc, message):
-    with pytest.raises(AssetFormatError, match=message):
-        parse_assets_json(doc)
-
-
-def test_changed_fields_compares_json_values_not_python_equality():
-    a = _asset()
-    assert changed_fields(a, a) == []
-    assert changed_fields(a, _asset(maintenance_margin_requirement=30.0)) == [
-        "maintenance_margin_requirement"
-    ]
-    b = dict(a)
-    del b["attributes"]
-    assert changed_fields(a, {**b, "min_order_size": "1"}) == ["attributes", "min_order_size"]

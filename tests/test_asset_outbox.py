@@ -17,10 +17,14 @@ from datetime import datetime, timezone
 
 import pytest
 
-from shmpipe.asset_codec import ASSET_FLAG_REMOVED, canonical_json, parse_assets_json, record_id
-from shmpipe_services.asset_sync.service import SyncError, SyncService, WriteRetry
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED, record_id
+from shmpipe_services.asset_sync.canonical import canonical_json
+from shmpipe_services.asset_sync.listing import parse_assets_json
+from shmpipe_services.asset_sync.reconnect import ReconnectPolicy
+from shmpipe_services.asset_sync.service import SyncError, SyncService
 from shmpipe_services.asset_sync.source_map import SourceMap
-from shmpipe_services.asset_sync.store import StoreUnavailable, open_store, typed_values
+from shmpipe_services.asset_sync.store import StoreUnavailable, typed_values
+from shmpipe_services.asset_sync.store_factory import open_store
 from shmpipe_services.asset_sync.store_sqlite import _sqlite_value
 from shmpipe_services.asset_sync.zmq_pubsub import AssetPublisher, AssetSubscriber
 
@@ -275,7 +279,7 @@ def test_crash_before_the_marks_are_cleared_publishes_again(database, pub_endpoi
     subscriber = subscribe(pub_endpoint, publisher)
 
     async def scenario():
-        service = new_service(database, publisher, retry=WriteRetry(attempts=2, base_delay=0.001))
+        service = new_service(database, publisher, retry=ReconnectPolicy(attempts=2, base_delay=0.001))
         await service.start()
         try:
             await service.apply(listing(V1))

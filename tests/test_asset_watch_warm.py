@@ -23,7 +23,7 @@ import test_asset_sync
 from shmpipe_services.asset_sync import zmq_pubsub
 from shmpipe_services.asset_sync.features import compute_features
 from shmpipe_services.asset_sync.service import SyncService
-from shmpipe_services.asset_sync.store import open_store
+from shmpipe_services.asset_sync.store_factory import open_store
 from shmpipe_services.asset_sync.store_postgres import PostgresStore
 from shmpipe_services.asset_sync.store_sqlite import SqliteStore
 from shmpipe_services.asset_sync.zmq_pubsub import AssetPublisher, AssetSubscriber
@@ -44,7 +44,8 @@ from test_asset_sync import (
     run_cli,
 )
 
-from shmpipe.asset_codec import ASSET_FLAG_REMOVED, assets_to_records
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED
+from shmpipe_services.asset_sync.listing import to_records
 
 # The same fixtures as test_asset_sync: each database (a fresh SQLite file, a fresh PostgreSQL
 # schema dropped afterwards) and a private ipc endpoint.
@@ -62,7 +63,7 @@ def database_records(database) -> np.ndarray:
     from load_all, independently of the warm-start code."""
     rows = load_db(database)
     ids = sorted(rows)
-    records = assets_to_records([rows[i].doc for i in ids], validate=False)
+    records = to_records([rows[i].doc for i in ids])
     for i, asset_id in enumerate(ids):
         if rows[asset_id].removed:
             records[i]["flags"] |= ASSET_FLAG_REMOVED

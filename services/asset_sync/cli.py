@@ -5,24 +5,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from shmpipe.asset_codec import AssetFormatError, parse_assets_json
+from shmpipe.asset_codec import AssetFormatError
 
-from .http_fetch import DEFAULT_BASE_URL, FetchError, RetryPolicy, fetch_assets_body
-from .store import StoreUnavailable, default_sqlite_path, open_store
+from .http_fetch import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_BYTES,
+    FetchError,
+    RetryPolicy,
+    check_base_url,
+    fetch_assets_body,
+)
+from .listing import Listing, parse_listing
+from .removal_guard import DEFAULT_MAX_REMOVALS, DEFAULT_MAX_SHARE, MassRemovalRefused, RemovalGuard
+from .service import SyncError
+from .store import DEFAULT_DB_TIMEOUT, StoreError
+from .store_factory import default_sqlite_path, open_store
 from .transport import DEFAULT_SOCKET, TransportError
-from .zmq_pubsub import DEFAULT_PUB_ENDPOINT
+from .watch import CONNECT_WAIT, run_watch
+from .zmq_pubsub import DEFAULT_PUB_ENDPOINT, EndpointError
 
-# How long ``watch`` waits for its connection to a running publisher before reading the database.
-CONNECT_WAIT = 5.0
+# Rejected assets named one per line on stderr, at most this many per cycle, then a count.
+REJECTED_LINES = 10
 
-# Errors that end a cycle with a message rather than a traceback: bad input, network, database.
-CYCLE_ERRORS = (AssetFormatError, FetchError, TransportError, StoreUnavailable, OSError)
+# Errors that end a cycle, or a command, with their one-line message rather than a traceback:
+# bad input, network, database, endpoints, the removal guard. (ValueError: a bad option value
+# the parser could not judge, such as a write method the database lacks.)
+CYCLE_ERRORS = (
+    AssetFormatError,
+    FetchError,
+    TransportError,
+    StoreError,
+    MassRemovalRefused,
+    SyncError,
+    OSError,
+)
+COMMAND_ERRORS = (*CYCLE_ERRORS, EndpointError, ValueError)
+# Set to see the traceback of an error nobody expected (a bug), instead of its one line.
+DEBUG_ENV = "SHMPIPE_DEBUG"
 
 DB_HELP = (
     f"database: postgresql://user@host/db, or an SQLite path / sqlite:///path "
@@ -72,7 +97,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, help="HTTP connect/read timeout, seconds (default 10)"
     )
     s.add_argument(
-        "--retries", type=int, default=5, help="HTTP attempts on 429/5xx/network errors (default 5)"
+        "--retries",
+        type=int,
+        default=5,
+        help="HTTP attempts on 429/5xx/network errors and broken responses (default 5)",
+    )
+    s.add_argument(
+        "--deadline",
+        type=float,
+        default=RetryPolicy.deadline,
+        metavar="S",
+        help=f"seconds one fetch may take in all, retries included (default {RetryPolicy.deadline:g})",
+    )
+    s.add_argument(
+        "--max-response-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        metavar="N",
+        help=f"refuse a response body larger than N bytes (default {DEFAULT_MAX_BYTES}, 64 MiB)",
+    )
+    s.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow an http:// --base-url (and redirects to http), which sends the API keys in "
+        "clear text: for a local test server only",
     )
     s.add_argument(
         "--to-service",
@@ -86,9 +134,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="print one JSON line per cycle: fetched, added, changed, removed, written, published, "
-        "seconds (plus republished, only in a cycle that published assets left pending earlier)",
+        "seconds (plus republished, only in a cycle that published assets left pending earlier, "
+        "and rejected, only in a cycle whose listing had invalid assets, left out)",
     )
-    s.set_defaults(func=lambda args: asyncio.run(_run_sync(args)))
+    s.set_defaults(func=_command(_run_sync))
 
     v = commands.add_parser(
         "serve", help="run the sync service: receive deltas on a Unix socket, write, publish"
@@ -101,7 +150,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     _add_service_options(v)
     v.add_argument("--json", action="store_true", help="print each delta's summary as a JSON line")
-    v.set_defaults(func=lambda args: asyncio.run(_run_serve(args)))
+    v.set_defaults(func=_command(_run_serve))
 
     w = commands.add_parser(
         "watch",
@@ -128,6 +177,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     w.add_argument("--db", help=DB_HELP + "; features go to its asset_features table")
     w.add_argument("--schema", help="PostgreSQL schema (default public)")
+    _add_db_timeout(w)
     w.add_argument("--messages", type=int, metavar="N", help="exit after N messages")
     w.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S seconds without a message")
     w.add_argument(
@@ -142,13 +192,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="print features as one JSON line per message (received: its asset count), after "
         "one for the warm start (warm_start: the assets loaded, received: 0)",
     )
-    w.set_defaults(func=lambda args: asyncio.run(_run_watch(args)))
+    w.set_defaults(func=_command(lambda args: run_watch(args, _error)))
     return p
+
+
+def _add_db_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db-timeout",
+        type=float,
+        default=DEFAULT_DB_TIMEOUT,
+        metavar="S",
+        help="seconds one database statement may take, waiting for locks included "
+        f"(PostgreSQL statement_timeout, SQLite busy timeout; default {DEFAULT_DB_TIMEOUT:g})",
+    )
 
 
 def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help=DB_HELP)
     p.add_argument("--schema", help="PostgreSQL schema for the tables (default public)")
+    _add_db_timeout(p)
     p.add_argument(
         "--pub",
         default=DEFAULT_PUB_ENDPOINT,
@@ -156,6 +218,32 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
         help=f"ZeroMQ endpoint to bind and publish assets.changed on (default {DEFAULT_PUB_ENDPOINT})",
     )
     p.add_argument("--batch-size", type=int, default=500, help="rows per write transaction (default 500)")
+    guard = p.add_argument_group(
+        "mass-removal guard",
+        "a cycle that would mark more assets removed than the larger of SHARE of the listed ones "
+        "and N is refused whole (nothing written or published, exit 1), and so is an empty "
+        "listing: an API hiccup or a truncated file looks exactly like a mass delisting",
+    )
+    guard.add_argument(
+        "--max-removal-share",
+        type=_fraction,
+        default=DEFAULT_MAX_SHARE,
+        metavar="SHARE",
+        help=f"fraction of the listed assets one cycle may remove (default {DEFAULT_MAX_SHARE})",
+    )
+    guard.add_argument(
+        "--max-removals",
+        type=_count,
+        default=DEFAULT_MAX_REMOVALS,
+        metavar="N",
+        help=f"removals one cycle may always make (default {DEFAULT_MAX_REMOVALS})",
+    )
+    guard.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help="apply the listing even so (with sync --to-service, the running service lets "
+        "this fetcher's deltas through)",
+    )
     p.add_argument(
         "--write-method",
         choices=("upsert", "copy"),
@@ -179,8 +267,39 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1 (5 % is 0.05)")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def _error(message: str) -> None:
     print(f"shmpipe assets: {message}", file=sys.stderr, flush=True)
+
+
+def _command(run):
+    """``run(args)`` under asyncio, with every error as one line on stderr and exit status 1."""
+
+    def main(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(run(args))
+        except COMMAND_ERRORS as exc:
+            _error(str(exc))
+        except Exception as exc:  # a bug: still one line for the user, the traceback on request
+            if os.environ.get(DEBUG_ENV):
+                raise
+            _error(f"unexpected {type(exc).__name__}: {exc} ({DEBUG_ENV}=1 shows the traceback)")
+        return 1
+
+    return main
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -188,22 +307,38 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary), flush=True)
     else:
         republished = summary.get("republished")
+        rejected = summary.get("rejected")
         print(
             (f"{republished} pending from earlier republished; " if republished else "")
             + "fetched {fetched}: {added} added, {changed} changed, {removed} removed; "
-            "{written} rows written, {published} published in {seconds:.3f} s".format(**summary),
+            "{written} rows written, {published} published in {seconds:.3f} s".format(**summary)
+            + (f"; {rejected} invalid assets left out" if rejected else ""),
             flush=True,
         )
+
+
+def _report_rejected(listing: Listing) -> None:
+    """One line per invalid asset (the cycle goes on without them), then how many more."""
+    for problem in listing.rejected[:REJECTED_LINES]:
+        _error(f"{problem}; left out, its stored row is kept")
+    if len(listing.rejected) > REJECTED_LINES:
+        _error(f"... and {len(listing.rejected) - REJECTED_LINES} more invalid assets left out")
 
 
 async def _start_service(args: argparse.Namespace):
     from .service import SyncService
     from .zmq_pubsub import AssetPublisher
 
-    store = open_store(args.db, schema=args.schema)
+    store = open_store(args.db, schema=args.schema, timeout=args.db_timeout)
     publisher = AssetPublisher(args.pub)
     try:
-        service = SyncService(store, publisher, batch_size=args.batch_size, write_method=args.write_method)
+        service = SyncService(
+            store,
+            publisher,
+            batch_size=args.batch_size,
+            write_method=args.write_method,
+            removal_guard=RemovalGuard(args.max_removal_share, args.max_removals, args.allow_mass_removal),
+        )
         # Assets an earlier run committed but did not publish go out only after the wait below
         # (a message published before a subscriber joined is lost to it): serve publishes them
         # right after, sync at the start of its first cycle.
@@ -226,25 +361,28 @@ async def _run_sync(args: argparse.Namespace) -> int:
     from .source_map import SourceMap
     from .transport import InProcessSink, UnixSocketSink
 
-    policy = RetryPolicy(attempts=max(1, args.retries), timeout=args.timeout)
+    policy = RetryPolicy(attempts=max(1, args.retries), timeout=args.timeout, deadline=args.deadline)
+    if not args.from_file:
+        check_base_url(args.base_url, insecure_http=args.insecure_http)  # before any cycle
 
     def fetch() -> bytes:
         if args.from_file:
             return args.from_file.read_bytes()
         return fetch_assets_body(
-            args.base_url, status=args.status, asset_class=args.asset_class, policy=policy
+            args.base_url,
+            status=args.status,
+            asset_class=args.asset_class,
+            policy=policy,
+            max_bytes=args.max_response_bytes,
+            insecure_http=args.insecure_http,
         )
 
     service = publisher = None
-    try:
-        if args.to_service:
-            sink = UnixSocketSink(args.to_service)
-        else:
-            service, publisher = await _start_service(args)
-            sink = InProcessSink(service)
-    except (*CYCLE_ERRORS, ValueError) as exc:
-        _error(str(exc))
-        return 1
+    if args.to_service:
+        sink = UnixSocketSink(args.to_service)
+    else:
+        service, publisher = await _start_service(args)
+        sink = InProcessSink(service)
 
     source_map = SourceMap()
     scope = {"asset_class": args.asset_class} if args.asset_class and not args.from_file else {}
@@ -255,19 +393,29 @@ async def _run_sync(args: argparse.Namespace) -> int:
             cycle += 1
             try:
                 body = await asyncio.to_thread(fetch)
-                docs = parse_assets_json(body)
+                listing = parse_listing(body)
+                _report_rejected(listing)
                 delta = source_map.delta(
-                    docs, complete=args.from_file is not None or args.status is None, scope=scope
+                    listing.docs,
+                    complete=args.from_file is not None or args.status is None,
+                    scope=scope,
+                    held=listing.held_ids,
+                    fetched=listing.fetched,
                 )
+                delta.allow_mass_removal = args.allow_mass_removal
                 summary = await sink.send(delta)
                 source_map.commit(delta)  # only now: an unacknowledged delta is resent next cycle
+                if listing.rejected:
+                    summary["rejected"] = len(listing.rejected)
                 _print_summary(summary, args.json)
                 status = 0
             except CYCLE_ERRORS as exc:
                 _error(str(exc))
                 status = 1
-            except Exception as exc:  # SyncError and friends: report, keep the loop alive
-                _error(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug: report it in one line, keep the loop alive
+                if os.environ.get(DEBUG_ENV):
+                    raise
+                _error(f"unexpected {type(exc).__name__}: {exc}")
                 status = 1
             if args.interval is None or (args.cycles and cycle >= args.cycles):
                 return status
@@ -284,11 +432,7 @@ async def _run_serve(args: argparse.Namespace) -> int:
     from .delta_wire import decode_delta
     from .transport import serve_unix
 
-    try:
-        service, publisher = await _start_service(args)
-    except (*CYCLE_ERRORS, ValueError) as exc:
-        _error(str(exc))
-        return 1
+    service, publisher = await _start_service(args)
     try:
         republished = await service.publish_pending()
     except Exception as exc:  # the service still runs; every delta retries the pending ones first
@@ -329,83 +473,3 @@ async def _run_serve(args: argparse.Namespace) -> int:
         await service.close()
         publisher.close()
     return 0
-
-
-async def _run_watch(args: argparse.Namespace) -> int:
-    from .features import compute_features
-    from .service import stored_records
-    from .zmq_pubsub import AssetSubscriber
-
-    warm_start = not args.no_warm_start
-    store = open_store(args.db, schema=args.schema)
-    try:
-        await store.open()
-        await store.ensure_schema()
-    except (*CYCLE_ERRORS, ValueError) as exc:
-        await store.close()
-        _error(str(exc))
-        return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    subscriber = None
-    try:
-        # Subscribe first, read the database second: a change committed after the snapshot is
-        # published after it too, so it reaches us as a message; ZeroMQ queues the messages
-        # that arrive while we read, and they are applied after the snapshot.
-        subscriber = await asyncio.to_thread(
-            AssetSubscriber, args.sub, await_connection=CONNECT_WAIT if warm_start else None
-        )
-        if warm_start:
-            try:
-                snapshot = await store.load_snapshot()
-            except CYCLE_ERRORS as exc:
-                _error(f"warm start: {exc}")
-                return 1
-            subscriber.load(stored_records(snapshot))
-            _print_features(
-                compute_features(subscriber.records()),
-                args.json,
-                {"warm_start": len(snapshot), "received": 0},
-                f"warm start: {len(snapshot)} assets from the database",
-            )
-        idle_since = loop.time()
-        while not stop.is_set():
-            # Short polls in a thread keep the loop free for the signal handlers.
-            records = await asyncio.to_thread(subscriber.receive, 0.2)
-            if records is None:
-                if args.idle_timeout is not None and loop.time() - idle_since > args.idle_timeout:
-                    return 0
-                continue
-            idle_since = loop.time()
-            features = compute_features(subscriber.records())
-            await store.write_features(datetime.now(timezone.utc), features["assets"], features)
-            _print_features(
-                features,
-                args.json,
-                {"received": len(records)},
-                f"received {len(records)} changed assets",
-            )
-            if args.messages and subscriber.messages >= args.messages:
-                return 0
-        return 0
-    finally:
-        if subscriber is not None:
-            subscriber.close()
-        await store.close()
-
-
-def _print_features(features: dict[str, Any], as_json: bool, head: dict[str, Any], text: str) -> None:
-    if as_json:
-        print(json.dumps({**head, **features}), flush=True)
-        return
-    ratios = ", ".join(
-        f"{name} {'n/a' if features['ratios'][name] is None else format(features['ratios'][name], '.3f')}"
-        for name in ("shortable", "easy_to_borrow", "fractionable")
-    )
-    print(
-        f"{text}; {features['assets']} listed, {features['removed']} removed; "
-        f"by class {features['by_class']}; {ratios}",
-        flush=True,
-    )

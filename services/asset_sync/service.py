@@ -9,6 +9,8 @@ Rules that keep "nothing lost":
 * Rows committed in a cycle are published as one AoS message at the end of the cycle (also when
   a later batch finally fails), and only after that publish succeeded are their marks cleared,
   in a small transaction of their own, matched by (id, updated_at).
+* A cycle the mass-removal guard refuses (removal_guard.py) stops before anything else: it
+  neither writes nor publishes, not even what earlier cycles left pending.
 * Whatever is still marked (the process died, or the publish or the clearing failed, after the
   commit) is published first, as one AoS message on the same topic and in the same format
   (removed assets flagged), when the service starts and at the start of every cycle, and then
@@ -24,7 +26,6 @@ row's current content, and its ``updated_ns`` is when that row was committed.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,18 +34,15 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from shmpipe.asset_codec import (
-    ASSET_FLAG_REMOVED,
-    AssetFormatError,
-    assets_to_records,
-    canonical_json,
-    changed_fields,
-    validate_assets,
-)
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED, AssetFormatError
 from shmpipe.records import ASSET
 
+from .canonical import canonical_json, changed_fields
 from .delta_wire import AssetDelta
-from .store import AssetRow, AssetStore, PendingAsset, StoredAsset, StoreUnavailable
+from .listing import to_records
+from .reconnect import ReconnectPolicy, with_reconnect
+from .removal_guard import RemovalGuard
+from .store import AssetRow, AssetStore, PendingAsset, StoredAsset
 
 DEFAULT_BATCH_SIZE = 500
 # bench/asset_upsert_bench.py (2-core box, local PostgreSQL 15, batch 500): upsert and COPY+merge
@@ -109,17 +107,6 @@ class _Change:
     record: np.void | None  # the fetcher's record for added/changed
 
 
-@dataclass
-class WriteRetry:
-    attempts: int = 5
-    base_delay: float = 0.1
-    max_delay: float = 5.0
-
-    def delay(self, retry: int) -> float:
-        step = min(self.max_delay, self.base_delay * 2**retry)
-        return step / 2 + random.random() * step / 2
-
-
 class SyncService:
     def __init__(
         self,
@@ -128,8 +115,9 @@ class SyncService:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         write_method: str | None = None,
-        retry: WriteRetry | None = None,
+        retry: ReconnectPolicy | None = None,
         clock: Callable[[], int] = time.time_ns,
+        removal_guard: RemovalGuard | None = None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -143,8 +131,9 @@ class SyncService:
             raise ValueError(
                 f"this database supports write methods {store.write_methods}, not {self.write_method!r}"
             )
-        self.retry = retry or WriteRetry()
+        self.retry = retry or ReconnectPolicy()
         self.clock = clock
+        self.removal_guard = removal_guard or RemovalGuard()
         self.cache: dict[str, StoredAsset] = {}
         self._lock = asyncio.Lock()  # one delta at a time: the cache is the sequence point
 
@@ -174,8 +163,9 @@ class SyncService:
             started = time.perf_counter()
             result = SyncResult(fetched=delta.fetched)
             try:
-                await self._flush_pending(result)  # earlier changes go out before newer ones
                 changes = self._diff(delta, result)
+                self._check_removals(changes, delta)  # refused: nothing written, nothing published
+                await self._flush_pending(result)  # earlier changes go out before newer ones
                 await self._write_and_publish(changes, result)
             finally:
                 result.seconds = time.perf_counter() - started
@@ -183,11 +173,10 @@ class SyncService:
 
     # ------------------------------------------------------------------------------------
     def _diff(self, delta: AssetDelta, result: SyncResult) -> list[_Change]:
-        """What actually differs from the cache; the fetcher's delta is a hint, the cache decides."""
-        docs = [d for d in delta.docs if d is not None]
-        validate_assets(docs)  # the socket is a trust boundary: same checks as the fetcher ran
+        """What actually differs from the cache; the fetcher's delta is a hint, the cache decides.
+        (Its documents were validated where it was decoded, delta_wire.decode_delta.)"""
         changes: list[_Change] = []
-        seen: set[str] = set()
+        seen: set[str] = set(delta.held)  # in the listing but invalid: neither changed nor removed
         for record, doc in zip(delta.records, delta.docs):
             asset_id = delta.id_of(record)
             cached = self.cache.get(asset_id)
@@ -195,7 +184,7 @@ class SyncService:
                 if cached is not None and not cached.removed:
                     changes.append(_Change(asset_id, cached.doc, "removed", None))
                 continue
-            if doc["id"].lower() != asset_id:
+            if doc["id"] != asset_id:
                 raise AssetFormatError(
                     f"delta: record id {asset_id} does not match its document id {doc['id']}"
                 )
@@ -212,6 +201,19 @@ class SyncService:
         for change in changes:
             setattr(result, change.kind, getattr(result, change.kind) + 1)
         return changes
+
+    def _check_removals(self, changes: list[_Change], delta: AssetDelta) -> None:
+        removing = sum(c.kind == "removed" for c in changes)
+        guard = self.removal_guard
+        if delta.allow_mass_removal and not guard.allow:  # the fetcher's one-off permission
+            guard = RemovalGuard(guard.max_share, guard.max_removals, allow=True)
+        guard.check(
+            removing=removing,
+            listed=sum(not cached.removed for cached in self.cache.values()),
+            fetched=delta.fetched,
+            # Only a complete listing removes anything: a full delta, or one with removals.
+            complete=delta.full or removing > 0,
+        )
 
     async def _flush_pending(self, result: SyncResult) -> None:
         """Publish, then unmark, what is still marked from earlier; counts it in result.republished."""
@@ -237,24 +239,28 @@ class SyncService:
     async def _write_and_publish(self, changes: list[_Change], result: SyncResult) -> None:
         now_ns = self.clock()
         now = datetime.fromtimestamp(now_ns / 1e9, tz=timezone.utc)
-        committed: list[_Change] = []
+        committed: list[_Change] = []  # the changes the database took, so the ones to publish
+        done = 0
         try:
             for start in range(0, len(changes), self.batch_size):
                 batch = changes[start : start + self.batch_size]
                 rows = [AssetRow(c.id, c.doc, now, now if c.kind == "removed" else None) for c in batch]
-                result.written += await self._write_with_retry(rows)
+                written = set(await self._write_with_retry(rows))
+                result.written += len(written)
                 for c in batch:  # committed: now, and only now, the cache may move
                     self.cache[c.id] = StoredAsset(dict(c.doc), c.kind == "removed")
-                committed.extend(batch)
+                # A change the upsert's WHERE skipped is one the database already held: nothing
+                # to publish (the cache was behind, or two texts of one value).
+                committed.extend(c for c in batch if c.id in written)
+                done += len(batch)
         except Exception as exc:
-            note = "those were published"
+            note = "those were published" if done else "nothing was written"
             try:
                 await self._publish_committed(committed, now_ns, now, result)
             except SyncError as publish_exc:  # the write error is the news; say what else went wrong
                 note = f"those stay pending: {publish_exc}"
             raise SyncError(
-                f"sync stopped after {len(committed)} of {len(changes)} changes were "
-                f"committed ({note}): {exc}",
+                f"sync stopped after {done} of {len(changes)} changes were committed ({note}): {exc}",
                 result,
             ) from exc
         await self._publish_committed(committed, now_ns, now, result)
@@ -285,23 +291,12 @@ class SyncService:
                 result,
             ) from exc
 
-    async def _write_with_retry(self, rows: list[AssetRow]) -> int:
+    async def _write_with_retry(self, rows: list[AssetRow]) -> list[str]:
         return await self._with_retry(lambda: self.store.write_batch(rows, self.write_method))
 
     async def _with_retry(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run a store operation, reconnecting and backing off while the database is unavailable."""
-        for attempt in range(self.retry.attempts):
-            try:
-                return await operation()
-            except StoreUnavailable:
-                if attempt + 1 == self.retry.attempts:
-                    raise
-            await asyncio.sleep(self.retry.delay(attempt))
-            try:
-                await self.store.reconnect()
-            except StoreUnavailable:
-                pass  # still down: the next attempt fails fast and we back off again
-        raise AssertionError("unreachable")
+        return await with_reconnect(self.store, operation, self.retry)
 
     def _publish(self, changes: list[_Change], now_ns: int) -> int:
         if not changes or self.publisher is None:
@@ -312,7 +307,7 @@ class SyncService:
             records[fresh] = np.array([changes[i].record for i in fresh], dtype=ASSET)
         gone = [i for i, c in enumerate(changes) if c.record is None]
         if gone:  # removals: encode what the database holds, then mark them removed
-            records[gone] = assets_to_records([changes[i].doc for i in gone], validate=False)
+            records[gone] = to_records([changes[i].doc for i in gone])
             records["flags"][gone] |= np.uint8(ASSET_FLAG_REMOVED)
         records["updated_ns"] = now_ns
         return self.publisher.publish(records)
@@ -321,7 +316,7 @@ class SyncService:
 def stored_records(pending: list[PendingAsset]) -> np.ndarray:
     """The AoS for stored rows (pending ones, or a subscriber's warm-start snapshot): encoded from
     what the database holds, removals flagged, ``updated_ns`` when the row was committed."""
-    records = assets_to_records([p.doc for p in pending], validate=False)
+    records = to_records([p.doc for p in pending])
     gone = [i for i, p in enumerate(pending) if p.removed]
     if gone:
         records["flags"][gone] |= np.uint8(ASSET_FLAG_REMOVED)

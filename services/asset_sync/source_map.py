@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from shmpipe.asset_codec import ASSET_FLAG_REMOVED, assets_to_records, canonical_json
+from shmpipe.asset_codec import ASSET_FLAG_REMOVED
 
+from .canonical import canonical_json
 from .delta_wire import AssetDelta
+from .listing import to_records
 
 
 class SourceMap:
@@ -36,37 +38,46 @@ class SourceMap:
         complete: bool,
         scope: Mapping[str, str] | None = None,
         updated_ns: int | None = None,
+        held: Sequence[str] = (),
+        fetched: int | None = None,
     ) -> AssetDelta:
         """The delta from what the service holds to ``docs`` (already validated).
 
         ``complete``: ``docs`` is the whole listing for ``scope`` (no status filter), so an id
         missing from it was removed. With a status filter an asset going inactive would just drop
-        out of the list, so filtered fetches never produce removals.
+        out of the list, so filtered fetches never produce removals. ``held``: ids the listing
+        carried but that failed validation; they are neither changed nor removed. ``fetched``:
+        the listing's length, rejected assets included (default: ``len(docs)``).
         """
         now = time.time_ns() if updated_ns is None else updated_ns
         scope = dict(scope or {})
+        fetched = len(docs) if fetched is None else fetched
         if self._known is None:
             return AssetDelta(
-                assets_to_records(docs, updated_ns=now, validate=False),
+                to_records(docs, updated_ns=now),
                 list(docs),
                 full=complete,
                 scope=scope,
-                fetched=len(docs),
+                fetched=fetched,
+                held=list(held),
             )
         upserts = [
-            d
-            for d in docs
-            if (known := self._known.get(d["id"].lower())) is None or known[0] != canonical_json(d)
+            d for d in docs if (known := self._known.get(d["id"])) is None or known[0] != canonical_json(d)
         ]
         removed: list[dict[str, Any]] = []
         if complete:
-            fetched_ids = {d["id"].lower() for d in docs}
-            removed = [doc for asset_id, (_, doc) in self._known.items() if asset_id not in fetched_ids]
-        records = assets_to_records([*upserts, *removed], updated_ns=now, validate=False)
+            listed = {d["id"] for d in docs} | set(held)
+            removed = [doc for asset_id, (_, doc) in self._known.items() if asset_id not in listed]
+        records = to_records([*upserts, *removed], updated_ns=now)
         if removed:
             records["flags"][len(upserts) :] |= np.uint8(ASSET_FLAG_REMOVED)
         return AssetDelta(
-            records, [*upserts, *([None] * len(removed))], full=False, scope=scope, fetched=len(docs)
+            records,
+            [*upserts, *([None] * len(removed))],
+            full=False,
+            scope=scope,
+            fetched=fetched,
+            held=list(held),
         )
 
     def commit(self, delta: AssetDelta) -> None:

@@ -19,12 +19,10 @@ on the marked rows keeps the "anything pending?" check at every cycle cheap.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Protocol
 
 ASSETS_TABLE = "assets"
@@ -54,8 +52,22 @@ PENDING_INDEX = f"{ASSETS_TABLE}_{PENDING_COLUMN}"
 WRITE_METHODS = ("upsert", "copy")
 
 
-class StoreUnavailable(RuntimeError):
+# Seconds one statement may take, waiting for locks included (--db-timeout): a table locked by
+# another session must fail a cycle with a message, not hang it.
+DEFAULT_DB_TIMEOUT = 30.0
+
+
+class StoreError(RuntimeError):
+    """The database refused or failed an operation. The message is one line that names the
+    database (never its password) and the reason; retrying the same thing would fail the same way."""
+
+
+class StoreUnavailable(StoreError):
     """The database could not be reached or dropped the connection: worth retrying."""
+
+
+class StoreTimeout(StoreError):
+    """A statement ran past the timeout, usually waiting for a lock another session holds."""
 
 
 @dataclass(frozen=True)
@@ -95,10 +107,13 @@ class AssetStore(Protocol):
     async def ensure_schema(self) -> None:
         """Create the tables, or upgrade ones an older version made (adds the outbox column)."""
 
-    async def write_batch(self, rows: Sequence[AssetRow], method: str) -> int:
-        """Write ``rows`` in one transaction; returns how many rows actually changed. Every row
-        that changed is marked publish-pending in that same transaction.
-        Raises StoreUnavailable when the connection failed (nothing of the batch is committed)."""
+    async def write_batch(self, rows: Sequence[AssetRow], method: str) -> list[str]:
+        """Write ``rows`` in one transaction; returns the ids of the rows it actually changed
+        (inserted, or updated because the doc or the removed state differs: the database's
+        judgement, which is what gets published). Every row that changed is marked
+        publish-pending in that same transaction.
+        Raises StoreUnavailable when the connection failed (nothing of the batch is committed),
+        StoreTimeout past the statement timeout, StoreError when the database refused the batch."""
 
     async def load_pending(self) -> list[PendingAsset]:
         """Every row still marked publish-pending, ordered by id."""
@@ -144,24 +159,3 @@ def typed_values(doc: Mapping[str, Any]) -> tuple:
         margin_decimal(doc.get("margin_requirement_short")),
         json.dumps(doc.get("attributes")) if doc.get("attributes") is not None else None,
     )
-
-
-def default_sqlite_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "shmpipe" / "assets.sqlite"
-
-
-def open_store(db: str | None, *, schema: str | None = None) -> AssetStore:
-    """``postgresql://...`` or ``postgres://...`` -> PostgreSQL; ``sqlite:///path``, a path or
-    nothing -> SQLite (default file: $XDG_DATA_HOME/shmpipe/assets.sqlite)."""
-    if db and db.startswith(("postgresql://", "postgres://")):
-        from .store_postgres import PostgresStore  # asyncpg only when asked for
-
-        return PostgresStore(db, schema=schema)
-    from .store_sqlite import SqliteStore
-
-    if not db:
-        return SqliteStore(default_sqlite_path())
-    if db.startswith("sqlite://"):
-        db = db[len("sqlite://") :]  # sqlite:///abs/path -> /abs/path, sqlite://rel -> rel
-    return SqliteStore(Path(db))

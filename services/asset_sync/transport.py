@@ -150,7 +150,12 @@ async def serve_unix(
             open_writers.discard(writer)
             writer.close()
 
-    server = await asyncio.start_unix_server(connection, path=str(socket_path))
+    try:
+        server = await asyncio.start_unix_server(connection, path=str(socket_path))
+    except OSError as exc:  # no such directory, a path too long for AF_UNIX, not a socket
+        raise TransportError(
+            f"cannot listen on Unix socket {str(socket_path)!r}: {exc.strerror or exc}"
+        ) from None
     try:
         if ready:
             ready()

@@ -21,6 +21,19 @@ DEFAULT_PUB_ENDPOINT = "ipc:///tmp/shmpipe-assets.pub"
 LINGER_MS = 5000  # how long close() may wait to flush the last message to connected peers
 
 
+class EndpointError(RuntimeError):
+    """A ZeroMQ endpoint that cannot be bound or connected to (bad syntax, missing directory,
+    address in use); the message names it."""
+
+
+def _attach(socket: zmq.Socket, how: str, endpoint: str) -> None:
+    """``socket.bind`` or ``socket.connect``, failing with an EndpointError that says why."""
+    try:
+        getattr(socket, how)(endpoint)
+    except zmq.ZMQError as exc:
+        raise EndpointError(f"cannot {how} ZeroMQ endpoint {endpoint!r}: {zmq.strerror(exc.errno)}") from None
+
+
 class AssetPublisher:
     def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, context: zmq.Context | None = None):
         self.endpoint = endpoint
@@ -28,7 +41,11 @@ class AssetPublisher:
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.LINGER, LINGER_MS)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscribe, not just the first
-        self._socket.bind(endpoint)
+        try:
+            _attach(self._socket, "bind", endpoint)
+        except EndpointError:
+            self._socket.close(linger=0)
+            raise
         self.subscribers = 0
 
     def wait_for_subscribers(self, count: int, timeout: float) -> bool:
@@ -82,16 +99,18 @@ class AssetSubscriber:
         if await_connection is not None:  # the monitor must be there before connect()
             monitor = self._socket.get_monitor_socket(_CONNECT_EVENTS)
         try:
-            self._socket.connect(endpoint)  # connect before the publisher binds is fine: ZeroMQ retries
-            if monitor is not None:
-                self.connected = _await_handshake(monitor, await_connection)
+            try:
+                # Connecting before the publisher binds is fine: ZeroMQ retries.
+                _attach(self._socket, "connect", endpoint)
+                if monitor is not None:
+                    self.connected = _await_handshake(monitor, await_connection)
+            finally:  # the monitor goes first: it cannot be disabled on a closed socket
+                if monitor is not None:
+                    self._socket.disable_monitor()
+                    monitor.close(linger=0)
         except BaseException:
             self._socket.close()
             raise
-        finally:
-            if monitor is not None:
-                self._socket.disable_monitor()
-                monitor.close(linger=0)
 
     def load(self, records: np.ndarray) -> None:
         """Apply ``records`` to the cache as a message would (upsert by id, removed ones kept

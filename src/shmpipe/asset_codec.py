@@ -1,25 +1,24 @@
-"""Alpaca asset JSON <-> ``ASSET`` records, and the Asset AoS buffer (``u32 count`` + records).
+"""The Asset record (``ASSET``) and its AoS buffer (``u32 count`` + records): encode and decode.
 
-Everything that knows how an Alpaca asset maps onto the 152-byte record lives here, so the
-fetcher, the sync service and the subscribers cannot disagree about it.
+What the library knows is the record: which mapping keys fill which field, how strings are cut,
+how the buffer is laid out. Which listings are valid (an Alpaca ``/v2/assets`` body, its enums, its
+margin strings, the diff) is the asset-sync service's business (``shmpipe_services.asset_sync``).
 
-* Validation is strict and names the element and field at fault (``AssetFormatError``): the
-  sync service writes to a database, and a silently defaulted field would become a wrong row.
+* ``assets_to_records`` takes mappings already checked by their producer: the keys of
+  ``records_to_assets``'s output, margins as numbers or None. It does not guess: a margin that is
+  not a number is an error here, turning text into numbers is the producer's rule.
 * Strings longer than their field are cut at a UTF-8 character boundary and the matching
-  ``ASSET_TRUNCATED_*`` bit is set; the full text stays in the JSON (and in the database).
-* Status, class and exchange go through explicit tables; an unknown value is an error rather
-  than a guess, because a new enum value upstream usually means the meaning changed.
+  ``ASSET_TRUNCATED_*`` bit is set: nothing is lost silently.
 * Columns are built as Python lists once and assigned to the structured array field by field,
   and flags are combined with numpy, so encoding 100k assets costs one pass of Python per field.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,10 +46,6 @@ from shmpipe.records import (
 
 STATUS_CODES: dict[str, int] = {"inactive": ASSET_STATUS_INACTIVE, "active": ASSET_STATUS_ACTIVE}
 STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
-# Alpaca's AssetClass enum; us_option is listed although /v2/assets does not return options.
-ASSET_CLASSES = frozenset({"us_equity", "us_option", "crypto"})
-# Alpaca's Exchange enum, plus the crypto venues it has used (CRYPTO now, FTXU and ERSX earlier).
-EXCHANGES = frozenset({"AMEX", "ARCA", "BATS", "NYSE", "NASDAQ", "NYSEARCA", "OTC", "CRYPTO", "FTXU", "ERSX"})
 
 BOOL_FLAGS = (
     ("tradable", ASSET_FLAG_TRADABLE),
@@ -67,22 +62,38 @@ STRING_FIELDS = (
     ("exchange", "exchange", ASSET_EXCHANGE_BYTES, ASSET_TRUNCATED_EXCHANGE),
     ("class", "asset_class", ASSET_CLASS_BYTES, ASSET_TRUNCATED_CLASS),
 )
-REQUIRED_FIELDS = ("id", "class", "exchange", "symbol", "status", *(key for key, _ in BOOL_FLAGS))
 
 _COUNT = struct.Struct("<I")
 
 
 class AssetFormatError(ShmpipeError, ValueError):
-    """The assets JSON does not have the shape the Alpaca API documents.
+    """Asset data does not have the expected shape (an AoS buffer, a record's fields, a listing).
 
-    ``index`` is the array element at fault (None for whole-document problems), ``field`` the key.
+    ``index`` is the array element at fault (None for whole-document problems), ``asset_id`` its
+    id where it could be read, ``field`` the key.
     """
 
-    def __init__(self, message: str, *, index: int | None = None, field: str | None = None):
-        where = "" if index is None else f"asset [{index}]" + (f" field {field!r}" if field else "") + ": "
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        field: str | None = None,
+        asset_id: str | None = None,
+    ):
+        where = ""
+        if index is not None:
+            where = (
+                f"asset [{index}]"
+                + (f" id {asset_id}" if asset_id else "")
+                + (f" field {field!r}" if field else "")
+                + ": "
+            )
         super().__init__(where + message)
         self.index = index
         self.field = field
+        self.asset_id = asset_id
+        self.reason = message
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,124 +115,15 @@ def cut_utf8(data: bytes, width: int) -> tuple[bytes, bool]:
 
 
 # --------------------------------------------------------------------------------------------
-# JSON -> records
+# mappings -> records
 
 
-def parse_assets_json(body: bytes | str) -> list[dict[str, Any]]:
-    """Parse a ``GET /v2/assets`` body and validate every element; returns the JSON objects."""
-    if isinstance(body, bytes | bytearray | memoryview):
-        body = bytes(body)
-        if not body.strip():
-            raise AssetFormatError("empty document: expected a JSON array of assets")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise AssetFormatError(f"body is not UTF-8 ({exc})") from None
-    else:
-        text = body
-    if not text.strip():
-        raise AssetFormatError("empty document: expected a JSON array of assets")
-    try:
-        docs = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AssetFormatError(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    if not isinstance(docs, list):
-        raise AssetFormatError(f"expected a JSON array of assets, got {type(docs).__name__}")
-    validate_assets(docs)
-    return docs
+def assets_to_records(docs: Sequence[Mapping[str, Any]], *, updated_ns: int = 0) -> np.ndarray:
+    """Encode asset mappings as an ``ASSET`` array (one record per mapping, in order).
 
-
-def validate_assets(docs: Sequence[Any]) -> None:
-    """Raise AssetFormatError for the first problem found: shape, types, enums, duplicate ids."""
-    first_index: dict[str, int] = {}
-    for index, doc in enumerate(docs):
-        _validate_one(doc, index)
-        asset_id = doc["id"].lower()
-        if asset_id in first_index:
-            raise AssetFormatError(
-                f"duplicate id {asset_id} (first seen at asset [{first_index[asset_id]}])",
-                index=index,
-                field="id",
-            )
-        first_index[asset_id] = index
-
-
-def _validate_one(doc: Any, index: int) -> None:
-    if not isinstance(doc, dict):
-        raise AssetFormatError(f"expected a JSON object, got {type(doc).__name__}", index=index)
-    for field in REQUIRED_FIELDS:
-        if field not in doc:
-            raise AssetFormatError("required field is missing", index=index, field=field)
-    _expect_str(doc, "id", index)
-    try:
-        uuid.UUID(doc["id"])
-    except ValueError:
-        raise AssetFormatError(f"not a UUID: {doc['id']!r}", index=index, field="id") from None
-    for field in ("symbol", "class", "exchange", "status"):
-        _expect_str(doc, field, index)
-    if doc.get("name") is not None:
-        _expect_str(doc, "name", index)
-    if doc["status"] not in STATUS_CODES:
-        raise AssetFormatError(
-            f"unknown status {doc['status']!r} (known: {sorted(STATUS_CODES)})", index=index, field="status"
-        )
-    if doc["class"] not in ASSET_CLASSES:
-        raise AssetFormatError(
-            f"unknown asset class {doc['class']!r} (known: {sorted(ASSET_CLASSES)})",
-            index=index,
-            field="class",
-        )
-    if doc["exchange"] not in EXCHANGES:
-        raise AssetFormatError(
-            f"unknown exchange {doc['exchange']!r} (known: {sorted(EXCHANGES)})",
-            index=index,
-            field="exchange",
-        )
-    for field, _bit in BOOL_FLAGS:
-        if not isinstance(doc[field], bool):
-            raise AssetFormatError(f"expected true/false, got {doc[field]!r}", index=index, field=field)
-    for field in MARGIN_FIELDS:
-        _margin_value(doc.get(field), index, field)
-    attributes = doc.get("attributes")
-    if attributes is not None and not (
-        isinstance(attributes, list) and all(isinstance(a, str) for a in attributes)
-    ):
-        raise AssetFormatError(
-            f"expected a list of strings, got {attributes!r}", index=index, field="attributes"
-        )
-
-
-def _expect_str(doc: Mapping[str, Any], field: str, index: int) -> None:
-    if not isinstance(doc[field], str):
-        raise AssetFormatError(f"expected a string, got {doc[field]!r}", index=index, field=field)
-
-
-def _margin_value(value: Any, index: int | None, field: str) -> float:
-    """Margins come as JSON numbers or decimal strings (Alpaca documents both); null is NaN."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool):  # bool is an int subclass: true is not a margin of 1 %
-        raise AssetFormatError(
-            f"expected a number or decimal string, got {value!r}", index=index, field=field
-        )
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if math.isfinite(number):
-            return number
-    raise AssetFormatError(f"expected a number or decimal string, got {value!r}", index=index, field=field)
-
-
-def assets_to_records(
-    docs: Sequence[Mapping[str, Any]], *, updated_ns: int = 0, validate: bool = True
-) -> np.ndarray:
-    """Encode validated asset objects as an ``ASSET`` array (one record per object, in order)."""
-    if validate:
-        validate_assets(docs)
+    Each mapping has the keys ``records_to_assets`` returns (``name`` and the margins may be
+    missing or None; a missing margin is NaN), status ``"active"`` or ``"inactive"``, and the
+    id as a UUID string in any form ``uuid.UUID`` reads."""
     n = len(docs)
     records = np.zeros(n, dtype=ASSET)
     if n == 0:
@@ -235,13 +137,21 @@ def assets_to_records(
     records["truncated"] = truncated
     records["updated_ns"] = updated_ns
     for field in MARGIN_FIELDS:
-        records[field] = [_margin_value(d.get(field), i, field) for i, d in enumerate(docs)]
+        records[field] = [_margin_number(d.get(field), i, field) for i, d in enumerate(docs)]
     records["status"] = [STATUS_CODES[d["status"]] for d in docs]
     flags = np.zeros(n, dtype=np.uint8)
     for key, bit in BOOL_FLAGS:
         flags |= np.fromiter((d[key] for d in docs), dtype=bool, count=n) * np.uint8(bit)
     records["flags"] = flags
     return records
+
+
+def _margin_number(value: Any, index: int, field: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise AssetFormatError(f"expected a number or None, got {value!r}", index=index, field=field)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,39 +215,15 @@ def aos_size(buffer: bytes | bytearray | memoryview) -> int:
     return _COUNT.size + count * ASSET.itemsize
 
 
-def canonical_json(doc: Mapping[str, Any]) -> str:
-    """One text per asset value, independent of key order: what the diff compares."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Top-level keys whose values differ or that exist on one side only (the issue's diff rule)."""
-    keys: Iterable[str] = sorted(set(old) | set(new))
-    # Compare as JSON text: in Python True == 1 and 30 == 30.0, in JSON they are different values.
-    return [
-        k
-        for k in keys
-        if k not in old
-        or k not in new
-        or json.dumps(old[k], sort_keys=True) != json.dumps(new[k], sort_keys=True)
-    ]
-
-
 __all__ = [
     "ASSET_FLAG_REMOVED",
     "AssetFormatError",
     "cut_utf8",
-    "parse_assets_json",
-    "validate_assets",
     "assets_to_records",
     "records_to_assets",
     "record_id",
     "pack_aos",
     "unpack_aos",
     "aos_size",
-    "canonical_json",
-    "changed_fields",
     "STATUS_CODES",
-    "ASSET_CLASSES",
-    "EXCHANGES",
 ]
