@@ -1,6 +1,7 @@
 """Fixtures for the in-process call-cost micro-benchmarks (pytest-benchmark).
 
-Run:  pytest bench/micro --benchmark-only     (not collected by the normal ``pytest`` run)
+Run:  pytest bench/micro --benchmark-enable --benchmark-only
+(the normal ``pytest`` run collects them too, with timing off, so they keep working)
 """
 from __future__ import annotations
 

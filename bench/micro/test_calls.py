@@ -1,10 +1,10 @@
-"""In-process call costs of the ring API: write, write_batch, read, peek/commit.
+"""In-process call costs of the ring API: write, write_batch, read, read_into, peek/commit.
 
 Each benchmarked call moves a fixed number of records (in the test name); the ring is drained or
 refilled in the untimed setup between rounds, so no call ever waits on a full or empty ring.
 Divide the reported time by the record count for a per-record figure.
 
-    pytest bench/micro --benchmark-only
+    pytest bench/micro --benchmark-enable --benchmark-only
 """
 from __future__ import annotations
 
@@ -82,3 +82,26 @@ def test_peek_commit_4096(benchmark, ends, ticks):
         c.commit(n)
 
     benchmark.pedantic(target, setup=_refill(p, c, ticks, 4096), rounds=1000)
+
+
+def test_read_into_x1000_one_each(benchmark, ends, ticks):
+    """The allocation-free read of one record into a reused buffer (issue 15's common case)."""
+    import numpy as np
+
+    p, c = ends
+    out = np.empty(1, ticks.dtype)
+
+    def target():
+        r = c.read_into
+        for _ in range(N):
+            r(out, timeout=0)
+
+    benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
+
+
+def test_read_into_4096(benchmark, ends, ticks):
+    import numpy as np
+
+    p, c = ends
+    out = np.empty(4096, ticks.dtype)
+    benchmark.pedantic(lambda: c.read_into(out, timeout=0), setup=_refill(p, c, ticks, 4096), rounds=1000)

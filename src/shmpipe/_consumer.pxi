@@ -216,56 +216,112 @@ cdef class Consumer(_Side):
         finally:
             self._leave()
 
-    cdef object _read(self, Py_ssize_t max_n, object timeout):
-        self._check_slot()
-        if max_n <= 0:
-            raise InvalidArgumentError(f"max_n must be positive, not {max_n}")
-        cdef double timeout_s = _timeout_seconds(timeout)
-        cdef uint64_t avail, n, first, head, dropped
-        cdef bint evicted
-        cdef char *dst
-        self.shown = 0
+    cdef uint64_t _readable(self, uint64_t max_n, double timeout_s) except? 0xffffffffffffffff:
+        """Wait (by the strategy, up to the timeout) for records; how many of at most max_n
+        (never more than a lap) a copy may take from read_pos now. 0: the timeout passed."""
+        cdef uint64_t avail
         while True:
-            avail = self._available_or_wait(<uint64_t>max_n, timeout_s)
+            avail = self._available_or_wait(max_n, timeout_s)
             if avail == 0:
                 if self.broadcast:         # polling an idle ring is a sign of life too
                     self._heartbeat()
-                return shm_new_array(self.dtype, self.void_dtype, 0, NULL)
+                return 0
             if self.lossy:
                 self._skip_overwritten()
                 avail = self._unread()
                 if avail == 0:
                     continue
-            n = _min_u64(_min_u64(avail, <uint64_t>max_n), self.capacity)
+            return _min_u64(_min_u64(avail, max_n), self.capacity)
+
+    cdef uint64_t _copy_out(self, char *dst, uint64_t n) except? 0xffffffffffffffff:
+        """Copy n records from read_pos to dst and consume them; returns how many at the front
+        of dst the producer may have overwritten meanwhile (lossy: dropped and counted lost)."""
+        cdef uint64_t first, head, dropped = 0
+        cdef bint evicted = False
+        with nogil:
+            first = self.read_pos & self.mask
+            head = self.capacity - first
+            if head > n:
+                head = n
+            memcpy(dst, self.data + first * self.itemsize, head * self.itemsize)
+            if n > head:
+                memcpy(dst + head * self.itemsize, self.data, (n - head) * self.itemsize)
+            if self.lossy:
+                dropped = self._dropped_while_copying(n)
+            elif self.broadcast:
+                evicted = self._evicted_while_copying()
+            if not evicted:
+                self.read_pos += n
+                shm_store_release_u64(&self.mine.read_pos, self.read_pos)
+                if self.blocking:
+                    _wake(&self.hdr.space_ready)
+                self._heartbeat()
+        if evicted:
+            self._check_slot()      # raises ConsumerEvictedError
+        return dropped
+
+    cdef object _read(self, Py_ssize_t max_n, object timeout):
+        self._check_slot()
+        if max_n <= 0:
+            raise InvalidArgumentError(f"max_n must be positive, not {max_n}")
+        cdef double timeout_s = _timeout_seconds(timeout)
+        cdef uint64_t n, dropped
+        self.shown = 0
+        while True:
+            n = self._readable(<uint64_t>max_n, timeout_s)
             arr = shm_new_array(self.dtype, self.void_dtype, <cnp.npy_intp>n, NULL)
-            dst = <char *>cnp.PyArray_DATA(<cnp.ndarray>arr)
-            dropped = 0
-            evicted = False
-            with nogil:
-                first = self.read_pos & self.mask
-                head = self.capacity - first
-                if head > n:
-                    head = n
-                memcpy(dst, self.data + first * self.itemsize, head * self.itemsize)
-                if n > head:
-                    memcpy(dst + head * self.itemsize, self.data, (n - head) * self.itemsize)
-                if self.lossy:
-                    dropped = self._dropped_while_copying(n)
-                elif self.broadcast:
-                    evicted = self._evicted_while_copying()
-                if not evicted:
-                    self.read_pos += n
-                    shm_store_release_u64(&self.mine.read_pos, self.read_pos)
-                    if self.blocking:
-                        _wake(&self.hdr.space_ready)
-                    self._heartbeat()
-            if evicted:
-                self._check_slot()      # raises ConsumerEvictedError
+            if n == 0:
+                return arr
+            dropped = self._copy_out(<char *>cnp.PyArray_DATA(<cnp.ndarray>arr), n)
             if dropped == 0:
                 return arr
             if dropped < n:
                 return arr[dropped:]
             # Lapped during the copy: all of it was overwritten. Try again from the oldest.
+
+    def read_into(self, out, timeout=None):
+        """Copy up to len(out) records into `out` (a 1-d C-contiguous writeable numpy array of
+        the ring's dtype, or any writeable buffer a whole number of records long) and return
+        how many: read() without allocating. 0 means the timeout passed with no data."""
+        self._enter()
+        try:
+            return self._read_into(out, timeout)
+        finally:
+            self._leave()
+
+    cdef uint64_t _read_into(self, object out, object timeout) except? 0xffffffffffffffff:
+        cdef Py_buffer view
+        cdef uint64_t capacity_of_out, n, dropped
+        cdef double timeout_s
+        self._check_slot()
+        if isinstance(out, np.ndarray) and out.dtype is not self.dtype and out.dtype != self.dtype:
+            raise DtypeMismatchError(f"ring {self.ring.name!r} holds {self.dtype}, got an array of dtype {out.dtype}")
+        try:
+            PyObject_GetBuffer(out, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+        except (TypeError, BufferError, ValueError):
+            raise InvalidArgumentError(f"read_into() takes a writeable C-contiguous array or buffer, "
+                                       f"not {type(out).__name__}") from None
+        try:
+            if view.len % self.itemsize:
+                raise InvalidArgumentError(f"ring {self.ring.name!r} holds records of {self.itemsize} bytes; "
+                                           f"a buffer of {view.len} bytes is not a whole number of them")
+            capacity_of_out = view.len // self.itemsize
+            if capacity_of_out == 0:
+                raise InvalidArgumentError("read_into() needs room for at least one record")
+            timeout_s = _timeout_seconds(timeout)
+            self.shown = 0
+            while True:
+                n = self._readable(capacity_of_out, timeout_s)
+                if n == 0:
+                    return 0
+                dropped = self._copy_out(<char *>view.buf, n)
+                if dropped < n:
+                    if dropped:
+                        memmove(<char *>view.buf, <char *>view.buf + dropped * self.itemsize,
+                                (n - dropped) * self.itemsize)
+                    return n - dropped
+        finally:
+            PyBuffer_Release(&view)
 
     def peek(self, Py_ssize_t max_n=1024, timeout=0):
         """A read-only zero-copy view of up to max_n unread records from this consumer's position

@@ -26,12 +26,13 @@ Configuration (capacity, itemsize, max_consumers, flags) is validated once by ri
 into C fields; nothing here re-reads it from shared memory, which another process could rewrite.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from posix.unistd cimport close, usleep
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE,
+                             PyBUF_C_CONTIGUOUS)
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 cimport numpy as cnp
