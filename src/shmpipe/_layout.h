@@ -25,16 +25,16 @@ typedef struct SHMPIPE_PACKED {
     uint32_t sequence;       /* per-source, for gap detection */
 } shmpipe_tick;
 
+/* LevelUpdate, layout version 2: f64 size (8-decimal quantities), a checksum action, no sequence. */
 typedef struct SHMPIPE_PACKED {
     uint64_t timestamp_ns;
+    double price;            /* f64: f32 cannot hold BTC prices exactly; action 4: the checksum */
+    double size;             /* f64: 8-decimal quantities exactly; 0 = delete */
     uint32_t symbol_id;
-    uint32_t sequence;
-    double price;            /* f64: f32 cannot hold BTC prices exactly */
-    float size;              /* 0 = delete */
     uint8_t side;            /* 0 bid, 1 ask */
-    uint8_t action;          /* 0 set, 1 snapshot-begin, 2 snapshot-end, 3 trade */
+    uint8_t action;          /* 0 set, 1 snapshot-begin, 2 snapshot-end, 3 trade, 4 checksum */
     uint8_t source;
-    uint8_t flags;
+    uint8_t flags;           /* bit3 gap-before, as Tick's */
 } shmpipe_level_update;
 
 #define SHMPIPE_ORDERBOOK_DEPTH 50
@@ -66,6 +66,7 @@ typedef struct SHMPIPE_PACKED {
 
 _Static_assert(sizeof(shmpipe_tick) == 32, "Tick is 32 bytes");
 _Static_assert(sizeof(shmpipe_level_update) == 32, "LevelUpdate is 32 bytes");
+_Static_assert(offsetof(shmpipe_level_update, symbol_id) == 24, "LevelUpdate v2: symbol_id @24");
 _Static_assert(sizeof(shmpipe_orderbook_entry) == 832, "OrderbookEntry is 13 cache lines");
 _Static_assert(sizeof(shmpipe_asset) % 8 == 0, "Asset itemsize is a multiple of 8");
 
