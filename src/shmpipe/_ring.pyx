@@ -31,7 +31,7 @@ from posix.unistd cimport close, usleep
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.pythread cimport PyThread_get_thread_ident
 
@@ -43,6 +43,7 @@ from ._layout cimport *
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
 
+import errno
 import os
 import time
 import weakref
@@ -242,3 +243,4 @@ include "_waiting.pxi"
 include "_producer.pxi"
 include "_consumer.pxi"
 include "_aio_wait.pxi"
+include "_shared_words.pxi"
