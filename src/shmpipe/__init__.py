@@ -11,6 +11,9 @@ from .errors import (
     DtypeMismatchError,
     InvalidArgumentError,
     InvalidNameError,
+    JournalBusyError,
+    JournalFormatError,
+    JournalNotFoundError,
     NoSpaceError,
     RingClosedError,
     RingExistsError,
@@ -27,6 +30,9 @@ from .errors import (
     SymbolConflictError,
     SymbolNameError,
     UnknownSymbolError,
+    WslogFormatError,
+    WslogTruncatedError,
+    WslogWriteError,
 )
 from .ring import Ring
 
@@ -38,5 +44,6 @@ __all__ = [
     "InvalidNameError", "RoleTakenError", "RingPermissionError", "NoSpaceError",
     "ConsumerEvictedError", "RingClosedError", "InvalidArgumentError", "RingIOError",
     "SymbolNameError", "UnknownSymbolError", "SymbolConflictError", "RegistryFullError", "RegistryFormatError",
-    "RegistryPermissionError", "RegistryBusyError",
+    "RegistryPermissionError", "RegistryBusyError", "WslogFormatError", "WslogTruncatedError", "WslogWriteError",
+    "JournalFormatError", "JournalBusyError", "JournalNotFoundError",
 ]
