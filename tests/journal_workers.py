@@ -8,9 +8,9 @@ import os
 import time
 
 import numpy as np
+from ring_workers import make_ticks
 
 from shmpipe.journal import TickJournal, committed_count, journal_path, ticks_for
-from ring_workers import make_ticks
 
 SYMBOL = 7
 DAY_NS = 1_718_064_000 * 10**9 + 3_600 * 10**9          # 2024-06-11T01:00:00Z
@@ -65,7 +65,8 @@ def read_while_written(directory: str, total: int, half_written, reader_saw_half
             got = np.frombuffer(mm, np.uint8, count=(visible - last) * 32, offset=4096 + last * 32)
             got = got.reshape(visible - last, 32)                 # ... then the records it covers
             bad = np.flatnonzero((got != expected[last:visible]).any(axis=1))
-            assert not len(bad), f"tick {last + bad[0]} (committed {n}) is not the one written: torn or unwritten"
+            assert not len(bad), \
+                f"tick {last + bad[0]} (committed {n}) is not the one written: torn or unwritten"
             assert n >= last, f"the committed count went back from {last} to {n}"
             if passes % 100 == 0:
                 ticks = ticks_for(directory, SYMBOL, DAY, copy=True)

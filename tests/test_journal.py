@@ -11,13 +11,26 @@ import time
 
 import numpy as np
 import pytest
-
 from isolation import SPAWN
-from journal_workers import (DAY, DAY_NS, SYMBOL, append_until_killed, journal_ticks, read_while_written,
-                             write_in_two_halves)
+from journal_workers import (
+    DAY,
+    DAY_NS,
+    SYMBOL,
+    append_until_killed,
+    journal_ticks,
+    read_while_written,
+    write_in_two_halves,
+)
+
 from shmpipe import _ring, journal, symbols
-from shmpipe.errors import (InvalidArgumentError, JournalBusyError, JournalFormatError, JournalNotFoundError,
-                            ShmpipeError, UnknownSymbolError)
+from shmpipe.errors import (
+    InvalidArgumentError,
+    JournalBusyError,
+    JournalFormatError,
+    JournalNotFoundError,
+    ShmpipeError,
+    UnknownSymbolError,
+)
 from shmpipe.journal import TickJournal, committed_count, journal_info, journal_path, read_journal, ticks_for
 from shmpipe.records import TICK
 
@@ -75,7 +88,8 @@ def test_numpy_memmap_with_the_committed_count(tmp_path):
 def test_a_reader_in_another_process_never_sees_past_committed(tmp_path):
     total = 200_000
     half_written, reader_saw_half, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
-    writer = SPAWN.Process(target=write_in_two_halves, args=(str(tmp_path), total, half_written, reader_saw_half))
+    writer = SPAWN.Process(target=write_in_two_halves,
+                           args=(str(tmp_path), total, half_written, reader_saw_half))
     reader = SPAWN.Process(target=_report, args=(results, read_while_written,
                                                  (str(tmp_path), total, half_written, reader_saw_half)))
     reader.start()
@@ -87,7 +101,8 @@ def test_a_reader_in_another_process_never_sees_past_committed(tmp_path):
                 kind, value = results.get(timeout=0.5)
                 break
             except queue.Empty:
-                assert reader.is_alive() or not results.empty(), f"the reader died (exit code {reader.exitcode})"
+                assert reader.is_alive() or not results.empty(), \
+                    f"the reader died (exit code {reader.exitcode})"
                 assert writer.exitcode in (None, 0), f"the writer failed (exit code {writer.exitcode})"
                 assert time.monotonic() < deadline, "the reader did not finish"
         writer.join(60)
@@ -196,14 +211,16 @@ def test_a_bad_day_is_refused(tmp_path, day):
 
 @pytest.mark.parametrize("symbol", [-1, 1 << 32, "7", 1.0])
 def test_a_bad_symbol_is_refused(tmp_path, symbol):
-    with pytest.raises(InvalidArgumentError, match="symbol must be a u32 symbol id or \\(exchange, symbol\\)"):
+    with pytest.raises(InvalidArgumentError,
+                       match="symbol must be a u32 symbol id or \\(exchange, symbol\\)"):
         ticks_for(tmp_path, symbol, DAY)
 
 
 def test_a_missing_journal_directory_is_named(tmp_path):
     with pytest.raises(JournalNotFoundError, match=f"no tick journal at {tmp_path / 'nope'}"):
         ticks_for(tmp_path / "nope", 1, DAY)
-    assert issubclass(JournalNotFoundError, FileNotFoundError) and issubclass(JournalNotFoundError, ShmpipeError)
+    assert issubclass(JournalNotFoundError, FileNotFoundError)
+    assert issubclass(JournalNotFoundError, ShmpipeError)
 
 
 def test_a_corrupt_or_misplaced_file_is_named(tmp_path):

@@ -23,7 +23,8 @@ def test_release_store_then_acquire_load_round_trips():
 @pytest.mark.parametrize("offset", [-8, 4, 4090, 4096])
 def test_a_word_outside_the_buffer_or_misaligned_is_refused(offset):
     with mmap.mmap(-1, 4096) as mm:
-        with pytest.raises(InvalidArgumentError, match=f"no aligned 8-byte word at offset {offset} of a 4096-byte"):
+        with pytest.raises(InvalidArgumentError,
+                           match=f"no aligned 8-byte word at offset {offset} of a 4096-byte"):
             _ring.load_acquire_u64(mm, offset)
         with pytest.raises(InvalidArgumentError, match="no aligned 8-byte word"):
             _ring.store_release_u64(mm, offset, 1)

@@ -12,14 +12,22 @@ from pathlib import Path
 
 import posix_ipc
 import pytest
-
 from isolation import SPAWN
-from shmpipe import _ring, symbols
-from shmpipe.errors import (InvalidArgumentError, RegistryBusyError, RegistryFormatError, RegistryFullError,
-                            RegistryPermissionError, ShmpipeError, SymbolConflictError, SymbolNameError,
-                            UnknownSymbolError)
-from shmpipe.symbols import SymbolRegistry
 from symbol_workers import register_all, register_in_forked_child
+
+from shmpipe import _ring, symbols
+from shmpipe.errors import (
+    InvalidArgumentError,
+    RegistryBusyError,
+    RegistryFormatError,
+    RegistryFullError,
+    RegistryPermissionError,
+    ShmpipeError,
+    SymbolConflictError,
+    SymbolNameError,
+    UnknownSymbolError,
+)
+from shmpipe.symbols import SymbolRegistry
 
 TESTS = Path(__file__).parent
 
@@ -160,7 +168,8 @@ def test_two_processes_registering_at_once_agree_on_dense_ids(registry_name, tmp
             except queue.Empty:
                 dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if dead or time.monotonic() > deadline:
-                    pytest.fail(f"a registering process gave no answer (exit codes {[p.exitcode for p in procs]})")
+                    codes = [p.exitcode for p in procs]
+                    pytest.fail(f"a registering process gave no answer (exit codes {codes})")
     finally:
         for p in procs:
             p.join(10)
@@ -223,7 +232,8 @@ def test_a_torn_last_line_is_dropped(registry_name, tmp_path):
 def test_a_corrupt_or_foreign_file_is_named(registry_name, tmp_path):
     path = tmp_path / "symbols.jsonl"
     path.write_text('{"shmpipe_symbols": 1, "registry": "someone-else"}\n')
-    with pytest.raises(RegistryFormatError, match=f"{path} is not the file of symbol registry '{registry_name}'"):
+    with pytest.raises(RegistryFormatError,
+                       match=f"{path} is not the file of symbol registry '{registry_name}'"):
         SymbolRegistry.open(registry_name, path=path)
     path.write_text(f'{{"shmpipe_symbols": 1, "registry": "{registry_name}"}}\nnot json\n')
     with pytest.raises(RegistryFormatError, match=f"{path} line 2: unreadable line b'not json'"):
@@ -235,14 +245,16 @@ def test_a_corrupt_or_foreign_file_is_named(registry_name, tmp_path):
 
 
 def test_every_process_must_use_the_same_file(registry, tmp_path):
-    with pytest.raises(RegistryFormatError, match=f"persists to {registry.path}, not to {tmp_path / 'other'}"):
+    with pytest.raises(RegistryFormatError,
+                       match=f"persists to {registry.path}, not to {tmp_path / 'other'}"):
         SymbolRegistry.open(registry.name, path=tmp_path / "other")
 
 
 def test_a_full_registry_says_so(registry_name, tmp_path):
     with SymbolRegistry.open(registry_name, path=tmp_path / "s.jsonl", capacity=2) as reg:
         reg.id_of("a", "1"), reg.id_of("a", "2")
-        with pytest.raises(RegistryFullError, match=f"symbol registry '{registry_name}' is full \\(2 symbols\\)"):
+        with pytest.raises(RegistryFullError,
+                           match=f"symbol registry '{registry_name}' is full \\(2 symbols\\)"):
             reg.id_of("a", "3")
         assert reg.id_of("a", "2") == 1
 
@@ -252,7 +264,8 @@ def test_a_held_lock_times_out_with_a_clear_error(registry):
     try:
         assert _ring.try_lock_byte(other.fd, 0)
         registry._lock_timeout = 0.05
-        with pytest.raises(RegistryBusyError, match=f"symbol registry '{registry.name}': another process held"):
+        with pytest.raises(RegistryBusyError,
+                           match=f"symbol registry '{registry.name}': another process held"):
             registry.id_of("coinbase", "BTC-USD")
     finally:
         os.close(other.fd)

@@ -11,12 +11,28 @@ from pathlib import Path
 
 import pytest
 import zstandard
-
 from isolation import SPAWN
-from shmpipe.errors import InvalidArgumentError, ShmpipeError, WslogFormatError, WslogTruncatedError, WslogWriteError
-from shmpipe.wslog import (HEADER_BYTES, MARKER_EXCHANGE_ID, WslogEntry, WslogWriter, encode_entry, load_index,
-                           merge_wslogs, read_wslog, rebuild_index, wslog_files)
 from wslog_workers import BASE_NS, payload_for, write_until_killed
+
+from shmpipe.errors import (
+    InvalidArgumentError,
+    ShmpipeError,
+    WslogFormatError,
+    WslogTruncatedError,
+    WslogWriteError,
+)
+from shmpipe.wslog import (
+    HEADER_BYTES,
+    MARKER_EXCHANGE_ID,
+    WslogEntry,
+    WslogWriter,
+    encode_entry,
+    load_index,
+    merge_wslogs,
+    read_wslog,
+    rebuild_index,
+    wslog_files,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "capture"
 SAMPLE = FIXTURES / "capture_sample.wslog"
@@ -71,7 +87,8 @@ def test_truncated_file_stops_at_its_last_complete_entry_and_says_where():
     assert (stop.offset, stop.declared, stop.present) == (facts["truncated_record_offset"],
                                                           facts["declared_payload_length"],
                                                           facts["payload_bytes_present"])
-    assert "truncated.wslog: stopped at byte 74102" in str(stop) and "declares 526 payload bytes, 263 present" in str(stop)
+    assert "truncated.wslog: stopped at byte 74102" in str(stop)
+    assert "declares 526 payload bytes, 263 present" in str(stop)
     with pytest.raises(WslogTruncatedError, match="stopped at byte 74102.*after 39 entries"):
         list(read_wslog(FIXTURES / "bad" / "truncated.wslog", strict=True))
 
@@ -152,8 +169,9 @@ def test_errors_are_shmpipe_errors():
 def test_merge_by_timestamp_rebuilds_the_interleaved_capture(tmp_path):
     entries = list(read_wslog(SAMPLE))
     for exchange in (1, 2, 3):
+        mine = [e for e in entries if e.exchange_id == exchange]
         (tmp_path / f"{exchange}.wslog").write_bytes(
-            b"".join(encode_entry(e.recv_ns, e.exchange_id, e.payload) for e in entries if e.exchange_id == exchange))
+            b"".join(encode_entry(e.recv_ns, e.exchange_id, e.payload) for e in mine))
     merged = merge_wslogs([tmp_path / "3.wslog", tmp_path / "1.wslog", tmp_path / "2.wslog"])
     assert list(merged) == entries and merged.stops == []
 
@@ -220,12 +238,14 @@ def test_a_restart_within_the_hour_starts_a_new_file(tmp_path):
     for n in range(2):
         with WslogWriter(tmp_path, {1: "coinbase"}, compress=False) as writer:
             writer.write(H14 + n, 1, f"run {n}")
-    assert sorted(p.name for p in (tmp_path / "coinbase").iterdir()) == ["20240611_14.1.wslog", "20240611_14.wslog"]
+    names = sorted(p.name for p in (tmp_path / "coinbase").iterdir())
+    assert names == ["20240611_14.1.wslog", "20240611_14.wslog"]
     assert [e.payload for e in merge_wslogs([tmp_path])] == [b"run 0", b"run 1"]
 
 
 @pytest.mark.parametrize("call, complaint", [
-    (lambda w: w.write(1, 0, b"x"), "exchange_id must be an int from 1 to 65535 \\(0 marks markers\\), not 0"),
+    (lambda w: w.write(1, 0, b"x"),
+     "exchange_id must be an int from 1 to 65535 \\(0 marks markers\\), not 0"),
     (lambda w: w.write(1, 70000, b"x"), "not 70000"),
     (lambda w: w.write(-1, 1, b"x"), "recv_ns must be an int of nanoseconds since the epoch, not -1"),
     (lambda w: w.write(1.5, 1, b"x"), "not 1.5"),
@@ -318,4 +338,5 @@ def test_an_old_hour_being_written_stays_open_until_idle(tmp_path):
         clock.now += 5_000_000_000
         assert writer.flush(timeout=30)
         assert load_index(tmp_path)["files"]["coinbase/20240611_14.wslog"]["state"] == "closed"
-    assert [e.payload for e in read_wslog(tmp_path / "coinbase" / "20240611_14.wslog")] == [b"old 0", b"old 1", b"old 2"]
+    payloads = [e.payload for e in read_wslog(tmp_path / "coinbase" / "20240611_14.wslog")]
+    assert payloads == [b"old 0", b"old 1", b"old 2"]

@@ -30,15 +30,21 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from . import _ring, records
 from .dtypes import fingerprint
-from .errors import (InvalidArgumentError, JournalBusyError, JournalFormatError, JournalNotFoundError,
-                     NoSpaceError, UnknownSymbolError)
+from .errors import (
+    InvalidArgumentError,
+    JournalBusyError,
+    JournalFormatError,
+    JournalNotFoundError,
+    NoSpaceError,
+    UnknownSymbolError,
+)
 
 _C = _ring.file_layouts()["constants"]
 MAGIC = _C["JOURNAL_MAGIC"]
@@ -66,7 +72,7 @@ SUFFIX = ".ticks"
 def day_stamp(day: object) -> str:
     """YYYYMMDD from a date, a datetime (its UTC date), "YYYYMMDD", "YYYY-MM-DD" or an int YYYYMMDD."""
     if isinstance(day, _dt.datetime):
-        day = (day.astimezone(_dt.timezone.utc) if day.tzinfo else day).date()
+        day = (day.astimezone(_dt.UTC) if day.tzinfo else day).date()
     if isinstance(day, _dt.date):
         return day.strftime("%Y%m%d")
     if isinstance(day, (str, int)) and not isinstance(day, bool):
@@ -133,8 +139,9 @@ def journal_info(path: str | os.PathLike) -> dict:
         raise JournalFormatError(f"{path} is {len(raw)} bytes, shorter than a journal header ({DATA_OFFSET})")
     header = np.frombuffer(raw, HEADER, count=1)[0]
     _check_header(path, header)
-    return {name: int(header[name]) for name in ("symbol_id", "day", "committed", "capacity", "closed",
-                                                 "writer_pid", "created_unix_ns")} | {"closed": bool(header["closed"])}
+    facts = {name: int(header[name]) for name in ("symbol_id", "day", "committed", "capacity", "writer_pid",
+                                                  "created_unix_ns")}
+    return facts | {"closed": bool(header["closed"])}
 
 
 def ticks_for(directory: str | os.PathLike, symbol: int | tuple[str, str], day: object, *,
@@ -201,7 +208,8 @@ class _DayFile:
         self._reserve(DATA_OFFSET + capacity * records.TICK.itemsize)
         header = np.zeros(1, HEADER)
         header["layout_version"], header["itemsize"] = LAYOUT_VERSION, records.TICK.itemsize
-        header["dtype_fingerprint"], header["symbol_id"], header["day"] = TICK_FINGERPRINT, symbol_id, int(day)
+        header["dtype_fingerprint"] = TICK_FINGERPRINT
+        header["symbol_id"], header["day"] = symbol_id, int(day)
         header["capacity"], header["created_unix_ns"] = capacity, time.time_ns()
         os.pwrite(self.fd, header.tobytes(), 0)
         with mmap.mmap(self.fd, DATA_OFFSET) as mm:
@@ -259,7 +267,7 @@ class _DayFile:
             self.fd = -1
 
 
-_live: "weakref.WeakSet[TickJournal]" = weakref.WeakSet()
+_live: weakref.WeakSet[TickJournal] = weakref.WeakSet()
 
 
 class TickJournal:
@@ -269,7 +277,8 @@ class TickJournal:
 
     def __init__(self, directory: str | os.PathLike, *, clock: Callable[[], int] = time.time_ns,
                  initial_capacity: int = INITIAL_CAPACITY):
-        if isinstance(initial_capacity, bool) or not isinstance(initial_capacity, int) or initial_capacity < 1:
+        if isinstance(initial_capacity, bool) or not isinstance(initial_capacity, int) \
+                or initial_capacity < 1:
             raise InvalidArgumentError(f"initial_capacity must be a positive int, not {initial_capacity!r}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -363,7 +372,7 @@ class TickJournal:
             raise InvalidArgumentError(f"the journal takes shmpipe.records.TICK records, not {what}")
         return np.atleast_1d(ticks) if isinstance(ticks, np.ndarray) else np.array([ticks], records.TICK)
 
-    def __enter__(self) -> "TickJournal":
+    def __enter__(self) -> TickJournal:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -378,5 +387,14 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["TickJournal", "ticks_for", "read_journal", "committed_count", "journal_info", "journal_path",
-           "day_stamp", "HEADER", "DATA_OFFSET"]
+__all__ = [
+    "DATA_OFFSET",
+    "HEADER",
+    "TickJournal",
+    "committed_count",
+    "day_stamp",
+    "journal_info",
+    "journal_path",
+    "read_journal",
+    "ticks_for",
+]

@@ -35,17 +35,26 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import posix_ipc
 
 from . import _ring, segments
-from .errors import (InvalidArgumentError, NoSpaceError, RegistryBusyError, RegistryFormatError, RegistryFullError,
-                     RegistryPermissionError, SymbolConflictError, SymbolNameError, UnknownSymbolError)
+from .errors import (
+    InvalidArgumentError,
+    NoSpaceError,
+    RegistryBusyError,
+    RegistryFormatError,
+    RegistryFullError,
+    RegistryPermissionError,
+    SymbolConflictError,
+    SymbolNameError,
+    UnknownSymbolError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +120,8 @@ def _check_text(kind: str, value: object, limit: int) -> bytes:
     except UnicodeEncodeError as exc:
         raise SymbolNameError(f"{kind} {value!r} is not valid UTF-8 text ({exc.reason})") from None
     if len(raw) > limit:
-        raise SymbolNameError(f"{kind} {value!r} is {len(raw)} UTF-8 bytes; the registry holds at most {limit}")
+        raise SymbolNameError(f"{kind} {value!r} is {len(raw)} UTF-8 bytes; the registry holds at most "
+                              f"{limit}")
     return raw
 
 
@@ -175,7 +185,8 @@ def _parse_line(raw: bytes, where: str) -> dict:
             raise ValueError("not a JSON object")
         return line
     except ValueError as exc:
-        raise RegistryFormatError(f"symbol registry file {where}: unreadable line {raw[:80]!r} ({exc})") from None
+        raise RegistryFormatError(f"symbol registry file {where}: unreadable line {raw[:80]!r} "
+                                  f"({exc})") from None
 
 
 def _split_complete_lines(data: bytes) -> tuple[list[bytes], int]:
@@ -186,7 +197,7 @@ def _split_complete_lines(data: bytes) -> tuple[list[bytes], int]:
 
 
 # -- the registry ------------------------------------------------------------------------------------
-_live: "weakref.WeakSet[SymbolRegistry]" = weakref.WeakSet()
+_live: weakref.WeakSet[SymbolRegistry] = weakref.WeakSet()
 
 
 class SymbolRegistry:
@@ -208,7 +219,7 @@ class SymbolRegistry:
 
     @classmethod
     def open(cls, name: str | None = None, *, path: str | os.PathLike | None = None,
-             capacity: int = DEFAULT_CAPACITY, lock_timeout: float = LOCK_TIMEOUT_S) -> "SymbolRegistry":
+             capacity: int = DEFAULT_CAPACITY, lock_timeout: float = LOCK_TIMEOUT_S) -> SymbolRegistry:
         """Attach to registry ``name``, creating its table from its file (or empty) when there is
         none. ``path`` is the file; every process of one registry must agree on it (the table
         records it, and a different one is refused). ``capacity`` applies only when the table is
@@ -254,7 +265,8 @@ class SymbolRegistry:
         # /dev/shm is world-writable: a table someone else put at the name could lie about ids.
         if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
             raise RegistryPermissionError(
-                f"symbol registry {self.name!r} ({segment_path(self.name)}) is owned by uid {st.st_uid} with mode "
+                f"symbol registry {self.name!r} ({segment_path(self.name)}) is owned by uid {st.st_uid} "
+                f"with mode "
                 f"{stat.S_IMODE(st.st_mode):04o}: refusing a table this user did not make 0600")
 
     def _validate(self, header: np.void, st: os.stat_result) -> tuple[Path, int]:
@@ -267,7 +279,8 @@ class SymbolRegistry:
         if not 1 <= capacity <= 1 << 24 or st.st_size < needed or st.st_blocks * 512 < needed \
                 or header["count"] > capacity or header["path_len"] > PATH_BYTES:
             raise RegistryFormatError(f"{what} has a corrupt header (capacity {capacity}, count "
-                                      f"{header['count']}, {st.st_size} bytes, {st.st_blocks * 512} reserved)")
+                                      f"{header['count']}, {st.st_size} bytes, "
+                                      f"{st.st_blocks * 512} reserved)")
         path = Path(bytes(header["path"])[:header["path_len"]].decode("utf-8", "surrogateescape"))
         if self._asked_path is not None and self._asked_path.absolute() != path:
             raise RegistryFormatError(f"{what} persists to {path}, not to {self._asked_path.absolute()}: "
@@ -294,9 +307,11 @@ class SymbolRegistry:
         for where, line in lines:
             count = _apply_line(entries, count, line, f"{self.path} {where}", self.name)
         header = np.zeros(1, HEADER)
-        header["layout_version"], header["entry_size"], header["capacity"] = LAYOUT_VERSION, ENTRY.itemsize, capacity
+        header["layout_version"], header["entry_size"] = LAYOUT_VERSION, ENTRY.itemsize
+        header["capacity"] = capacity
         header["count"], header["persisted_bytes"] = count, good_bytes
-        header["created_unix_ns"], header["path_len"], header["path"] = time.time_ns(), len(raw_path), raw_path
+        header["created_unix_ns"] = time.time_ns()
+        header["path_len"], header["path"] = len(raw_path), raw_path
         with mmap.mmap(fd, size) as mm:
             mm[:DATA_OFFSET] = header.tobytes()
             mm[DATA_OFFSET:DATA_OFFSET + count * ENTRY.itemsize] = entries[:count].tobytes()
@@ -395,7 +410,8 @@ class SymbolRegistry:
 
     def _known_id(self, symbol_id: object) -> int:
         if isinstance(symbol_id, bool) or not isinstance(symbol_id, (int, np.integer)):
-            raise UnknownSymbolError(f"symbol id must be an int, not {type(symbol_id).__name__} ({symbol_id!r})")
+            raise UnknownSymbolError(f"symbol id must be an int, not {type(symbol_id).__name__} "
+                                     f"({symbol_id!r})")
         self._check_open()
         self._sync()
         if not 0 <= symbol_id < len(self._names) and not self._is_current():
@@ -404,7 +420,8 @@ class SymbolRegistry:
             self._sync()
         if not 0 <= symbol_id < len(self._names):
             raise UnknownSymbolError(f"symbol id {symbol_id} is not registered in symbol registry "
-                                     f"{self.name!r} ({len(self._names)} symbols, ids 0..{len(self._names) - 1})")
+                                     f"{self.name!r} ({len(self._names)} symbols, "
+                                     f"ids 0..{len(self._names) - 1})")
         return int(symbol_id)
 
     def info(self, symbol_id: int) -> SymbolInfo:
@@ -431,7 +448,8 @@ class SymbolRegistry:
     # -- registering ---------------------------------------------------------------------------------
     def id_of(self, exchange: str, symbol: str) -> int:
         """The pair's id, registering it (facts unknown) when it is new."""
-        sid = self._ids.get((exchange, symbol)) if isinstance(exchange, str) and isinstance(symbol, str) else None
+        sid = self._ids.get((exchange, symbol)) if isinstance(exchange, str) and isinstance(symbol, str) \
+            else None
         return sid if sid is not None else self.register(exchange, symbol)
 
     def register(self, exchange: str, symbol: str, *, price_decimals: int | None = None,
@@ -446,8 +464,10 @@ class SymbolRegistry:
         depth = _check_fact("depth", depth, MAX_DEPTH)
         label = f"symbol ({exchange!r}, {symbol!r})"
         sid = self.find(exchange, symbol)
-        if sid is not None and _merged_facts(label, self._facts_word(sid), pd, sd, depth) == self._facts_word(sid):
-            return sid
+        if sid is not None:
+            word = self._facts_word(sid)
+            if _merged_facts(label, word, pd, sd, depth) == word:
+                return sid
         with self._exclusive():
             self._catch_up()
             self._sync()
@@ -468,8 +488,9 @@ class SymbolRegistry:
         """Under the lock: the file line (fsynced), then the entry, then count with release."""
         sid = self._published()
         if sid >= self.capacity:
-            raise RegistryFullError(f"symbol registry {self.name!r} is full ({self.capacity} symbols): remove its "
-                                    f"segment ({segment_path(self.name)}) and reopen with a larger capacity")
+            raise RegistryFullError(f"symbol registry {self.name!r} is full ({self.capacity} symbols): "
+                                    f"remove its segment ({segment_path(self.name)}) and reopen with a "
+                                    f"larger capacity")
         now = time.time_ns()
         self._entries[sid] = (word & 0xFF, word >> 8 & 0xFF, word >> 16, now, raw_exchange, raw_symbol)
         self._persist(self._line(sid, word, now))
@@ -489,7 +510,7 @@ class SymbolRegistry:
         """Append one line and fsync it (we hold the lock); a new file starts with its own header."""
         persisted = struct.unpack_from("<Q", self._mm, _PERSISTED)[0]
         if persisted == 0:
-            line = (json.dumps({"shmpipe_symbols": _FILE_FORMAT, "registry": self.name}) + "\n").encode() + line
+            line = self._file_header() + line
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -502,6 +523,9 @@ class SymbolRegistry:
         if persisted == 0:
             _fsync_dir(self.path.parent)
         struct.pack_into("<Q", self._mm, _PERSISTED, persisted + len(line))
+
+    def _file_header(self) -> bytes:
+        return (json.dumps({"shmpipe_symbols": _FILE_FORMAT, "registry": self.name}) + "\n").encode()
 
     def _catch_up(self) -> None:
         """Under the lock: publish lines an appender wrote but died before publishing; rewrite the
@@ -523,15 +547,15 @@ class SymbolRegistry:
                                         self._mm, DATA_OFFSET + i * ENTRY.itemsize, w))
             struct.pack_into("<Q", self._mm, _PERSISTED, end)
             return
-        log.warning("symbol registry %r: %s has %d bytes but %d were written to it; rewriting it from the table",
-                    self.name, self.path, size, persisted)
+        log.warning("symbol registry %r: %s has %d bytes but %d were written to it; rewriting it from "
+                    "the table", self.name, self.path, size, persisted)
         self._rewrite_file()
 
     def _rewrite_file(self) -> None:
         self._sync()
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         struct.pack_into("<Q", self._mm, _PERSISTED, 0)
-        body = (json.dumps({"shmpipe_symbols": _FILE_FORMAT, "registry": self.name}) + "\n").encode()
+        body = self._file_header()
         body += b"".join(self._line(i, self._facts_word(i), int(self._entries[i]["registered_unix_ns"]))
                          for i in range(len(self._names)))
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -569,7 +593,7 @@ class SymbolRegistry:
         """Remove the table's name from /dev/shm (the file stays: the next opener rebuilds it)."""
         remove_segment(self.name)
 
-    def __enter__(self) -> "SymbolRegistry":
+    def __enter__(self) -> SymbolRegistry:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -665,8 +689,8 @@ def id_of(exchange: str, symbol: str) -> int:
     return default_registry().id_of(exchange, symbol)
 
 
-def register(exchange: str, symbol: str, *, price_decimals: int | None = None, size_decimals: int | None = None,
-             depth: int | None = None) -> int:
+def register(exchange: str, symbol: str, *, price_decimals: int | None = None,
+             size_decimals: int | None = None, depth: int | None = None) -> int:
     return default_registry().register(exchange, symbol, price_decimals=price_decimals,
                                        size_decimals=size_decimals, depth=depth)
 
@@ -684,5 +708,15 @@ def find(exchange: str, symbol: str) -> int | None:
     return default_registry().find(exchange, symbol)
 
 
-__all__ = ["SymbolRegistry", "SymbolInfo", "id_of", "register", "lookup", "info", "find", "default_registry",
-           "remove_segment", "default_path"]
+__all__ = [
+    "SymbolInfo",
+    "SymbolRegistry",
+    "default_path",
+    "default_registry",
+    "find",
+    "id_of",
+    "info",
+    "lookup",
+    "register",
+    "remove_segment",
+]

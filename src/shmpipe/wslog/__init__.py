@@ -9,12 +9,38 @@ stops cleanly at damage and a heap merge by receive time (reader.py).
     for entry in merge_wslogs(["capture"]):
         entry.recv_ns, entry.exchange_id, entry.payload, entry.marker
 """
-from .format import (HEADER_BYTES, MARKER_CONNECT, MARKER_DISCONNECT, MARKER_EXCHANGE_ID, MARKER_SUBSCRIBE,
-                     MAX_ENTRY_BYTES, WslogEntry, WslogStop, encode_entry)
+from .format import (
+                     HEADER_BYTES,
+                     MARKER_CONNECT,
+                     MARKER_DISCONNECT,
+                     MARKER_EXCHANGE_ID,
+                     MARKER_SUBSCRIBE,
+                     MAX_ENTRY_BYTES,
+                     WslogEntry,
+                     WslogStop,
+                     encode_entry,
+)
 from .index import load_index, rebuild_index
 from .reader import WslogMerge, WslogReader, merge_wslogs, read_wslog, wslog_files
 from .writer import HOUR_NS, WslogWriter
 
-__all__ = ["WslogWriter", "WslogReader", "WslogMerge", "WslogEntry", "WslogStop", "read_wslog", "merge_wslogs",
-           "wslog_files", "load_index", "rebuild_index", "encode_entry", "HEADER_BYTES", "MAX_ENTRY_BYTES",
-           "MARKER_EXCHANGE_ID", "MARKER_CONNECT", "MARKER_DISCONNECT", "MARKER_SUBSCRIBE", "HOUR_NS"]
+__all__ = [
+                     "HEADER_BYTES",
+                     "HOUR_NS",
+                     "MARKER_CONNECT",
+                     "MARKER_DISCONNECT",
+                     "MARKER_EXCHANGE_ID",
+                     "MARKER_SUBSCRIBE",
+                     "MAX_ENTRY_BYTES",
+                     "WslogEntry",
+                     "WslogMerge",
+                     "WslogReader",
+                     "WslogStop",
+                     "WslogWriter",
+                     "encode_entry",
+                     "load_index",
+                     "merge_wslogs",
+                     "read_wslog",
+                     "rebuild_index",
+                     "wslog_files",
+]

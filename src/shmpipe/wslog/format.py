@@ -106,7 +106,8 @@ def decode_marker(recv_ns: int, payload: bytes) -> WslogEntry | None:
     if len(payload) < MARKER_HEAD.size:
         return None
     exchange_id, kind = MARKER_HEAD.unpack_from(payload)
-    return WslogEntry(recv_ns, exchange_id, payload[MARKER_HEAD.size:], MARKER_NAMES.get(kind, f"marker-{kind}"))
+    name = MARKER_NAMES.get(kind, f"marker-{kind}")
+    return WslogEntry(recv_ns, exchange_id, payload[MARKER_HEAD.size:], name)
 
 
 def encode_entry(recv_ns: int, exchange_id: int, payload: bytes) -> bytes:

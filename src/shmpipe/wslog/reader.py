@@ -5,12 +5,21 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from operator import attrgetter
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from ..errors import WslogFormatError, WslogTruncatedError
-from .format import HEADER, HEADER_BYTES, MARKER_EXCHANGE_ID, MAX_ENTRY_BYTES, WslogEntry, WslogStop, decode_marker
+from .format import (
+    HEADER,
+    HEADER_BYTES,
+    MARKER_EXCHANGE_ID,
+    MAX_ENTRY_BYTES,
+    WslogEntry,
+    WslogStop,
+    decode_marker,
+)
 
 log = logging.getLogger("shmpipe.wslog")
 
@@ -21,8 +30,8 @@ def zstandard_module():
     try:
         import zstandard
     except ImportError:
-        raise WslogFormatError("compressed captures need the zstandard package (pip install 'shmpipe[services]')") \
-            from None
+        raise WslogFormatError("compressed captures need the zstandard package "
+                               "(pip install 'shmpipe[services]')") from None
     return zstandard
 
 
@@ -52,7 +61,8 @@ class WslogReader:
                 zstandard = zstandard_module()
                 total = _content_size(raw, zstandard)
                 try:
-                    source = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+                    source = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True,
+                                                                        closefd=False)
                 except zstandard.ZstdError as exc:
                     raise WslogFormatError(f"{self.path}: not a readable zstd file ({exc})") from None
                 yield from self._parse(_ZstdSource(self.path, source, total, zstandard.ZstdError), total)
@@ -84,8 +94,9 @@ class WslogReader:
                                         declared=length, present=remaining))
                 return
             if length > self.max_entry_bytes:
-                self._stopped(WslogStop(self.path, offset, f"the length is over the {self.max_entry_bytes}-byte "
-                                        f"limit (a corrupt header)", declared=length, present=remaining))
+                self._stopped(WslogStop(self.path, offset, f"the length is over the "
+                                        f"{self.max_entry_bytes}-byte limit (a corrupt header)",
+                                        declared=length, present=remaining))
                 return
             end = pos + HEADER_BYTES + length
             while len(buf) < end and not eof:
@@ -164,8 +175,10 @@ def wslog_files(*paths: str | os.PathLike) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.name.endswith((".wslog", ".wslog.zst")) and p.is_file())
-            found += [p for p in inside if not (p.suffix == ".wslog" and p.with_name(p.name + ".zst").exists())]
+            inside = sorted(p for p in path.rglob("*")
+                            if p.name.endswith((".wslog", ".wslog.zst")) and p.is_file())
+            found += [p for p in inside
+                      if not (p.suffix == ".wslog" and p.with_name(p.name + ".zst").exists())]
         else:
             found.append(path)
     return found

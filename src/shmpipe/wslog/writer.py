@@ -4,7 +4,8 @@ The caller's thread (an event loop) only appends to an in-memory list; a writer 
 list into entries, writes them through large buffers and hands them to the OS at least every
 ``flush_interval``. Files rotate by the hour of each entry's receive time; an hour's file is also
 closed once the clock is past that hour and nothing went into it for ``idle_grace`` seconds, so
-a quiet exchange's last file does not stay open. Closed files are fsynced, then compressed to ``.wslog.zst`` by a second thread
+a quiet exchange's last file does not stay open. Closed files are fsynced, then compressed to
+``.wslog.zst`` by a second thread
 (written to ``.zst.part``, fsynced, renamed, and only then the ``.wslog`` removed), and
 ``index.json`` is updated as files open, close and compress.
 
@@ -20,13 +21,21 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping
+from typing import BinaryIO
 
 from ..errors import InvalidArgumentError, WslogWriteError
-from .format import (HEADER, HEADER_BYTES, MARKER_EXCHANGE_ID, as_payload, check_exchange_id, check_recv_ns,
-                     marker_payload)
+from .format import (
+    HEADER,
+    HEADER_BYTES,
+    MARKER_EXCHANGE_ID,
+    as_payload,
+    check_exchange_id,
+    check_recv_ns,
+    marker_payload,
+)
 from .index import update_index
 from .reader import zstandard_module
 
@@ -54,9 +63,9 @@ class _OpenFile:
     last_write_clock_ns: int = 0      # the clock when an entry last went in: idle is measured from it
 
     def index_fields(self, state: str, compressed_bytes: int | None = None) -> dict:
-        fields = {"exchange": self.exchange, "exchange_id": self.exchange_id, "first_recv_ns": self.first_recv_ns,
-                  "last_recv_ns": self.last_recv_ns, "entries": self.entries, "markers": self.markers,
-                  "bytes": self.bytes, "state": state}
+        fields = {"exchange": self.exchange, "exchange_id": self.exchange_id,
+                  "first_recv_ns": self.first_recv_ns, "last_recv_ns": self.last_recv_ns,
+                  "entries": self.entries, "markers": self.markers, "bytes": self.bytes, "state": state}
         if compressed_bytes is not None:
             fields["compressed_bytes"] = compressed_bytes
         return fields
@@ -96,8 +105,8 @@ class WslogWriter:
         self._files: dict[int, _OpenFile] = {}                  # the writer thread's alone
         self._to_compress: queue.Queue[_OpenFile | None] = queue.Queue()
         self._writer = threading.Thread(target=self._run, name=f"wslog-writer {self.directory}", daemon=True)
-        self._compressor = threading.Thread(target=self._compress_loop, name=f"wslog-compress {self.directory}",
-                                            daemon=True)
+        self._compressor = threading.Thread(target=self._compress_loop,
+                                            name=f"wslog-compress {self.directory}", daemon=True)
         self._writer.start()
         self._compressor.start()
 
@@ -106,7 +115,8 @@ class WslogWriter:
         """Queue one frame as received (text frames as str or their UTF-8 bytes)."""
         self._submit(check_recv_ns(recv_ns), check_exchange_id(exchange_id), exchange_id, as_payload(payload))
 
-    def marker(self, exchange_id: int, kind: str, detail: str | bytes = "", recv_ns: int | None = None) -> None:
+    def marker(self, exchange_id: int, kind: str, detail: str | bytes = "",
+               recv_ns: int | None = None) -> None:
         """Queue a marker entry ("connect", "disconnect" or "subscribe") about ``exchange_id``."""
         payload = marker_payload(exchange_id, kind, detail)
         when = self._clock() if recv_ns is None else check_recv_ns(recv_ns)
@@ -130,8 +140,8 @@ class WslogWriter:
             if self._pending_bytes + size > self._max_pending and self._pending:
                 self._stats["full_waits"] += 1
                 self._cond.notify_all()
-                self._cond.wait_for(lambda: self._pending_bytes + size <= self._max_pending or not self._pending
-                                    or self._error is not None or self._closing)
+                self._cond.wait_for(lambda: self._pending_bytes + size <= self._max_pending
+                                    or not self._pending or self._error is not None or self._closing)
                 self._raise_if_failed()
             self._pending.append((recv_ns, file_exchange, header_exchange, payload))
             self._pending_bytes += size
@@ -170,13 +180,15 @@ class WslogWriter:
         with self._cond:
             self._raise_if_failed()
             if self._compress_errors:
-                raise WslogWriteError(f"capture writer for {self.directory}: {'; '.join(self._compress_errors)}")
+                raise WslogWriteError(f"capture writer for {self.directory}: "
+                                      f"{'; '.join(self._compress_errors)}")
 
     def stats(self) -> dict:
         with self._cond:
-            return dict(self._stats, pending_bytes=self._pending_bytes, compress_errors=list(self._compress_errors))
+            return dict(self._stats, pending_bytes=self._pending_bytes,
+                        compress_errors=list(self._compress_errors))
 
-    def __enter__(self) -> "WslogWriter":
+    def __enter__(self) -> WslogWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -184,7 +196,8 @@ class WslogWriter:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise WslogWriteError(f"capture writer for {self.directory} stopped: {self._error}") from self._error
+            raise WslogWriteError(f"capture writer for {self.directory} stopped: "
+                                  f"{self._error}") from self._error
 
     # -- the writer thread -------------------------------------------------------------------------------
     def _run(self) -> None:
