@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -340,3 +342,12 @@ def test_an_old_hour_being_written_stays_open_until_idle(tmp_path):
         assert load_index(tmp_path)["files"]["coinbase/20240611_14.wslog"]["state"] == "closed"
     payloads = [e.payload for e in read_wslog(tmp_path / "coinbase" / "20240611_14.wslog")]
     assert payloads == [b"old 0", b"old 1", b"old 2"]
+
+
+def test_a_writer_never_closed_still_writes_its_entries_at_exit(tmp_path):
+    code = ("import sys; from shmpipe.wslog import WslogWriter\n"
+            "w = WslogWriter(sys.argv[1], {1: 'coinbase'}, flush_interval=3600)\n"
+            "for i in range(1000): w.write(1_718_116_200_000_000_000 + i, 1, b'x' * 100)\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+    assert [p.name for p in wslog_files(tmp_path)] == ["20240611_14.wslog.zst"]
+    assert len(list(merge_wslogs([tmp_path]))) == 1000

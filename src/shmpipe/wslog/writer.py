@@ -14,6 +14,7 @@ been slower than the feed for a long while; ``stats()["full_waits"]`` counts tho
 """
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -21,6 +22,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,7 @@ class WslogWriter:
                                             name=f"wslog-compress {self.directory}", daemon=True)
         self._writer.start()
         self._compressor.start()
+        _live.add(self)
 
     # -- the caller's side -------------------------------------------------------------------------------
     def write(self, recv_ns: int, exchange_id: int, payload: bytes | str) -> None:
@@ -338,6 +341,20 @@ class WslogWriter:
                      replaces=f.key)
         with self._cond:
             self._stats["files_compressed"] += 1
+
+
+# Both threads are daemons (a stuck disk must not hang interpreter exit), so a writer the program
+# forgot to close is closed at exit: what it queued still reaches its files.
+_live: weakref.WeakSet[WslogWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_forgotten_writers() -> None:
+    for writer in list(_live):
+        try:
+            writer.close(timeout=10)
+        except Exception:
+            log.exception("closing the capture writer for %s at exit failed", writer.directory)
 
 
 def _check_exchange_name(name: object) -> str:
