@@ -39,3 +39,43 @@ def test_tick_round_trips_through_bytes():
     raw = t.tobytes()
     assert raw[:8] == (1_718_116_200_000_000_000).to_bytes(8, "little")
     assert raw[28:32] == b"\xff\xff\xff\xff"
+
+
+def test_level_update_is_layout_version_2():
+    """DESIGN.md's LevelUpdate v2: f64 price and size, symbol_id @24, no sequence."""
+    lu = records.LEVEL_UPDATE
+    expected = {"timestamp_ns": ("<u8", 0), "price": ("<f8", 8), "size": ("<f8", 16), "symbol_id": ("<u4", 24),
+                "side": ("u1", 28), "action": ("u1", 29), "source": ("u1", 30), "flags": ("u1", 31)}
+    assert {name: (lu.fields[name][0].str.replace("|", ""), lu.fields[name][1]) for name in lu.names} == expected
+    assert records.LEVEL_UPDATE_LAYOUT_VERSION == 2
+    assert (records.ACTION_SET, records.ACTION_SNAPSHOT_BEGIN, records.ACTION_SNAPSHOT_END,
+            records.ACTION_TRADE, records.ACTION_CHECKSUM) == (0, 1, 2, 3, 4)
+
+
+def test_level_update_holds_eight_decimal_sizes_and_a_crc32_exactly():
+    lu = np.zeros(2, records.LEVEL_UPDATE)
+    lu[0]["size"] = 0.13047207          # an f32 would store 0.13047207891941071
+    lu[1]["price"] = 3840501380          # a Kraken CRC32 in a checksum record
+    lu[1]["action"] = records.ACTION_CHECKSUM
+    assert f"{lu[0]['size']:.8f}" == "0.13047207"
+    assert int(lu[1]["price"]) == 3840501380
+
+
+# Version 1 of LevelUpdate (f32 size, a per-level sequence), as rings made before version 2 hold it.
+LEVEL_UPDATE_V1 = np.dtype({
+    "names": ["timestamp_ns", "symbol_id", "sequence", "price", "size", "side", "action", "source", "flags"],
+    "formats": ["<u8", "<u4", "<u4", "<f8", "<f4", "u1", "u1", "u1", "u1"],
+    "offsets": [0, 8, 12, 16, 24, 28, 29, 30, 31],
+    "itemsize": 32,
+})
+
+
+def test_a_ring_of_version_1_level_updates_refuses_version_2(ring_name):
+    """Same itemsize, different fields: the dtype fingerprint in the header tells them apart."""
+    from shmpipe import DtypeMismatchError, Ring
+
+    with Ring.create(ring_name, LEVEL_UPDATE_V1, 16) as ring:
+        with pytest.raises(DtypeMismatchError, match=ring_name) as caught:
+            Ring.open(ring_name, records.LEVEL_UPDATE)
+        assert "sequence" in str(caught.value) and "'<f8'" in str(caught.value)
+        ring.unlink()

@@ -4,13 +4,16 @@
     ring.producer().write_batch(ticks)          # in one process
     shmpipe.Ring.open("ticks").consumer().read()  # in another
 """
-from . import records
+from . import records, symbols
 from ._ring import Consumer, Producer
 from .errors import (
     ConsumerEvictedError,
     DtypeMismatchError,
     InvalidArgumentError,
     InvalidNameError,
+    JournalBusyError,
+    JournalFormatError,
+    JournalNotFoundError,
     NoSpaceError,
     RingClosedError,
     RingExistsError,
@@ -18,16 +21,29 @@ from .errors import (
     RingIOError,
     RingNotFoundError,
     RingPermissionError,
+    RegistryBusyError,
+    RegistryFormatError,
+    RegistryFullError,
+    RegistryPermissionError,
     RoleTakenError,
     ShmpipeError,
+    SymbolConflictError,
+    SymbolNameError,
+    UnknownSymbolError,
+    WslogFormatError,
+    WslogTruncatedError,
+    WslogWriteError,
 )
 from .ring import Ring
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Ring", "Producer", "Consumer", "records",
+    "Ring", "Producer", "Consumer", "records", "symbols",
     "ShmpipeError", "RingExistsError", "RingNotFoundError", "RingFormatError", "DtypeMismatchError",
     "InvalidNameError", "RoleTakenError", "RingPermissionError", "NoSpaceError",
     "ConsumerEvictedError", "RingClosedError", "InvalidArgumentError", "RingIOError",
+    "SymbolNameError", "UnknownSymbolError", "SymbolConflictError", "RegistryFullError", "RegistryFormatError",
+    "RegistryPermissionError", "RegistryBusyError", "WslogFormatError", "WslogTruncatedError", "WslogWriteError",
+    "JournalFormatError", "JournalBusyError", "JournalNotFoundError",
 ]

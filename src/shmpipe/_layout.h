@@ -25,16 +25,16 @@ typedef struct SHMPIPE_PACKED {
     uint32_t sequence;       /* per-source, for gap detection */
 } shmpipe_tick;
 
+/* LevelUpdate, layout version 2: f64 size (8-decimal quantities), a checksum action, no sequence. */
 typedef struct SHMPIPE_PACKED {
     uint64_t timestamp_ns;
+    double price;            /* f64: f32 cannot hold BTC prices exactly; action 4: the checksum */
+    double size;             /* f64: 8-decimal quantities exactly; 0 = delete */
     uint32_t symbol_id;
-    uint32_t sequence;
-    double price;            /* f64: f32 cannot hold BTC prices exactly */
-    float size;              /* 0 = delete */
     uint8_t side;            /* 0 bid, 1 ask */
-    uint8_t action;          /* 0 set, 1 snapshot-begin, 2 snapshot-end, 3 trade */
+    uint8_t action;          /* 0 set, 1 snapshot-begin, 2 snapshot-end, 3 trade, 4 checksum */
     uint8_t source;
-    uint8_t flags;
+    uint8_t flags;           /* bit3 gap-before, as Tick's */
 } shmpipe_level_update;
 
 #define SHMPIPE_ORDERBOOK_DEPTH 50
@@ -66,6 +66,7 @@ typedef struct SHMPIPE_PACKED {
 
 _Static_assert(sizeof(shmpipe_tick) == 32, "Tick is 32 bytes");
 _Static_assert(sizeof(shmpipe_level_update) == 32, "LevelUpdate is 32 bytes");
+_Static_assert(offsetof(shmpipe_level_update, symbol_id) == 24, "LevelUpdate v2: symbol_id @24");
 _Static_assert(sizeof(shmpipe_orderbook_entry) == 832, "OrderbookEntry is 13 cache lines");
 _Static_assert(sizeof(shmpipe_asset) % 8 == 0, "Asset itemsize is a multiple of 8");
 
@@ -167,5 +168,78 @@ _Static_assert(offsetof(shmpipe_header, consumers) % SHMPIPE_BLOCK == 0, "read i
 _Static_assert(sizeof(shmpipe_consumer_slot) == SHMPIPE_BLOCK, "one block per consumer");
 _Static_assert(offsetof(shmpipe_header, membership) % SHMPIPE_BLOCK == 0, "joins on their own block");
 _Static_assert(sizeof(shmpipe_header) <= SHMPIPE_DATA_OFFSET, "header fits before the records");
+
+/* ---------------------------------------------------------------- symbol registry
+ * /dev/shm/shmpipe-symbols.<name> = [header: SHMPIPE_SYMBOLS_DATA_OFFSET bytes][capacity entries].
+ * Appenders hold an fcntl OFD lock on byte SHMPIPE_SYMBOLS_LOCK of the segment; readers take no lock:
+ * an appender fills entry[count] and only then store-releases count, readers load-acquire count and
+ * read entries below it. Published entries never change, except the facts word (a 32-bit release
+ * store that fills in facts that were unknown), so any reader sees whole facts. symbols.py. */
+#define SHMPIPE_SYMBOLS_MAGIC 0x31626d7953706d53ull   /* "SmpSymb1" read as little-endian bytes */
+#define SHMPIPE_SYMBOLS_LAYOUT_VERSION 1u
+#define SHMPIPE_SYMBOLS_DATA_OFFSET 4096
+#define SHMPIPE_SYMBOLS_EXCHANGE_BYTES 32
+#define SHMPIPE_SYMBOLS_SYMBOL_BYTES 80
+#define SHMPIPE_SYMBOLS_PATH_BYTES 3968
+#define SHMPIPE_SYMBOLS_LOCK 0                  /* the appenders' lock byte */
+#define SHMPIPE_DECIMALS_UNKNOWN 255
+
+typedef struct {
+    uint64_t magic;                       /* stored last, with release: a half-made table reads 0 */
+    uint32_t layout_version;
+    uint32_t entry_size;
+    uint32_t capacity;                    /* entries the segment has room for */
+    uint32_t reserved;
+    uint64_t count;                       /* entries published; store-release after the entry */
+    uint64_t persisted_bytes;             /* bytes of the file the table reflects (appenders only) */
+    uint64_t created_unix_ns;
+    uint32_t path_len;
+    uint8_t pad[128 - 52];
+    char path[SHMPIPE_SYMBOLS_PATH_BYTES];    /* the file every process of this registry persists to */
+} shmpipe_symbols_header;
+
+typedef struct {
+    /* The facts: one aligned 32-bit word, stored at once (decimals 255 = not known yet). */
+    uint8_t price_decimals;               /* as the exchange writes prices */
+    uint8_t size_decimals;
+    uint16_t depth;                       /* book depth the exchange maintains; 0 = none */
+    uint32_t reserved;
+    uint64_t registered_unix_ns;
+    char exchange[SHMPIPE_SYMBOLS_EXCHANGE_BYTES];   /* UTF-8, NUL-padded, no NUL inside */
+    char symbol[SHMPIPE_SYMBOLS_SYMBOL_BYTES];
+} shmpipe_symbol_entry;
+
+_Static_assert(sizeof(shmpipe_symbols_header) == SHMPIPE_SYMBOLS_DATA_OFFSET, "registry header is one page");
+_Static_assert(offsetof(shmpipe_symbols_header, count) % 8 == 0, "count is an aligned word");
+_Static_assert(sizeof(shmpipe_symbol_entry) == 128, "a registry entry is two cache lines");
+_Static_assert(offsetof(shmpipe_symbol_entry, price_decimals) == 0, "the facts word is aligned");
+
+/* ---------------------------------------------------------------- tick journal
+ * <dir>/<YYYYMMDD>/<symbol_id>.ticks = [header: SHMPIPE_JOURNAL_DATA_OFFSET bytes][Ticks].
+ * The writer copies ticks past `committed`, then store-releases `committed`; a reader
+ * load-acquires it and trusts only that many records. journal.py. */
+#define SHMPIPE_JOURNAL_MAGIC 0x316e726a54706d53ull   /* "SmpTjrn1" read as little-endian bytes */
+#define SHMPIPE_JOURNAL_LAYOUT_VERSION 1u
+#define SHMPIPE_JOURNAL_DATA_OFFSET 4096      /* page-aligned records: numpy.memmap(offset=4096) */
+#define SHMPIPE_JOURNAL_LOCK 0                /* the writer's lock byte: one writer per file */
+
+typedef struct {
+    uint64_t magic;                       /* stored last, with release, when the file is made */
+    uint32_t layout_version;
+    uint32_t itemsize;                    /* 32: a Tick */
+    uint64_t dtype_fingerprint;           /* of records.TICK, as rings record it */
+    uint32_t symbol_id;
+    uint32_t day;                         /* UTC day as YYYYMMDD */
+    uint64_t capacity;                    /* records the file has room for now */
+    uint64_t created_unix_ns;
+    uint32_t writer_pid;                  /* the last writer, for people */
+    uint32_t closed;                      /* 1 once closed cleanly; 0 while written (or killed) */
+    uint8_t pad[128 - 56];
+    uint64_t committed;                   /* own block: records complete; store-release after them */
+    uint8_t pad2[SHMPIPE_JOURNAL_DATA_OFFSET - 136];
+} shmpipe_journal_header;
+
+_Static_assert(sizeof(shmpipe_journal_header) == SHMPIPE_JOURNAL_DATA_OFFSET, "journal header is one page");
+_Static_assert(offsetof(shmpipe_journal_header, committed) == 128, "committed on its own block");
 
 #endif

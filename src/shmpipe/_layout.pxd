@@ -1,5 +1,5 @@
 # Cython view of _layout.h: the ring header and record structs (offsets come from the C compiler).
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "_layout.h" nogil:
     const unsigned long long SHMPIPE_MAGIC
@@ -86,3 +86,49 @@ cdef extern from "_layout.h" nogil:
         pass
     ctypedef struct shmpipe_asset:
         pass
+
+    const unsigned long long SHMPIPE_SYMBOLS_MAGIC
+    const unsigned long long SHMPIPE_JOURNAL_MAGIC
+    enum:
+        SHMPIPE_SYMBOLS_LAYOUT_VERSION
+        SHMPIPE_SYMBOLS_DATA_OFFSET
+        SHMPIPE_SYMBOLS_EXCHANGE_BYTES
+        SHMPIPE_SYMBOLS_SYMBOL_BYTES
+        SHMPIPE_SYMBOLS_PATH_BYTES
+        SHMPIPE_SYMBOLS_LOCK
+        SHMPIPE_DECIMALS_UNKNOWN
+        SHMPIPE_JOURNAL_LAYOUT_VERSION
+        SHMPIPE_JOURNAL_DATA_OFFSET
+        SHMPIPE_JOURNAL_LOCK
+
+    ctypedef struct shmpipe_symbols_header:
+        uint64_t magic
+        uint32_t layout_version
+        uint32_t entry_size
+        uint32_t capacity
+        uint64_t count
+        uint64_t persisted_bytes
+        uint64_t created_unix_ns
+        uint32_t path_len
+        char path[1]
+
+    ctypedef struct shmpipe_symbol_entry:
+        uint8_t price_decimals
+        uint8_t size_decimals
+        uint16_t depth
+        uint64_t registered_unix_ns
+        char exchange[1]
+        char symbol[1]
+
+    ctypedef struct shmpipe_journal_header:
+        uint64_t magic
+        uint32_t layout_version
+        uint32_t itemsize
+        uint64_t dtype_fingerprint
+        uint32_t symbol_id
+        uint32_t day
+        uint64_t capacity
+        uint64_t created_unix_ns
+        uint32_t writer_pid
+        uint32_t closed
+        uint64_t committed

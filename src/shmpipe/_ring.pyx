@@ -43,6 +43,7 @@ from ._layout cimport *
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
 
+import errno
 import os
 import time
 import weakref
@@ -157,7 +158,7 @@ cdef extern from "_layout.h":
     static PyObject *shm_record_layouts(void) {
         return Py_BuildValue(
             "{s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n},"
-            " s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n},"
+            " s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n},"
             " s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n},"
             " s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}}",
             "tick", "itemsize", (Py_ssize_t)sizeof(shmpipe_tick),
@@ -168,9 +169,8 @@ cdef extern from "_layout.h":
                 "sequence", SHM_OFF(shmpipe_tick, sequence),
             "level_update", "itemsize", (Py_ssize_t)sizeof(shmpipe_level_update),
                 "timestamp_ns", SHM_OFF(shmpipe_level_update, timestamp_ns),
-                "symbol_id", SHM_OFF(shmpipe_level_update, symbol_id),
-                "sequence", SHM_OFF(shmpipe_level_update, sequence), "price", SHM_OFF(shmpipe_level_update, price),
-                "size", SHM_OFF(shmpipe_level_update, size), "side", SHM_OFF(shmpipe_level_update, side),
+                "price", SHM_OFF(shmpipe_level_update, price), "size", SHM_OFF(shmpipe_level_update, size),
+                "symbol_id", SHM_OFF(shmpipe_level_update, symbol_id), "side", SHM_OFF(shmpipe_level_update, side),
                 "action", SHM_OFF(shmpipe_level_update, action), "source", SHM_OFF(shmpipe_level_update, source),
                 "flags", SHM_OFF(shmpipe_level_update, flags),
             "orderbook_entry", "itemsize", (Py_ssize_t)sizeof(shmpipe_orderbook_entry),
@@ -251,3 +251,4 @@ include "_waiting.pxi"
 include "_producer.pxi"
 include "_consumer.pxi"
 include "_aio_wait.pxi"
+include "_shared_words.pxi"

@@ -62,3 +62,59 @@ class ConsumerEvictedError(ShmpipeError, RuntimeError):
 
 class RingClosedError(ShmpipeError, ValueError):
     """The ring, producer or consumer was closed."""
+
+
+# -- symbol registry (symbols.py) --------------------------------------------------------------
+class SymbolNameError(ShmpipeError, ValueError):
+    """An exchange or symbol name the registry cannot hold: empty, too long, NUL, not text."""
+
+
+class UnknownSymbolError(ShmpipeError, LookupError):
+    """No symbol has this id (or this (exchange, symbol) pair) in the registry."""
+
+
+class SymbolConflictError(ShmpipeError, ValueError):
+    """A symbol's registered facts (decimals, depth) differ from the ones given now."""
+
+
+class RegistryFullError(ShmpipeError, RuntimeError):
+    """The registry's shared table has no room for another symbol."""
+
+
+class RegistryFormatError(ShmpipeError, ValueError):
+    """The registry's segment or file is not one this shmpipe can read (corrupt, other version,
+    another file than the one asked for)."""
+
+
+class RegistryPermissionError(ShmpipeError, PermissionError):
+    """The registry's segment belongs to another user or is open to other users."""
+
+
+class RegistryBusyError(ShmpipeError, TimeoutError):
+    """Another live process held the registry's lock for longer than the timeout."""
+
+
+# -- raw capture (wslog) -----------------------------------------------------------------------
+class WslogFormatError(ShmpipeError, ValueError):
+    """A .wslog or .wslog.zst file that cannot be read: a corrupt zstd stream, a bad marker."""
+
+
+class WslogTruncatedError(WslogFormatError):
+    """Raised only by strict reads: the file ends inside an entry (a killed writer)."""
+
+
+class WslogWriteError(ShmpipeError, OSError):
+    """The capture writer's background thread could not write, rotate or compress a file."""
+
+
+# -- tick journal (journal.py) -----------------------------------------------------------------
+class JournalFormatError(ShmpipeError, ValueError):
+    """A tick journal file with a bad magic, version, record size or size."""
+
+
+class JournalBusyError(ShmpipeError, PermissionError):
+    """Another live process is writing this journal file."""
+
+
+class JournalNotFoundError(ShmpipeError, FileNotFoundError):
+    """No journal directory at the path given."""

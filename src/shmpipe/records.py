@@ -22,17 +22,27 @@ TICK = np.dtype(
 SOURCE_TRUEFX, SOURCE_OANDA, SOURCE_IB, SOURCE_COINBASE, SOURCE_KRAKEN, SOURCE_ALPACA, SOURCE_SYNTHETIC = range(1, 8)
 TICK_FLAG_TRADE, TICK_FLAG_QUOTE, TICK_FLAG_REPLAYED, TICK_FLAG_GAP_BEFORE = 1, 2, 4, 8
 
+# LevelUpdate, layout version 2 (DESIGN.md): f64 price and size, because crypto quantities carry
+# 8 decimals that an f32 cannot hold (no exact book, no exchange checksum); no per-level sequence
+# (capture checks the exchange's sequence and sets LEVEL_FLAG_GAP_BEFORE; the ring orders records).
+LEVEL_UPDATE_LAYOUT_VERSION = 2
 LEVEL_UPDATE = np.dtype(
     {
-        "names": ["timestamp_ns", "symbol_id", "sequence", "price", "size",
+        "names": ["timestamp_ns", "price", "size", "symbol_id",
                   "side", "action", "source", "flags"],
-        "formats": ["<u8", "<u4", "<u4", "<f8", "<f4", "u1", "u1", "u1", "u1"],
-        "offsets": [0, 8, 12, 16, 24, 28, 29, 30, 31],
+        "formats": ["<u8", "<f8", "<f8", "<u4", "u1", "u1", "u1", "u1"],
+        "offsets": [0, 8, 16, 24, 28, 29, 30, 31],
         "itemsize": 32,
     }
 )
 SIDE_BID, SIDE_ASK = 0, 1
-ACTION_SET, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, ACTION_TRADE = 0, 1, 2, 3
+# LevelUpdate.action. A snapshot is one SNAPSHOT_BEGIN (no level: price 0, size 0; the symbol's whole
+# book is replaced by what follows), SET records, one SNAPSHOT_END. A SET with size 0 deletes the level.
+# A TRADE carries a trade's price and size and leaves the book alone. A CHECKSUM carries the exchange's
+# checksum of the book after the records before it, as an exact integer in `price` (size 0).
+ACTION_SET, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, ACTION_TRADE, ACTION_CHECKSUM = 0, 1, 2, 3, 4
+# LevelUpdate.flags bits: the same gap-before bit as Tick's.
+LEVEL_FLAG_GAP_BEFORE = TICK_FLAG_GAP_BEFORE
 
 ORDERBOOK_DEPTH = 50
 ORDERBOOK_ENTRY = np.dtype(

@@ -19,16 +19,17 @@ SHM_DIR = Path("/dev/shm")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
-def validate_name(name: object) -> str:
-    """Return ``name`` if it is a safe ring name, else raise InvalidNameError saying why."""
+def validate_name(name: object, what: str = "ring") -> str:
+    """Return ``name`` if it is a safe ring (or other segment) name, else raise InvalidNameError
+    saying why; ``what`` names the kind of segment in the message."""
     if not isinstance(name, str):
-        raise InvalidNameError(f"ring name must be a str, not {type(name).__name__}")
+        raise InvalidNameError(f"{what} name must be a str, not {type(name).__name__}")
     if not _NAME_RE.fullmatch(name):
         raise InvalidNameError(
-            f"invalid ring name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . - (no '/')"
+            f"invalid {what} name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . - (no '/')"
         )
     if ".." in name or name in (".",):
-        raise InvalidNameError(f"invalid ring name {name!r}: '..' is not allowed")
+        raise InvalidNameError(f"invalid {what} name {name!r}: '..' is not allowed")
     return name
 
 
