@@ -67,7 +67,8 @@ def verify_lossy_reads(name: str, max_ns: tuple, seconds: float, seed: int) -> d
             assert len(got) <= max_n, f"read({max_n}) returned {len(got)}"
             assert c.position <= written, f"reader at {c.position} is past the producer's {written}"
             if len(got) == 0:
-                assert skipped == 0 and c.position == pos_before
+                # A lapped reader may skip (and count) records, then find nothing published yet.
+                assert c.position == pos_before + skipped
                 continue
             seq = got["seq"]
             assert (got["payload"] == seq[:, None]).all(), "a torn record was returned"
