@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from shmpipe_services.capture.coinbase import CoinbaseParser, subscribe_messages
 from shmpipe_services.capture.kraken import KrakenParser
@@ -215,3 +216,23 @@ def test_quote_tick_fields():
     assert tick["flags"] == TICK_FLAG_QUOTE and tick["volume"] == 0.75 and tick["sequence"] == 3
     assert tick["spread_bps"] == round(0.06 / 67012.34 * 1e5) and tick["timestamp_ns"] == rfc3339_ns(
         "2024-06-11T14:30:00.5Z")
+
+
+def test_batch_goes_into_rings_and_keeps_what_a_full_ring_refused(ring_name):
+    import shmpipe
+    from shmpipe.records import LEVEL_UPDATE, TICK
+    parser, batch = KrakenParser(), RecordBatch()
+    levels = ",".join(f'{{"price":{100 + i}.0,"qty":1.0}}' for i in range(10))
+    parser.feed(kraken_book("BTC/USD", "snapshot", f"[{levels}]"), batch)   # begin, 10 sets, end, checksum
+    expected = batch.take()[1]
+    parser.feed(kraken_book("BTC/USD", "snapshot", f"[{levels}]"), batch)
+    with shmpipe.Ring.create(ring_name + "-t", TICK, 8) as ticks_ring, \
+            shmpipe.Ring.create(ring_name + "-l", LEVEL_UPDATE, 8) as levels_ring, \
+            ticks_ring.producer() as ticks_out, levels_ring.producer() as levels_out, \
+            levels_ring.consumer() as levels_in:
+        assert batch.write_to(ticks_out, levels_out, timeout=0) == (0, 8)
+        got = levels_in.read(8, timeout=0)
+        assert batch.n_levels == 5
+        assert batch.write_to(ticks_out, levels_out, timeout=0) == (0, 5) and batch.n_levels == 0
+        got = np.concatenate([got, levels_in.read(8, timeout=0)])
+    assert got.tobytes() == expected.tobytes()

@@ -32,7 +32,16 @@ from shmpipe.records import (
 )
 
 from . import bad_input as bad
-from .feed_parser import ALL_SYMBOLS, LEVELS, TICKS, FeedParser, decimals_of, non_negative, positive
+from .feed_parser import (
+    ALL_SYMBOLS,
+    LEVELS,
+    TICKS,
+    FeedParser,
+    check_level,
+    decimals_of,
+    non_negative,
+    positive,
+)
 from .record_batch import U32_MASK, RecordBatch, pack_level, pack_tick, spread_tenth_bps
 from .timestamps import rfc3339_ns
 
@@ -45,8 +54,8 @@ TRADE_SIDES = {"BUY": 0, "SELL": 1}
 class L2Level(msgspec.Struct):
     side: Literal["bid", "offer"]
     event_time: str
-    price_level: str
-    new_quantity: str
+    price_level: float   # decimal text on the wire; DECODER's strict=False parses it (numbers only)
+    new_quantity: float
 
 
 class L2Event(msgspec.Struct):
@@ -57,11 +66,11 @@ class L2Event(msgspec.Struct):
 
 class Ticker(msgspec.Struct):
     product_id: str
-    price: str
-    best_bid: str
-    best_bid_quantity: str
-    best_ask: str
-    best_ask_quantity: str
+    price: str           # kept as text: instruments[s].last_price
+    best_bid: float
+    best_bid_quantity: float
+    best_ask: float
+    best_ask_quantity: float
 
 
 class TickerEvent(msgspec.Struct):
@@ -73,7 +82,7 @@ class MarketTrade(msgspec.Struct):
     trade_id: str
     product_id: str
     price: str
-    size: str
+    size: float
     side: Literal["BUY", "SELL"]
     time: str
 
@@ -85,7 +94,7 @@ class MarketTradesEvent(msgspec.Struct):
 
 class HeartbeatEvent(msgspec.Struct):
     current_time: str
-    heartbeat_counter: int | str  # an integer on the wire; the docs' example shows a string
+    heartbeat_counter: int  # an integer on the wire; the docs' example shows a string (strict=False takes both)
 
 
 class SubscriptionsEvent(msgspec.Struct):
@@ -118,8 +127,10 @@ class SubscriptionsMessage(Envelope, tag="subscriptions"):
 
 
 CHANNELS = ("l2_data", "ticker", "market_trades", "heartbeats", "subscriptions")
+# strict=False lets a float field take Coinbase's decimal strings ("67012.31") in C, and still refuses
+# anything that is not a number ("abc", " 1", "1_0"); it also takes "NaN", which check_level refuses.
 DECODER = msgspec.json.Decoder(L2Message | TickerMessage | MarketTradesMessage | HeartbeatsMessage
-                               | SubscriptionsMessage)
+                               | SubscriptionsMessage, strict=False)
 
 
 def subscribe_messages(products: list[str], channels: tuple[str, ...] = ("level2", "ticker", "market_trades"),
@@ -162,21 +173,28 @@ class CoinbaseParser(FeedParser):
 
     def _feed(self, frame: bytes | str, out: RecordBatch, recv_ns: int) -> None:
         msg = DECODER.decode(frame)
-        channel = msg.__struct_config__.tag
-        self.messages[channel] += 1
-        self._check_sequence(msg.sequence_num)
-        if type(msg) is L2Message:
+        kind = type(msg)
+        seq = msg.sequence_num
+        if seq != self.next_sequence and self.next_sequence is not None:
+            self._check_sequence(seq)
+        self.next_sequence = seq + 1
+        if kind is L2Message:
+            self.messages["l2_data"] += 1
             self._on_l2(msg, frame, out)
-        elif type(msg) is TickerMessage:
+        elif kind is TickerMessage:
+            self.messages["ticker"] += 1
             self._on_ticker(msg, out)
-        elif type(msg) is MarketTradesMessage:
+        elif kind is MarketTradesMessage:
+            self.messages["market_trades"] += 1
             self._on_trades(msg, out)
-        elif type(msg) is HeartbeatsMessage:
+        elif kind is HeartbeatsMessage:
+            self.messages["heartbeats"] += 1
             self._on_heartbeats(msg)
         else:
+            self.messages["subscriptions"] += 1
             for event in msg.events:
                 self.subscriptions = event.subscriptions  # cumulative: the latest ack is the whole set
-            self._touch(channel, None)
+            self._touch("subscriptions", None)
 
     def _check_sequence(self, seq: int) -> None:
         expected = self.next_sequence
@@ -191,47 +209,59 @@ class CoinbaseParser(FeedParser):
         self.next_sequence = seq + 1
 
     def _on_l2(self, msg: L2Message, frame: bytes | str, out: RecordBatch) -> None:
-        envelope_ns = rfc3339_ns(msg.timestamp)
-        self._last_exchange_ns = envelope_ns
+        messages = self.messages
         for event in msg.events:
             symbol = event.product_id
-            self._symbol_in_progress = symbol
-            self.messages["l2_data." + event.type] += 1
             inst = self.instruments.get(symbol)
-            if event.type == "update" and (inst is None or not inst.has_book):
-                # Never snapshotted on this connection: applying it would build a book from nothing, and
-                # a product nobody subscribed to must not take an id in the registry.
-                self.bad_input.record(bad.UPDATE_WITHOUT_SNAPSHOT, frame,
-                                      f"l2_data update for {symbol}, not snapshotted on this connection")
-                continue
-            if inst is None:
-                inst = self._instrument(symbol)
-            sid = inst.symbol_id
-            self._touch("l2_data", symbol)
-            if event.type == "snapshot":
-                flags = self._gap_flag(symbol, LEVELS)
-                price_dec = size_dec = 0
-                levels = [pack_level(envelope_ns, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_BEGIN, SOURCE_COINBASE,
-                                     flags)]
-                for u in event.updates:
-                    levels.append(pack_level(envelope_ns, positive(u.price_level),
-                                             non_negative(u.new_quantity), sid, SIDES[u.side], ACTION_SET, SOURCE_COINBASE, 0))
-                    price_dec = max(price_dec, decimals_of(u.price_level))
-                    size_dec = max(size_dec, decimals_of(u.new_quantity))
-                levels.append(pack_level(envelope_ns, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_END,
-                                         SOURCE_COINBASE, 0))
-                out.levels += b"".join(levels)
-                inst.has_book = True
-                self._learn(inst, price_decimals=price_dec, size_decimals=size_dec)
-            else:
-                flags = self._gap_flag(symbol, LEVELS)
-                event_ns = self._event_ns
+            if event.type == "update":
+                messages["l2_data.update"] += 1
+                if inst is None or not inst.has_book:
+                    # Never snapshotted on this connection: applying it would build a book from nothing,
+                    # and a product nobody subscribed to must not take an id in the registry.
+                    self.bad_input.record(bad.UPDATE_WITHOUT_SNAPSHOT, frame,
+                                          f"l2_data update for {symbol}, not snapshotted on this connection")
+                    continue
+                self._symbol_in_progress = symbol
+                if self.watchdog is not None:
+                    self._touch("l2_data", symbol)
+                flags = self._gap_flag(symbol, LEVELS) if self._gaps_pending else 0
+                sid = inst.symbol_id
                 buf = out.levels
+                time_text, ts = "", 0
                 for u in event.updates:
-                    buf += pack_level(event_ns(u.event_time), positive(u.price_level),
-                                      non_negative(u.new_quantity), sid, SIDES[u.side], ACTION_SET,
-                                      SOURCE_COINBASE, flags)
+                    if u.event_time != time_text:   # the levels of one update usually share it
+                        time_text = u.event_time
+                        ts = rfc3339_ns(time_text)
+                    price, size = u.price_level, u.new_quantity
+                    check_level(price, size)
+                    buf += pack_level(ts, price, size, sid, SIDES[u.side], ACTION_SET, SOURCE_COINBASE, flags)
                     flags = 0
+                self._last_exchange_ns = ts
+            else:
+                messages["l2_data.snapshot"] += 1
+                self._symbol_in_progress = symbol
+                self._on_snapshot(msg, event, inst or self._instrument(symbol), out)
+
+    def _on_snapshot(self, msg: L2Message, event: L2Event, inst, out: RecordBatch) -> None:
+        # Snapshot levels say event_time 1970: the envelope's time is the snapshot's.
+        ts = self._last_exchange_ns = rfc3339_ns(msg.timestamp)
+        sid = inst.symbol_id
+        if self.watchdog is not None:
+            self._touch("l2_data", inst.symbol)
+        records = [pack_level(ts, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_BEGIN, SOURCE_COINBASE,
+                              self._gap_flag(inst.symbol, LEVELS))]
+        price_dec = size_dec = 0
+        for u in event.updates:
+            check_level(u.price_level, u.new_quantity)
+            records.append(pack_level(ts, u.price_level, u.new_quantity, sid, SIDES[u.side], ACTION_SET,
+                                      SOURCE_COINBASE, 0))
+            # Coinbase trims trailing zeros, and repr() of the float gives that same shortest text
+            price_dec = max(price_dec, decimals_of(repr(u.price_level)))
+            size_dec = max(size_dec, decimals_of(repr(u.new_quantity)))
+        records.append(pack_level(ts, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_END, SOURCE_COINBASE, 0))
+        out.levels += b"".join(records)
+        inst.has_book = True
+        self._learn(inst, price_decimals=price_dec, size_decimals=size_dec)
 
     def _on_ticker(self, msg: TickerMessage, out: RecordBatch) -> None:
         ts = rfc3339_ns(msg.timestamp)

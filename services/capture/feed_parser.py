@@ -45,10 +45,13 @@ class BadValue(ValueError):
     """A value the schema allowed but the market cannot have (NaN, negative, infinite)."""
 
 
+INF = math.inf
+
+
 def positive(text: Any) -> float:
     """A price: finite and > 0. Accepts decimal text, bytes-like raw JSON numbers and numbers."""
     value = float(text)
-    if not 0.0 < value < math.inf:
+    if not 0.0 < value < INF:
         raise BadValue(f"{text!r} where a price must be a finite number > 0")
     return value
 
@@ -56,9 +59,15 @@ def positive(text: Any) -> float:
 def non_negative(text: Any) -> float:
     """A size (0 deletes a level) or a quote side that may be absent (0): finite and >= 0."""
     value = float(text)
-    if not 0.0 <= value < math.inf:
+    if not 0.0 <= value < INF:
         raise BadValue(f"{text!r} where a size or quote must be a finite number >= 0")
     return value
+
+
+def check_level(price: float, size: float) -> None:
+    """A book level: price finite and > 0, size finite and >= 0 (0 deletes)."""
+    if not (0.0 < price < INF and 0.0 <= size < INF):
+        raise BadValue(f"level price {price!r} size {size!r}: price must be finite and > 0, size finite and >= 0")
 
 
 def decimals_of(text: str | bytes) -> int:
@@ -131,11 +140,12 @@ class FeedParser:
         if len(frame) > self.max_frame_bytes:
             self._reject(bad.OVERSIZED, frame, f"{len(frame)} bytes > max_frame_bytes {self.max_frame_bytes}")
             return
-        mark = out.mark()
+        mark = len(out.ticks), len(out.levels)
         self._symbol_in_progress = None
         try:
-            if not isinstance(frame, str):
-                frame.decode("utf-8")  # msgspec does not check the UTF-8 of fields it skips
+            # msgspec does not check the UTF-8 of fields it skips; isascii() is the cheap common case
+            if not isinstance(frame, str) and not frame.isascii():
+                frame.decode("utf-8")
             self._feed(frame, out, recv_ns)
         except msgspec.ValidationError as exc:
             self._undo(out, mark)

@@ -35,7 +35,7 @@ from shmpipe.records import (
 )
 
 from . import bad_input as bad
-from .feed_parser import LEVELS, TICKS, FeedParser, decimals_of, non_negative, positive
+from .feed_parser import LEVELS, TICKS, FeedParser, check_level, decimals_of, non_negative, positive
 from .record_batch import U32_MASK, RecordBatch, pack_level, pack_tick, spread_tenth_bps
 from .timestamps import rfc3339_ns
 
@@ -173,20 +173,22 @@ class KrakenParser(FeedParser):
         if inst is None:
             inst = self._instrument(symbol)
         sid = inst.symbol_id
-        self._touch("book", symbol)
+        if self.watchdog is not None:
+            self._touch("book", symbol)
         if data.timestamp is not None:
             ts = self._last_exchange_ns = rfc3339_ns(data.timestamp)
         else:
             ts = recv_ns or self._last_exchange_ns
-        flags = self._gap_flag(symbol, LEVELS)
+        flags = self._gap_flag(symbol, LEVELS) if self._gaps_pending else 0
         records = []
         if snapshot:
             records.append(pack_level(ts, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_BEGIN, SOURCE_KRAKEN, flags))
             flags = 0
         for side, levels in ((SIDE_BID, data.bids), (SIDE_ASK, data.asks)):
             for level in levels:
-                records.append(pack_level(ts, positive(level.price), non_negative(level.qty), sid, side,
-                                          ACTION_SET, SOURCE_KRAKEN, flags))
+                price, size = float(level.price), float(level.qty)   # float() reads the raw JSON text
+                check_level(price, size)
+                records.append(pack_level(ts, price, size, sid, side, ACTION_SET, SOURCE_KRAKEN, flags))
                 flags = 0
         if snapshot:
             records.append(pack_level(ts, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_END, SOURCE_KRAKEN, 0))

@@ -67,6 +67,21 @@ class RecordBatch:
         del self.ticks[mark[0]:]
         del self.levels[mark[1]:]
 
+    def write_to(self, ticks_producer, levels_producer, timeout: float | None = None) -> tuple[int, int]:
+        """Write the records to two ring producers (``shmpipe`` Producer: TICK and LEVEL_UPDATE rings)
+        without an extra copy, then empty the batch. Returns how many of each went in; records a full
+        lossless ring did not take within ``timeout`` stay in the batch for the next call."""
+        written = []
+        for buf, dtype, producer in ((self.ticks, TICK, ticks_producer), (self.levels, LEVEL_UPDATE, levels_producer)):
+            n = 0
+            if buf:
+                view = np.frombuffer(buf, dtype)
+                n = producer.write_batch(view, timeout)
+                del view   # the bytearray cannot shrink while a view exports its buffer
+                del buf[:n * dtype.itemsize]
+            written.append(n)
+        return written[0], written[1]
+
     def take(self) -> tuple[np.ndarray, np.ndarray]:
         """The records so far as (TICK array, LEVEL_UPDATE array), owned copies; the batch is emptied."""
         ticks = np.frombuffer(self.ticks, TICK).copy()
