@@ -22,7 +22,7 @@ import msgspec
 from shmpipe.records import SOURCE_ALPACA, TICK_FLAG_QUOTE, TICK_FLAG_TRADE
 
 from . import bad_input as bad
-from .feed_parser import TICKS, FeedParser, non_negative, positive
+from .feed_parser import TICKS, FeedParser, check_quote, non_negative, positive
 from .record_batch import U32_MASK, RecordBatch, pack_tick, spread_tenth_bps
 from .timestamps import rfc3339_ns
 
@@ -108,50 +108,50 @@ class AlpacaParser(FeedParser):
         self._on_items(DECODER.decode(frame), frame, out)
 
     def _on_items(self, items: list[Item], frame: bytes | str, out: RecordBatch) -> None:
+        messages, instruments = self.messages, self.instruments
         for index, item in enumerate(items):
-            mark = out.mark()
+            self.items += 1
+            kind = type(item)
+            mark = len(out.ticks), len(out.levels)
             try:
-                self._on_item(item, frame, out)
+                if kind is Quote:
+                    messages["q"] += 1
+                    symbol = item.S
+                    inst = instruments.get(symbol) or self._instrument(symbol)
+                    bid, ask = item.bp, item.ap
+                    check_quote(bid, item.bs, ask, item.as_)
+                    flags = TICK_FLAG_QUOTE | (self._gap_flag(symbol, TICKS) if self._gaps_pending else 0)
+                    out.ticks += pack_tick(rfc3339_ns(item.t), inst.symbol_id, bid, ask, item.bs + item.as_,
+                                           SOURCE_ALPACA, flags, spread_tenth_bps(bid, ask), self.items & U32_MASK)
+                    if self.watchdog is not None:
+                        self._touch("quotes", symbol)
+                elif kind is Trade:
+                    messages["t"] += 1
+                    symbol = item.S
+                    inst = instruments.get(symbol) or self._instrument(symbol)
+                    price = positive(item.p)
+                    flags = TICK_FLAG_TRADE | (self._gap_flag(symbol, TICKS) if self._gaps_pending else 0)
+                    out.ticks += pack_tick(rfc3339_ns(item.t), inst.symbol_id, price, price, non_negative(item.s),
+                                           SOURCE_ALPACA, flags, 0, self.items & U32_MASK)
+                    inst.last_price = repr(item.p)
+                    if self.watchdog is not None:
+                        self._touch("trades", symbol)
+                else:
+                    self._on_control(item, frame)
             except (ValueError, OverflowError) as exc:  # one bad value spoils only its own item
                 self._undo(out, mark)
                 symbol = getattr(item, "S", None)
                 self._reject(bad.BAD_VALUE, frame, f"item {index}: {exc}", [symbol] if symbol else [])
             else:
-                self._gaps_taken.clear()
+                if self._gaps_taken:
+                    self._gaps_taken.clear()
 
-    def _on_item(self, item: Item, frame: bytes | str, out: RecordBatch) -> None:
-        self.items += 1
-        kind = type(item)
-        if kind is Quote:
-            self.messages["q"] += 1
-            symbol = item.S
-            self._symbol_in_progress = symbol
-            inst = self.instruments.get(symbol) or self._instrument(symbol)
-            bid, ask = non_negative(item.bp), non_negative(item.ap)
-            out.ticks += pack_tick(rfc3339_ns(item.t), inst.symbol_id, bid, ask,
-                                   non_negative(item.bs) + non_negative(item.as_), SOURCE_ALPACA,
-                                   TICK_FLAG_QUOTE | self._gap_flag(symbol, TICKS),
-                                   spread_tenth_bps(bid, ask),
-                                   self.items & U32_MASK)
-            self._touch("quotes", symbol)
-        elif kind is Trade:
-            self.messages["t"] += 1
-            symbol = item.S
-            self._symbol_in_progress = symbol
-            inst = self.instruments.get(symbol) or self._instrument(symbol)
-            price = positive(item.p)
-            out.ticks += pack_tick(rfc3339_ns(item.t), inst.symbol_id, price, price, non_negative(item.s),
-                                   SOURCE_ALPACA, TICK_FLAG_TRADE | self._gap_flag(symbol, TICKS), 0,
-                                   self.items & U32_MASK)
-            inst.last_price = repr(item.p)
-            self._touch("trades", symbol)
-        else:
-            tag = item.__struct_config__.tag
-            self.messages[tag] += 1
-            if kind is Subscription:
-                self.subscriptions = {"trades": item.trades, "quotes": item.quotes}
-            elif kind is Error:
-                self.bad_input.record(bad.VENUE_ERROR, frame, f"error {item.code}: {item.msg}")
+    def _on_control(self, item: Item, frame: bytes | str) -> None:
+        self.messages[item.__struct_config__.tag] += 1
+        if type(item) is Subscription:
+            self.subscriptions = {"trades": item.trades, "quotes": item.quotes}
+        elif type(item) is Error:
+            self.bad_input.record(bad.VENUE_ERROR, frame, f"error {item.code}: {item.msg}")
 
     # -- error path: decode item by item so one bad item spoils only itself -------------------------
     def _on_schema_error(self, frame: bytes | str, exc: msgspec.ValidationError, out: RecordBatch) -> None:

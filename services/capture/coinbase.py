@@ -38,6 +38,7 @@ from .feed_parser import (
     TICKS,
     FeedParser,
     check_level,
+    check_quote,
     decimals_of,
     non_negative,
     positive,
@@ -272,14 +273,15 @@ class CoinbaseParser(FeedParser):
                 symbol = t.product_id
                 self._symbol_in_progress = symbol
                 inst = self.instruments.get(symbol) or self._instrument(symbol)
-                bid, ask = non_negative(t.best_bid), non_negative(t.best_ask)
-                volume = non_negative(t.best_bid_quantity) + non_negative(t.best_ask_quantity)
+                bid, ask = t.best_bid, t.best_ask
+                check_quote(bid, t.best_bid_quantity, ask, t.best_ask_quantity)
                 positive(t.price)
-                out.ticks += pack_tick(ts, inst.symbol_id, bid, ask, volume, SOURCE_COINBASE,
-                                       TICK_FLAG_QUOTE | self._gap_flag(symbol, TICKS),
-                                       spread_tenth_bps(bid, ask), seq)
+                flags = TICK_FLAG_QUOTE | (self._gap_flag(symbol, TICKS) if self._gaps_pending else 0)
+                out.ticks += pack_tick(ts, inst.symbol_id, bid, ask, t.best_bid_quantity + t.best_ask_quantity,
+                                       SOURCE_COINBASE, flags, spread_tenth_bps(bid, ask), seq)
                 inst.last_price = t.price
-                self._touch("ticker", symbol)
+                if self.watchdog is not None:
+                    self._touch("ticker", symbol)
 
     def _on_trades(self, msg: MarketTradesMessage, out: RecordBatch) -> None:
         seq = msg.sequence_num & U32_MASK

@@ -70,6 +70,12 @@ def check_level(price: float, size: float) -> None:
         raise BadValue(f"level price {price!r} size {size!r}: price must be finite and > 0, size finite and >= 0")
 
 
+def check_quote(bid: float, bid_size: float, ask: float, ask_size: float) -> None:
+    """A quote: every number finite and >= 0 (a side may be absent: 0)."""
+    if not (0.0 <= bid < INF and 0.0 <= ask < INF and 0.0 <= bid_size < INF and 0.0 <= ask_size < INF):
+        raise BadValue(f"quote {bid!r} x {bid_size!r} / {ask!r} x {ask_size!r}: each must be finite and >= 0")
+
+
 def decimals_of(text: str | bytes) -> int:
     """Digits after the decimal point as written: ``"67007.0"`` -> 1, ``"3500"`` -> 0."""
     dot = text.find("." if isinstance(text, str) else b".")

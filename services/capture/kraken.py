@@ -35,7 +35,16 @@ from shmpipe.records import (
 )
 
 from . import bad_input as bad
-from .feed_parser import LEVELS, TICKS, FeedParser, check_level, decimals_of, non_negative, positive
+from .feed_parser import (
+    LEVELS,
+    TICKS,
+    FeedParser,
+    check_level,
+    check_quote,
+    decimals_of,
+    non_negative,
+    positive,
+)
 from .record_batch import U32_MASK, RecordBatch, pack_level, pack_tick, spread_tenth_bps
 from .timestamps import rfc3339_ns
 
@@ -207,14 +216,15 @@ class KrakenParser(FeedParser):
         inst = self.instruments.get(symbol) or self._instrument(symbol)
         if data.timestamp is not None:
             self._last_exchange_ns = rfc3339_ns(data.timestamp)
-        bid, ask = non_negative(data.bid), non_negative(data.ask)
-        volume = non_negative(data.bid_qty) + non_negative(data.ask_qty)
+        bid, ask = data.bid, data.ask
+        check_quote(bid, data.bid_qty, ask, data.ask_qty)
         positive(data.last)
-        out.ticks += pack_tick(self._last_exchange_ns, inst.symbol_id, bid, ask, volume, SOURCE_KRAKEN,
-                               TICK_FLAG_QUOTE | self._gap_flag(symbol, TICKS), spread_tenth_bps(bid, ask),
-                               self.frames & U32_MASK)
+        flags = TICK_FLAG_QUOTE | (self._gap_flag(symbol, TICKS) if self._gaps_pending else 0)
+        out.ticks += pack_tick(self._last_exchange_ns, inst.symbol_id, bid, ask, data.bid_qty + data.ask_qty,
+                               SOURCE_KRAKEN, flags, spread_tenth_bps(bid, ask), self.frames & U32_MASK)
         inst.last_price = bytes(data.last).decode()
-        self._touch("ticker", symbol)
+        if self.watchdog is not None:
+            self._touch("ticker", symbol)
 
     def _on_trade(self, data: TradeData, snapshot: bool, out: RecordBatch) -> None:
         symbol = data.symbol
