@@ -200,14 +200,14 @@ def renumbered(frames: list[bytes]) -> list[bytes]:
     return [re.sub(rb'"sequence_num":\d+', b'"sequence_num":%d' % i, f, count=1) for i, f in enumerate(frames)]
 
 
-def make_cells(rings):
+def make_cells(rings, fixtures_dir: Path):
     import orjson
     stdlib_loads = json.loads
 
     def kraken_json(frame):   # keep Kraken's decimals as text, as the parser must
         return stdlib_loads(frame, parse_float=str)
 
-    fixtures = {name: (FIXTURES / name).read_bytes().splitlines() for name in
+    fixtures = {name: (fixtures_dir / name).read_bytes().splitlines() for name in
                 {f for f, _ in CLASSES.values()}}
     cells = []
     for (feed, what), (fixture_name, keep) in CLASSES.items():
@@ -253,11 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="PATH", help="write every figure here")
     ap.add_argument("--quick", action="store_true", help="1 run (a smoke test)")
     ap.add_argument("--only", metavar="CHOICE", action="append", help="only these parser choices")
+    ap.add_argument("--fixtures", type=Path, default=FIXTURES, metavar="DIR",
+                    help=f"folder with the venue .jsonl files (default {FIXTURES})")
     args = ap.parse_args(argv)
     runs = 1 if args.quick else args.runs
     rings, made = open_rings()
     try:
-        cells = [c for c in make_cells(rings) if not args.only or c["choice"] in args.only]
+        cells = [c for c in make_cells(rings, args.fixtures) if not args.only or c["choice"] in args.only]
         for cell in cells:
             cell["fn"]()   # warm-up: imports, caches, first-call costs
         per_run = {id(c): [] for c in cells}

@@ -234,3 +234,17 @@ def test_a_huge_frame_is_logged_cut_short(caplog):
     with caplog.at_level(logging.WARNING, logger="shmpipe.capture"):
         log.record(bad.OVERSIZED, b"y" * 1000, "too big")
     assert caplog.records[0].getMessage().endswith("yyyyyyyyyy ... (990 more)")
+
+
+@pytest.mark.parametrize("parser_class", [CoinbaseParser, KrakenParser, AlpacaParser])
+def test_deeply_nested_frame_is_counted_not_raised(parser_class):
+    parser = parser_class()
+    ticks, levels = parser.parse(b"[" * 100_000 + b"]" * 100_000)
+    assert len(ticks) == len(levels) == 0 and parser.errors.total() == 1
+
+
+def test_a_failing_error_path_is_still_counted(monkeypatch):
+    parser = KrakenParser()
+    monkeypatch.setattr(parser, "_classify", lambda obj: 1 / 0)
+    parser.parse(b'{"channel":"book","type":"update","data":"not a list"}')
+    assert parser.errors == {bad.INTERNAL: 1}

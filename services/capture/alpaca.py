@@ -157,7 +157,7 @@ class AlpacaParser(FeedParser):
     def _on_schema_error(self, frame: bytes | str, exc: msgspec.ValidationError, out: RecordBatch) -> None:
         try:
             objs = json.loads(frame)
-        except ValueError:
+        except (ValueError, RecursionError):
             objs = None
         if not isinstance(objs, list):
             # msgspec validates while it parses, so a frame cut short can fail the schema first

@@ -158,19 +158,11 @@ class CoinbaseParser(FeedParser):
         self.next_sequence: int | None = None
         self.last_heartbeat: int | None = None
         self.subscriptions: dict[str, list[str]] = {}
-        self._time_text = ""       # last event_time parsed, and its value: levels of one update share it
-        self._time_ns = 0
 
     def reset_connection(self) -> None:
         self.next_sequence = None
         self.last_heartbeat = None
         super().reset_connection()
-
-    def _event_ns(self, text: str) -> int:
-        if text != self._time_text:
-            self._time_ns = rfc3339_ns(text)
-            self._time_text = text
-        return self._time_ns
 
     def _feed(self, frame: bytes | str, out: RecordBatch, recv_ns: int) -> None:
         msg = DECODER.decode(frame)

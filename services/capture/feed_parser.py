@@ -103,8 +103,8 @@ class Gap:
 
 
 class FeedParser:
-    """Base class; a venue sets ``exchange`` and ``source`` and implements ``_feed`` and the two hooks
-    ``_classify`` and ``_symbols_named`` used only on the error path."""
+    """Base class; a venue sets ``exchange`` and ``source`` and implements ``_feed``, and the two hooks
+    used only on the error path, ``_classify`` and ``_symbols_in``."""
 
     exchange = ""
     source = 0
@@ -153,25 +153,29 @@ class FeedParser:
             if not isinstance(frame, str) and not frame.isascii():
                 frame.decode("utf-8")
             self._feed(frame, out, recv_ns)
-        except msgspec.ValidationError as exc:
+        except Exception as exc:  # noqa: BLE001 -- sorted out below; nothing may stop the other symbols
             self._undo(out, mark)
-            self._on_schema_error(frame, exc, out)
-        except msgspec.DecodeError as exc:
-            self._undo(out, mark)
-            self._reject(bad.INVALID_JSON, frame, str(exc), self._symbols_named(frame))
-        except UnicodeDecodeError as exc:
-            self._undo(out, mark)
-            self._reject(bad.NOT_UTF8, frame, str(exc))
-        except (ValueError, OverflowError, struct.error) as exc:  # BadValue, a bad timestamp, > f32 max
-            self._undo(out, mark)
-            named = [self._symbol_in_progress] if self._symbol_in_progress else self._symbols_named(frame)
-            self._reject(bad.BAD_VALUE, frame, str(exc), named)
-        except Exception as exc:  # noqa: BLE001 -- a parser bug must not stop capture of every other symbol
-            self._undo(out, mark)
-            self._reject(bad.INTERNAL, frame, f"{type(exc).__name__}: {exc}", self._symbols_named(frame))
+            try:
+                self._on_error(frame, exc, out)
+            except Exception as inner:  # noqa: BLE001 -- the error path itself failed (a bug): still count
+                self.bad_input.record(bad.INTERNAL, frame, f"handling {type(exc).__name__}: "
+                                                           f"{type(inner).__name__}: {inner}")
         else:
             if self._gaps_taken:
                 self._gaps_taken.clear()
+
+    def _on_error(self, frame: bytes | str, exc: Exception, out: RecordBatch) -> None:
+        if isinstance(exc, msgspec.ValidationError):
+            self._on_schema_error(frame, exc, out)
+        elif isinstance(exc, msgspec.DecodeError):
+            self._reject(bad.INVALID_JSON, frame, str(exc), self._symbols_named(frame))
+        elif isinstance(exc, UnicodeDecodeError):
+            self._reject(bad.NOT_UTF8, frame, str(exc))
+        elif isinstance(exc, (ValueError, OverflowError, struct.error)):  # BadValue, a timestamp, > f32 max
+            named = [self._symbol_in_progress] if self._symbol_in_progress else self._symbols_named(frame)
+            self._reject(bad.BAD_VALUE, frame, str(exc), named)
+        else:   # a parser bug must not stop capture of every other symbol
+            self._reject(bad.INTERNAL, frame, f"{type(exc).__name__}: {exc}", self._symbols_named(frame))
 
     def reset_connection(self) -> None:
         """The socket was replaced: forget per-connection state; every book waits for a new snapshot and
@@ -252,7 +256,7 @@ class FeedParser:
     def _on_schema_error(self, frame: bytes | str, exc: msgspec.ValidationError, out: RecordBatch) -> None:
         try:
             obj = json.loads(frame)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
         # msgspec validates while it parses, so a frame cut short can fail the schema first
         kind = self._classify(obj) if obj is not None else bad.INVALID_JSON
@@ -263,7 +267,7 @@ class FeedParser:
     def _symbols_named(self, frame: bytes | str) -> list[str]:
         try:
             obj = json.loads(frame)
-        except ValueError:
+        except (ValueError, RecursionError):
             return []
         return self._symbols_in(obj)
 
