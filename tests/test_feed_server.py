@@ -249,3 +249,35 @@ def test_cli_sigterm_exits_0():
         assert proc.wait(timeout=DEADLINE) == 0
     finally:
         _stop(proc)
+
+
+def test_frames_from_the_server_reach_rings_exactly_as_parsed_from_the_file(ring_name):
+    """The path a capture process takes: websocket frame -> parser -> RecordBatch -> rings."""
+    import numpy as np
+    from shmpipe_services.capture.record_batch import RecordBatch
+
+    import shmpipe
+    from shmpipe.records import LEVEL_UPDATE, TICK
+
+    direct = KrakenParser()
+    parts = [direct.parse(line) for line in fixture_lines("kraken_v2.jsonl")]
+    expected_ticks = np.concatenate([t for t, _ in parts])
+    expected_levels = np.concatenate([lv for _, lv in parts])
+
+    with shmpipe.Ring.create(ring_name + "-t", TICK, 1 << 12) as ticks_ring, \
+            shmpipe.Ring.create(ring_name + "-l", LEVEL_UPDATE, 1 << 14) as levels_ring, \
+            ticks_ring.producer() as ticks_out, levels_ring.producer() as levels_out, \
+            ticks_ring.consumer() as ticks_in, levels_ring.consumer() as levels_in:
+        async def client(url):
+            parser, batch = KrakenParser(), RecordBatch()
+            async with connect(url, max_size=None) as ws:
+                await ws.send('{"method":"subscribe"}')
+                async for frame in ws:
+                    parser.feed(frame, batch)
+                    batch.write_to(ticks_out, levels_out, timeout=5.0)
+            return parser
+        parser, _ = serve_and([KRAKEN], client)
+        ticks = ticks_in.read(1 << 12, timeout=0)
+        levels = levels_in.read(1 << 14, timeout=0)
+    assert parser.errors == Counter() and len(levels) == len(expected_levels) == 6322
+    assert ticks.tobytes() == expected_ticks.tobytes() and levels.tobytes() == expected_levels.tobytes()
