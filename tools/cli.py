@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "demo": "shmpipe_tools.demo",
     "bench": "shmpipe_bench.cli",
     "assets": "shmpipe_services.asset_sync.cli",
+    "feed-server": "shmpipe_tools.feed_server",
 }
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_HINTS = {
     "bench": "pip install 'shmpipe[bench]'",
     "assets": "pip install 'shmpipe[services]'",
+    "feed-server": "pip install 'shmpipe[services]'",
 }
 
 
