@@ -12,8 +12,9 @@ from ring_workers import check_ticks, make_ticks
 STAMPED = np.dtype([("seq", "<u8"), ("payload", "<u8", (127,))])
 
 
-def stamped(start: int, n: int) -> np.ndarray:
-    out = np.empty(n, STAMPED)
+def stamped(start: int, n: int, dtype: np.dtype = STAMPED) -> np.ndarray:
+    """Records start..start+n-1 of a (seq, payload[k]) dtype, every word the sequence number."""
+    out = np.empty(n, dtype)
     seq = np.arange(start, start + n, dtype=np.uint64)
     out["seq"] = seq
     out["payload"] = seq[:, None]

@@ -10,6 +10,7 @@ import numpy as np
 import shmpipe
 from shmpipe import _ring, segments
 from shmpipe.records import TICK
+import broadcast_workers
 from ring_workers import make_ticks
 
 # 64-byte record whose every word repeats its sequence number: a torn or misplaced copy cannot pass.
@@ -17,11 +18,7 @@ STAMP64 = np.dtype([("seq", "<u8"), ("payload", "<u8", (7,))])
 
 
 def stamped(start: int, n: int) -> np.ndarray:
-    out = np.empty(n, STAMP64)
-    seq = np.arange(start, start + n, dtype=np.uint64)
-    out["seq"] = seq
-    out["payload"] = seq[:, None]
-    return out
+    return broadcast_workers.stamped(start, n, STAMP64)
 
 
 def poke(name: str, offset: int, raw: bytes) -> None:

@@ -44,6 +44,7 @@ import numpy as np
 import posix_ipc
 
 from . import _ring, segments
+from .durable import fsync_dir
 from .errors import (
     InvalidArgumentError,
     NoSpaceError,
@@ -521,7 +522,7 @@ class SymbolRegistry:
         finally:
             os.close(fd)
         if persisted == 0:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         struct.pack_into("<Q", self._mm, _PERSISTED, persisted + len(line))
 
     def _file_header(self) -> bytes:
@@ -564,7 +565,7 @@ class SymbolRegistry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         struct.pack_into("<Q", self._mm, _PERSISTED, len(body))
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -640,12 +641,6 @@ def _apply_line(entries: np.ndarray, count: int, line: dict, where: str, registr
     return sid + 1
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_segment(name: str) -> bool:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..durable import fsync_dir
 from ..errors import InvalidArgumentError, WslogWriteError
 from .format import (
     HEADER,
@@ -335,7 +336,7 @@ class WslogWriter:
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(part, done)
-        _fsync_dir(done.parent)
+        fsync_dir(done.parent)
         os.unlink(f.path)
         update_index(self.directory, f"{f.key}.zst", f.index_fields("compressed", done.stat().st_size),
                      replaces=f.key)
@@ -364,9 +365,3 @@ def _check_exchange_name(name: object) -> str:
     return name
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
