@@ -10,6 +10,7 @@ on every connect marker after the first of that exchange).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -195,11 +196,10 @@ def subscribe_frames(feed: str, symbols: list[str]) -> list[str]:
 def resubscribe_frames(feed: str, symbols: list[str]) -> list[str]:
     """Only the book channel of the symbols whose book needs a fresh snapshot."""
     if feed == "coinbase":
-        unsub = [{"type": "unsubscribe", "channel": "level2", "product_ids": symbols}]
-        import json
-        return [json.dumps(m) for m in unsub] + coinbase.subscribe_messages(symbols, channels=("level2",))[1:]
+        # unsubscribe first: a second subscribe to a channel already held would not send a snapshot
+        unsub = {"type": "unsubscribe", "channel": "level2", "product_ids": symbols}
+        return [json.dumps(unsub)] + coinbase.subscribe_messages(symbols, channels=("level2",))[1:]
     if feed == "kraken":
-        import json
         unsub = {"method": "unsubscribe", "params": {"channel": "book", "symbol": symbols,
                                                       "depth": kraken.DEFAULT_DEPTH}}
         return [json.dumps(unsub)] + kraken.subscribe_messages(symbols, channels=("book",))
