@@ -330,3 +330,12 @@ def test_synthetic_capture_for_n_seconds_prints_counters(rings, registry):
     assert counters["ticks_written"] == len(ticks) > 0 and counters["levels_written"] == len(levels) > 0
     assert Counter(ticks["symbol_id"].tolist()).keys() == {registry.id_of("synthetic", f"SYN{k:04d}")
                                                            for k in range(3)}
+
+
+def test_replay_of_a_corrupt_zst_names_the_file_exit_1(ring_name, tmp_path):
+    bad = tmp_path / "20240611_14.wslog.zst"
+    bad.write_bytes(b"\x28\xb5\x2f\xfd" + b"not zstd at all" * 10)   # the zstd magic, then junk
+    code, out, err = run_cli("replay", "--ticks", ring_name + "-t", "--levels", ring_name + "-l", str(bad))
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"shmpipe replay: {bad}: ") and "Traceback" not in err
+    assert not list(shmpipe_segments(ring_name))

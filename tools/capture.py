@@ -187,6 +187,9 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         result = cp.replay(args.paths, writer, speed=args.speed)
     except WslogFormatError as exc:   # a corrupt .zst: the message names the file
+        for ring in (ticks_ring, levels_ring):
+            if ring.name in _created:   # made for this run alone
+                ring.unlink()
         return _fail("replay", str(exc))
     finally:
         writer.close()
