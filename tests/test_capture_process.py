@@ -28,8 +28,8 @@ from shmpipe.wslog import read_wslog, wslog_files
 
 DEADLINE = 60.0          # only a hung child comes near it
 TICKS_CAP, LEVELS_CAP = 1 << 16, 1 << 18
-FIXTURES = {"coinbase": "coinbase_advanced.jsonl", "kraken": "kraken_v2.jsonl"}
-PARSERS = {"coinbase": CoinbaseParser, "kraken": KrakenParser}
+FIXTURES = {"coinbase": "coinbase_advanced.jsonl", "kraken": "kraken_v2.jsonl", "alpaca": "alpaca_stream.jsonl"}
+PARSERS = {"coinbase": CoinbaseParser, "kraken": KrakenParser, "alpaca": AlpacaParser}
 EXCHANGE_IDS = {"coinbase": 1, "kraken": 2, "alpaca": 3}
 
 
@@ -134,7 +134,7 @@ def registered(registry: SymbolRegistry):
     return lambda exchange, symbol, **facts: registry.register(exchange, symbol, **facts)
 
 
-@pytest.mark.parametrize("feed", ["coinbase", "kraken"])
+@pytest.mark.parametrize("feed", ["coinbase", "kraken", "alpaca"])
 def test_capture_rings_equal_the_fixture_parsed_and_replay_reproduces_them(feed, rings, registry, tmp_path):
     live = rings()
     server, url = start_feed_server(FIXTURES[feed], "--exit-after", "1")
@@ -169,11 +169,15 @@ def test_capture_rings_equal_the_fixture_parsed_and_replay_reproduces_them(feed,
         fresh = CoinbaseParser(registered(registry))
         before = sum(len(fresh.parse(f, t)[1]) for f, t in zip(frames[:gap_line - 1], times[:gap_line - 1]))
         assert flagged[0] == before
-    else:
+    elif feed == "kraken":
         known = KNOWN["kraken_v2.jsonl"]
         assert {c: counters["messages_by_channel"][c] for c in known["message_counts"]} == known["message_counts"]
         assert counters["gaps"] == {}
         assert not (levels["flags"] & TICK_FLAG_GAP_BEFORE).any()
+    else:
+        known = KNOWN["alpaca_stream.jsonl"]["items_by_type"]
+        assert len(ticks) == known["q"] + known["t"] and len(levels) == 0
+        assert counters["gaps"] == {}
 
     # the raw capture replayed into fresh rings: byte for byte what the live run wrote
     again = rings("-r")
@@ -339,3 +343,72 @@ def test_replay_of_a_corrupt_zst_names_the_file_exit_1(ring_name, tmp_path):
     assert code == 1 and out == "" and len(err.splitlines()) == 1
     assert err.startswith(f"shmpipe replay: {bad}: ") and "Traceback" not in err
     assert not list(shmpipe_segments(ring_name))
+
+
+def test_seconds_ends_a_capture_whose_feed_went_silent(rings, registry, tmp_path):
+    live = rings()
+    server, url = start_feed_server(FIXTURES["kraken"], "--stall-after", "100")
+    try:
+        counters = capture("kraken", url, live, tmp_path / "raw", "--seconds", "1.5")
+    finally:
+        _stop(server)
+    assert counters["ended"] == "time" and counters["messages"] == 100 and counters["reconnects"] == 0
+    ticks, levels = live.read_all()
+    assert (len(ticks), len(levels)) == (counters["ticks_written"], counters["levels_written"])
+
+
+def test_sigterm_ends_a_capture_with_its_counters(rings, registry, tmp_path):
+    live = rings()
+    server, url = start_feed_server(FIXTURES["kraken"], "--stall-after", "100")
+    proc = spawn_cli("capture", "--feed", "kraken", "--url", url, *live.args(), "--json")
+    try:
+        got = 0
+        while got < 10:   # records flowing (the book snapshot comes first): capture is past its subscribe
+            got += len(live.levels_in.read(LEVELS_CAP, timeout=DEADLINE))
+        proc.terminate()
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        _stop(proc)
+        _stop(server)
+    assert proc.returncode == 0, err
+    counters = json.loads(out)
+    assert counters["ended"] == "signal" and counters["messages"] <= 100
+
+
+def test_kill_9_mid_capture_leaves_a_raw_log_and_journal_that_replay_what_consumers_got(rings, registry, tmp_path):
+    live = rings()
+    server, url = start_feed_server(FIXTURES["coinbase"], "--speed", "4")   # ~15 s of frames
+    proc = spawn_cli("capture", "--feed", "coinbase", "--url", url, *live.args(),
+                     "--raw-dir", str(tmp_path / "raw"), "--journal-dir", str(tmp_path / "journal"))
+    ticks_parts, level_parts = [], []
+    try:
+        got = 0
+        while got < 100:   # well into the feed
+            batch = live.ticks_in.read(TICKS_CAP, timeout=DEADLINE)
+            assert len(batch), "no ticks within the deadline"
+            ticks_parts.append(batch)
+            got += len(batch)
+        proc.kill()
+        proc.wait(timeout=DEADLINE)
+    finally:
+        _stop(proc)
+        _stop(server)
+    ticks_parts.append(live.ticks_in.read(TICKS_CAP, timeout=0))
+    received_ticks = np.concatenate(ticks_parts)
+    received_levels = live.levels_in.read(LEVELS_CAP, timeout=0)
+
+    # the raw log is read up to the kill (its writer flushes every 0.2 s, so it may lag the rings)
+    again = rings("-r")
+    code, out, err = run_cli("replay", *again.args(), "--json", str(tmp_path / "raw"))
+    assert code == 0, err
+    rticks, rlevels = again.read_all()
+    assert 0 < json.loads(out)["messages"]
+    assert rticks.tobytes() == received_ticks[:len(rticks)].tobytes()
+    assert rlevels.tobytes() == received_levels[:len(rlevels)].tobytes()
+
+    # the journal is appended before each ring write: it holds every tick a consumer got, in order
+    day_files = list((tmp_path / "journal").rglob("*.ticks"))
+    journaled = np.concatenate([read_journal(f, copy=True) for f in day_files])
+    for sid in np.unique(received_ticks["symbol_id"]):
+        mine = received_ticks[received_ticks["symbol_id"] == sid]
+        assert journaled[journaled["symbol_id"] == sid][:len(mine)].tobytes() == mine.tobytes()
