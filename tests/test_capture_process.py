@@ -412,3 +412,9 @@ def test_kill_9_mid_capture_leaves_a_raw_log_and_journal_that_replay_what_consum
     for sid in np.unique(received_ticks["symbol_id"]):
         mine = received_ticks[received_ticks["symbol_id"] == sid]
         assert journaled[journaled["symbol_id"] == sid][:len(mine)].tobytes() == mine.tobytes()
+
+
+def test_synthetic_takes_no_raw_dir(ring_name, tmp_path):
+    code, out, err = run_cli("capture", "--feed", "synthetic", "--ticks", ring_name + "-t", "--levels",
+                             ring_name + "-l", "--raw-dir", str(tmp_path))
+    assert code == 1 and out == "" and err.startswith("shmpipe capture: --feed synthetic receives no frames")

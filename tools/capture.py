@@ -105,6 +105,9 @@ def run_capture(args: argparse.Namespace) -> int:
             return _fail("capture", f"--feed synthetic takes --symbols K, a count, not {args.symbols!r}")
         if n_symbols < 1:
             return _fail("capture", "--symbols must be >= 1")
+        if args.raw_dir or args.url:   # said, not silently ignored
+            return _fail("capture", "--feed synthetic receives no frames: it takes no --url or --raw-dir "
+                                    "(use --journal-dir)")
     else:
         symbols = [s for s in (args.symbols or "").split(",") if s] or cp.DEFAULT_SYMBOLS[args.feed]
     try:

@@ -257,7 +257,7 @@ class Capture:
         while True:
             try:
                 ws = await asyncio.wait_for(
-                    connect(self.options.url, max_size=self.parser.max_frame_bytes, compression=None,
+                    connect(self.options.url, max_size=self._max_size(), compression=None,
                             open_timeout=None), self.options.open_timeout_s)
             except InvalidURI as exc:
                 raise CaptureError(f"bad --url {self.options.url!r}: {exc}") from None
@@ -298,6 +298,12 @@ class Capture:
                 return
             self._marker("disconnect", f"closed: code {ws.close_code} {ws.close_reason or ''}".strip())
             await asyncio.sleep(self._backoff(1))
+
+    def _max_size(self) -> int:
+        # Above the parser's limit so an oversized frame reaches the parser, which counts it and
+        # the raw log keeps it (websockets would close the connection instead, losing what follows);
+        # still bounded, so a hostile peer cannot make capture buffer without end.
+        return max(4 * self.parser.max_frame_bytes, 64 << 20)
 
     def _backoff(self, attempt: int) -> float:
         # exponential with full jitter in [0.5, 1.5) x: many captures dropped at once by one venue
