@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "bench": "shmpipe_bench.cli",
     "assets": "shmpipe_services.asset_sync.cli",
     "feed-server": "shmpipe_tools.feed_server",
+    "capture": "shmpipe_tools.capture",
+    "replay": "shmpipe_tools.replay",
 }
 
 
@@ -43,6 +45,8 @@ EXTRA_HINTS = {
     "bench": "pip install 'shmpipe[bench]'",
     "assets": "pip install 'shmpipe[services]'",
     "feed-server": "pip install 'shmpipe[services]'",
+    "capture": "pip install 'shmpipe[services]'",
+    "replay": "pip install 'shmpipe[services]'",
 }
 
 

@@ -1,0 +1,431 @@
+"""The capture process: one venue's websocket -> parser -> TICK / LEVEL_UPDATE broadcast rings, with
+the raw frames to a .wslog capture and the ticks to a journal; and replay of such a capture through
+the same parsers into rings.
+
+Exactness between a live run and its replay rests on two things: every frame is parsed with the
+receive time that is also written to the .wslog (the only input a parser takes besides the frame),
+and the parser's connection state is reset at the same points (live: after every reconnect; replay:
+on every connect marker after the first of that exchange).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import shmpipe
+from shmpipe.records import LEVEL_UPDATE, TICK
+
+from . import alpaca, coinbase, kraken
+from .alpaca import AlpacaParser
+from .coinbase import CoinbaseParser
+from .feed_parser import FeedParser
+from .kraken import KrakenParser
+from .record_batch import RecordBatch
+from .symbol_ids import SymbolIdFn, host_registry_or_memory
+
+# The capture's exchange ids: the .wslog header's u16 (shared/data/README.md uses the same).
+EXCHANGE_IDS = {"coinbase": 1, "kraken": 2, "alpaca": 3}
+EXCHANGE_NAMES = {v: k for k, v in EXCHANGE_IDS.items()}
+PARSERS: dict[str, type[FeedParser]] = {"coinbase": CoinbaseParser, "kraken": KrakenParser,
+                                        "alpaca": AlpacaParser}
+# What the fixtures (and so the feed server) carry; a real capture passes --symbols.
+DEFAULT_SYMBOLS = {"coinbase": ["BTC-USD", "ETH-USD"], "kraken": ["BTC/USD", "ETH/USD"],
+                   "alpaca": ["AAPL", "MSFT", "SPY"]}
+
+# Capacities of rings capture creates itself. A book message fans out into many LevelUpdates (a
+# Kraken depth-10 snapshot is 21 records, a Coinbase level2 snapshot hundreds), so the levels ring
+# is 4x the ticks ring. 2^16 ticks (2 MiB) and 2^18 levels (8 MiB) hold seconds of a busy venue:
+# a consumer that stalls that long makes capture wait (lossless), counted as ring-full waits.
+TICKS_CAPACITY = 1 << 16
+LEVELS_CAPACITY = 1 << 18
+# One blocking attempt to write into a full ring lasts this long before capture yields to the event
+# loop (pings, the deadline) and tries again; every such round is one ring-full wait.
+RING_WAIT_S = 0.05
+
+
+class CaptureError(Exception):
+    """A user-caused failure (bad URL, unreachable server, wrong ring type): one line, exit 1."""
+
+
+def open_or_create_rings(ticks: str, levels: str) -> tuple[Any, Any, list[str]]:
+    """Attach to the rings if they exist, else create them as lossless broadcast rings. Returns
+    (ticks ring, levels ring, names of the rings created here)."""
+    rings, created = [], []
+    try:
+        for name, dtype, capacity in ((ticks, TICK, TICKS_CAPACITY), (levels, LEVEL_UPDATE, LEVELS_CAPACITY)):
+            try:
+                ring = shmpipe.Ring.open(name, dtype)
+            except FileNotFoundError:
+                try:
+                    ring = shmpipe.Ring.create(name, dtype, capacity, broadcast=True)
+                    created.append(name)
+                except FileExistsError:   # another process created it in between: join it
+                    ring = shmpipe.Ring.open(name, dtype)
+            rings.append(ring)
+    except shmpipe.ShmpipeError as exc:   # the wrong dtype, a bad name, not ours
+        for ring in rings:
+            ring.close()
+        raise CaptureError(f"ring {name!r}: {exc}") from None
+    return rings[0], rings[1], created
+
+
+@dataclass
+class Counters:
+    messages: int = 0            # frames received (or replayed)
+    bytes: int = 0
+    ticks_written: int = 0
+    levels_written: int = 0
+    ring_full_waits: int = 0
+    reconnects: int = 0
+    resubscribes: int = 0
+    parse_errors: Counter = field(default_factory=Counter)
+    gaps: Counter = field(default_factory=Counter)
+    by_channel: Counter = field(default_factory=Counter)
+    latency: Any = None          # HdrHistogram of frame-to-ring µs, when hdrhistogram is installed
+
+    def __post_init__(self) -> None:
+        try:
+            from hdrh.histogram import HdrHistogram
+            self.latency = HdrHistogram(1, 60_000_000, 3)
+        except ImportError:   # the counters still work without percentiles
+            self.latency = None
+
+    def as_dict(self) -> dict:
+        out = {"messages": self.messages, "bytes": self.bytes, "ticks_written": self.ticks_written,
+               "levels_written": self.levels_written, "ring_full_waits": self.ring_full_waits,
+               "reconnects": self.reconnects, "resubscribes": self.resubscribes,
+               "parse_errors": dict(self.parse_errors), "gaps": dict(self.gaps),
+               "messages_by_channel": dict(self.by_channel)}
+        if self.latency is not None and self.latency.get_total_count():
+            out["latency_us"] = {"p50": self.latency.get_value_at_percentile(50),
+                                 "p99": self.latency.get_value_at_percentile(99),
+                                 "max": self.latency.get_max_value()}
+        else:
+            out["latency_us"] = None
+        return out
+
+
+class RingWriter:
+    """Writes batches into the two rings, waiting (never dropping) while a lossless ring is full."""
+
+    def __init__(self, ticks_ring, levels_ring, counters: Counters, journal=None) -> None:
+        self.ticks_out = ticks_ring.producer()
+        self.levels_out = levels_ring.producer()
+        self.counters = counters
+        self.journal = journal
+
+    def close(self) -> None:
+        self.ticks_out.close()
+        self.levels_out.close()
+
+    def _journal(self, batch: RecordBatch) -> None:
+        if self.journal is not None and batch.ticks:
+            view = np.frombuffer(batch.ticks, TICK)
+            self.journal.append(view)
+            del view   # the bytearray cannot shrink while a view exports it
+
+    async def write(self, batch: RecordBatch) -> None:
+        self._journal(batch)
+        while True:
+            t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=0)
+            self.counters.ticks_written += t
+            self.counters.levels_written += lv
+            if not len(batch):
+                return
+            # a consumer is behind: wait, but let the event loop run (pings, --seconds) meanwhile
+            self.counters.ring_full_waits += 1
+            t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=RING_WAIT_S)
+            self.counters.ticks_written += t
+            self.counters.levels_written += lv
+            if not len(batch):
+                return
+            await asyncio.sleep(0)
+
+    def write_blocking(self, batch: RecordBatch) -> None:
+        self._journal(batch)
+        while True:
+            t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=0)
+            self.counters.ticks_written += t
+            self.counters.levels_written += lv
+            if not len(batch):
+                return
+            self.counters.ring_full_waits += 1
+            t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=None)
+            self.counters.ticks_written += t
+            self.counters.levels_written += lv
+            if not len(batch):
+                return
+
+    def write_arrays(self, ticks: np.ndarray, levels: np.ndarray, stop: Callable[[], bool]) -> None:
+        """Synthetic records (already arrays): same waiting rule, stopping early only if asked to."""
+        if self.journal is not None and len(ticks):
+            self.journal.append(ticks)
+        for array, producer, key in ((ticks, self.ticks_out, "ticks_written"),
+                                     (levels, self.levels_out, "levels_written")):
+            while len(array):
+                n = producer.write_batch(array, 0)
+                if n < len(array):
+                    self.counters.ring_full_waits += 1
+                    n += producer.write_batch(array[n:], RING_WAIT_S)
+                setattr(self.counters, key, getattr(self.counters, key) + n)
+                array = array[n:]
+                if len(array) and stop():
+                    return
+
+
+def subscribe_frames(feed: str, symbols: list[str]) -> list[str]:
+    if feed == "coinbase":
+        return coinbase.subscribe_messages(symbols)
+    if feed == "kraken":
+        return kraken.subscribe_messages(symbols)
+    key, secret = os.environ.get("APCA_API_KEY_ID", ""), os.environ.get("APCA_API_SECRET_KEY", "")
+    # the local feed server accepts anything; the real endpoint wants the auth frame first
+    return [alpaca.auth_message(key, secret), alpaca.subscribe_message(symbols)]
+
+
+def resubscribe_frames(feed: str, symbols: list[str]) -> list[str]:
+    """Only the book channel of the symbols whose book needs a fresh snapshot."""
+    if feed == "coinbase":
+        # unsubscribe first: a second subscribe to a channel already held would not send a snapshot
+        unsub = {"type": "unsubscribe", "channel": "level2", "product_ids": symbols}
+        return [json.dumps(unsub)] + coinbase.subscribe_messages(symbols, channels=("level2",))[1:]
+    if feed == "kraken":
+        unsub = {"method": "unsubscribe", "params": {"channel": "book", "symbol": symbols,
+                                                      "depth": kraken.DEFAULT_DEPTH}}
+        return [json.dumps(unsub)] + kraken.subscribe_messages(symbols, channels=("book",))
+    return []   # Alpaca has no books
+
+
+@dataclass
+class CaptureOptions:
+    feed: str
+    url: str
+    symbols: list[str]
+    seconds: float | None = None
+    max_attempts: int = 10          # reconnect attempts in a row before giving up
+    backoff_s: float = 0.5          # first reconnect delay; doubles per failed attempt
+    max_backoff_s: float = 30.0
+    open_timeout_s: float = 10.0
+
+
+class Capture:
+    def __init__(self, options: CaptureOptions, writer: RingWriter, wslog=None,
+                 symbol_id: SymbolIdFn | None = None) -> None:
+        self.options = options
+        self.writer = writer
+        self.counters = writer.counters
+        self.wslog = wslog
+        self.exchange_id = EXCHANGE_IDS[options.feed]
+        self.parser = PARSERS[options.feed](symbol_id if symbol_id is not None else host_registry_or_memory())
+        self.connections = 0
+        self.ended = ""
+
+    def _marker(self, kind: str, detail: str) -> None:
+        if self.wslog is not None:
+            self.wslog.marker(self.exchange_id, kind, detail, time.time_ns())
+
+    async def run(self) -> None:
+        deadline = None if self.options.seconds is None else time.monotonic() + self.options.seconds
+        try:
+            if deadline is None:
+                await self._run()
+            else:
+                await asyncio.wait_for(self._run(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            self.ended = "time"
+        finally:
+            self.parser.bad_input.flush()
+            self.counters.parse_errors = Counter(self.parser.errors)
+            self.counters.gaps = Counter(self.parser.gap_counts)
+            self.counters.by_channel = Counter(self.parser.messages)
+
+    async def _run(self) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosedOK, InvalidURI, WebSocketException
+
+        failures = 0
+        while True:
+            try:
+                ws = await asyncio.wait_for(
+                    connect(self.options.url, max_size=self._max_size(), compression=None,
+                            open_timeout=None), self.options.open_timeout_s)
+            except InvalidURI as exc:
+                raise CaptureError(f"bad --url {self.options.url!r}: {exc}") from None
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                reason = f"{type(exc).__name__}: {exc}".strip()
+                if self.connections == 0:
+                    # never connected: a wrong URL or a server that is not there is a setup error the
+                    # operator must see now, not after minutes of retries
+                    raise CaptureError(f"cannot connect to {self.options.url}: {reason}") from None
+                failures += 1
+                if failures >= self.options.max_attempts:
+                    self.ended = f"gave up after {failures} failed reconnect attempts ({reason})"
+                    return
+                await asyncio.sleep(self._backoff(failures))
+                continue
+            failures = 0
+            self.connections += 1
+            self._marker("connect", self.options.url)
+            if self.connections > 1:
+                self.counters.reconnects += 1
+                self.parser.reset_connection()
+            try:
+                async with ws:
+                    for frame in subscribe_frames(self.options.feed, self.options.symbols):
+                        self._marker("subscribe", frame)
+                        await ws.send(frame)
+                    async for frame in ws:
+                        await self._on_frame(ws, frame)
+            except ConnectionClosedOK:   # a close frame: 1000 ends the capture, 1001 etc. reconnect
+                pass
+            except (OSError, WebSocketException) as exc:
+                self._marker("disconnect", f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(self._backoff(1))
+                continue
+            if ws.close_code == 1000:   # the server ended the feed on purpose: done
+                self._marker("disconnect", "closed normally (1000)")
+                self.ended = "feed closed"
+                return
+            self._marker("disconnect", f"closed: code {ws.close_code} {ws.close_reason or ''}".strip())
+            await asyncio.sleep(self._backoff(1))
+
+    def _max_size(self) -> int:
+        # Above the parser's limit so an oversized frame reaches the parser, which counts it and
+        # the raw log keeps it (websockets would close the connection instead, losing what follows);
+        # still bounded, so a hostile peer cannot make capture buffer without end.
+        return max(4 * self.parser.max_frame_bytes, 64 << 20)
+
+    def _backoff(self, attempt: int) -> float:
+        # exponential with full jitter in [0.5, 1.5) x: many captures dropped at once by one venue
+        # outage do not all come back in the same instant
+        base = min(self.options.max_backoff_s, self.options.backoff_s * (2 ** (attempt - 1)))
+        return base * (0.5 + random.random())
+
+    async def _on_frame(self, ws, frame: bytes | str) -> None:
+        recv_ns = time.time_ns()
+        counters = self.counters
+        counters.messages += 1
+        counters.bytes += len(frame)
+        if self.wslog is not None:
+            self.wslog.write(recv_ns, self.exchange_id, frame)
+        batch = RecordBatch()
+        self.parser.feed(frame, batch, recv_ns)
+        if len(batch):
+            await self.writer.write(batch)
+            if counters.latency is not None:
+                counters.latency.record_value(max(1, (time.time_ns() - recv_ns) // 1000))
+        if self.parser.resync_needed:
+            symbols = sorted(self.parser.take_resync())
+            for out in resubscribe_frames(self.options.feed, symbols):
+                self._marker("subscribe", out)
+                await ws.send(out)
+            counters.resubscribes += len(symbols)
+
+
+def run_synthetic(writer: RingWriter, *, rate: float, symbols: int, seed: int, seconds: float | None,
+                  stop_flag: list[bool], symbol_id: SymbolIdFn | None = None) -> None:
+    """Paced synthetic records: the events due by now (rate per second) every round."""
+    from .synthetic import SyntheticFeed
+    feed = SyntheticFeed(symbols, seed, symbol_id=symbol_id if symbol_id is not None else host_registry_or_memory(),
+                         events_per_second=rate)
+    start = time.monotonic()
+    deadline = None if seconds is None else start + seconds
+    sent = 0
+    chunk = max(1, min(65536, int(rate // 100) or 1))   # ~10 ms of records per ring write
+    while not stop_flag[0]:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            break
+        due = int((now - start) * rate) - sent
+        if due <= 0:
+            time.sleep(min(0.005, 1.0 / rate))
+            continue
+        n = min(due, chunk)
+        ticks, levels = feed.next_batch(n)
+        writer.write_arrays(ticks, levels, lambda: stop_flag[0])
+        writer.counters.messages += n
+        sent += n
+
+
+@dataclass
+class ReplayResult:
+    counters: Counters
+    entries: int = 0
+    markers: int = 0
+    unknown_exchange: int = 0
+    stops: list[str] = field(default_factory=list)
+    per_exchange: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        out = self.counters.as_dict()
+        out.update(entries=self.entries, markers=self.markers, unknown_exchange=self.unknown_exchange,
+                   per_exchange={EXCHANGE_NAMES.get(k, str(k)): v for k, v in sorted(self.per_exchange.items())},
+                   stopped=self.stops)
+        return out
+
+
+def replay(paths: Iterable[str], writer: RingWriter, *, speed: float = 0.0,
+           symbol_id: SymbolIdFn | None = None) -> ReplayResult:
+    """Every entry of the captures, merged by receive time, through the venue parsers into the rings.
+    ``speed`` 0: as fast as possible; X > 0: the recorded spacing divided by X."""
+    from shmpipe.wslog import merge_wslogs
+
+    symbol_id = symbol_id if symbol_id is not None else host_registry_or_memory()
+    result = ReplayResult(writer.counters)
+    parsers: dict[int, FeedParser] = {}
+    connects: Counter = Counter()
+    merge = merge_wslogs(list(paths))
+    first_ns = start = None
+    batch = RecordBatch()
+    for entry in merge:
+        if speed > 0:
+            if first_ns is None:
+                first_ns, start = entry.recv_ns, time.monotonic()
+            delay = start + (entry.recv_ns - first_ns) / 1e9 / speed - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        result.entries += 1
+        parser = parsers.get(entry.exchange_id)
+        if parser is None and entry.exchange_id in EXCHANGE_NAMES:
+            parser = parsers[entry.exchange_id] = PARSERS[EXCHANGE_NAMES[entry.exchange_id]](symbol_id)
+        if entry.marker is not None:
+            result.markers += 1
+            # the live run reset its parser after every reconnect, i.e. at each connect but the first
+            if entry.marker == "connect" and parser is not None:
+                connects[entry.exchange_id] += 1
+                if connects[entry.exchange_id] > 1:
+                    parser.reset_connection()
+                    writer.counters.reconnects += 1
+            continue
+        if parser is None:
+            result.unknown_exchange += 1
+            continue
+        result.per_exchange[entry.exchange_id] += 1
+        writer.counters.messages += 1
+        writer.counters.bytes += len(entry.payload)
+        parser.feed(entry.payload, batch, entry.recv_ns)
+        if len(batch):
+            writer.write_blocking(batch)
+    result.stops = [str(s) for s in merge.stops]
+    for parser in parsers.values():
+        parser.bad_input.flush()
+        writer.counters.parse_errors.update(parser.errors)
+        writer.counters.gaps.update(parser.gap_counts)
+        writer.counters.by_channel.update({f"{parser.exchange}.{k}": v for k, v in parser.messages.items()})
+    return result
+
+
+def install_stop_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+    """SIGTERM / SIGINT end the capture like --seconds does: counters printed, exit 0."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
