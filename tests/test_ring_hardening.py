@@ -207,7 +207,8 @@ def test_9_polling_an_idle_ring_keeps_a_consumer_alive(ring_name):
             ring.producer() as p, ring.consumer() as c:
         end = time.monotonic() + 0.6
         while time.monotonic() < end:              # an idle ring, polled as a user's loop would
-            assert len(c.read(16, timeout=0.01)) == 0
+            assert len(c.read(16, timeout=0)) == 0
+            time.sleep(0.01)                       # the user's pacing, not synchronisation
         assert p.write_batch(make_ticks(0, 8), timeout=0) == 8
         assert p.write(make_ticks(8, 1)[0], timeout=0.05) is False   # full: c has not read yet
         assert ring.stats()["evictions"] == 0
