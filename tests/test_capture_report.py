@@ -179,9 +179,10 @@ def test_killed_capture_leaves_a_stale_segment_that_a_new_one_replaces(rings, re
         stats.read(stats_name)
 
 
-def test_capture_with_a_taken_name_is_one_line(rings, registry, stats_name):
+def test_capture_with_a_taken_name_is_one_line(rings, registry):
     live = rings()
-    with stats.publish(stats_name, ["messages"]):
-        code, _out, err = run_cli("capture", "--feed", "synthetic", "--seconds", "0.1", *live.args(),
-                                  "--name", stats_name)
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "a live process" in err
+    default = f"{live.names[0]}.synthetic"   # --name defaults to TICKS.FEED
+    with stats.publish(default, ["messages"]):
+        code, _out, err = run_cli("capture", "--feed", "synthetic", "--seconds", "0.1", *live.args())
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "a live process" in err, err
+    assert not stats.unlink(default)

@@ -51,7 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     p.add_argument("--name", help="publish live counters to /dev/shm/shmpipe-stats.NAME, read with "
-                                  "shmpipe.stats.read(NAME) (default: the --ticks ring's name)")
+                                  "shmpipe.stats.read(NAME) (default: TICKS.FEED, e.g. ticks.kraken: "
+                                  "captures of several venues may share the rings)")
     p.add_argument("--max-attempts", type=_positive_int, default=10,
                    help="reconnect attempts in a row before giving up (default 10)")
     p.add_argument("--backoff", type=_positive_float, default=0.5,
@@ -127,7 +128,7 @@ def run_capture(args: argparse.Namespace) -> int:
     from shmpipe import stats as shm_stats
     from shmpipe.errors import InvalidNameError
     try:
-        publisher = shm_stats.publish(args.name or args.ticks, cp.STATS_FIELDS)
+        publisher = shm_stats.publish(args.name or f"{args.ticks}.{args.feed}", cp.STATS_FIELDS)
     except (shm_stats.StatsBusyError, InvalidNameError) as exc:
         for ring in (ticks_ring, levels_ring):
             if ring.name in _created:
