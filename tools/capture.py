@@ -50,6 +50,9 @@ def add_parser(sub) -> None:
     p.add_argument("--journal-dir", metavar="DIR", help="append ticks to DIR/<YYYYMMDD>/<symbol_id>.ticks")
     p.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
+    p.add_argument("--name", help="publish live counters to /dev/shm/shmpipe-stats.NAME, read with "
+                                  "shmpipe.stats.read(NAME) (default: TICKS.FEED, e.g. ticks.kraken: "
+                                  "captures of several venues may share the rings)")
     p.add_argument("--max-attempts", type=_positive_int, default=10,
                    help="reconnect attempts in a row before giving up (default 10)")
     p.add_argument("--backoff", type=_positive_float, default=0.5,
@@ -68,8 +71,13 @@ def add_replay_parser(sub) -> None:
         "time, so the rings get exactly what the live capture wrote. A damaged file replays up to its "
         "last complete entry and the counters say where it stopped.")
     r.add_argument("paths", nargs="+", metavar="PATH")
-    r.add_argument("--ticks", required=True, metavar="RING")
-    r.add_argument("--levels", required=True, metavar="RING")
+    r.add_argument("--ticks", metavar="RING", help="ring of TICK (required unless --report)")
+    r.add_argument("--levels", metavar="RING", help="ring of LEVEL_UPDATE (required unless --report)")
+    r.add_argument("--report", action="store_true",
+                   help="no rings: print what the capture lost per exchange and symbol (sequence gaps, "
+                        "disconnect spans, stale periods, parse errors)")
+    r.add_argument("--stale-after", type=_positive_float, default=5.0, metavar="S",
+                   help="--report: a channel/symbol silent longer than S seconds is stale (default 5)")
     r.add_argument("--speed", type=_speed, default=0.0,
                    help="0 = as fast as possible (default), 1 = recorded pace, 2 = twice as fast")
     r.add_argument("--json", action="store_true", help="print the counters as one JSON object")
@@ -117,6 +125,17 @@ def run_capture(args: argparse.Namespace) -> int:
     journal = wslog = None
     counters = cp.Counters()
     writer = None
+    from shmpipe import stats as shm_stats
+    from shmpipe.errors import InvalidNameError
+    try:
+        publisher = shm_stats.publish(args.name or f"{args.ticks}.{args.feed}", cp.STATS_FIELDS)
+    except (shm_stats.StatsBusyError, InvalidNameError) as exc:
+        for ring in (ticks_ring, levels_ring):
+            if ring.name in _created:
+                ring.unlink()
+            ring.close()
+        return _fail("capture", str(exc))
+    stats_feed = cp.StatsFeed(publisher, counters)
     try:
         if args.journal_dir:
             from shmpipe.journal import TickJournal
@@ -130,7 +149,7 @@ def run_capture(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
             cp.run_synthetic(writer, rate=args.rate, symbols=n_symbols, seed=args.seed,
-                             seconds=args.seconds, stop_flag=stop)
+                             seconds=args.seconds, stop_flag=stop, stats=stats_feed)
             result = counters.as_dict()
         else:
             if args.raw_dir:
@@ -138,7 +157,7 @@ def run_capture(args: argparse.Namespace) -> int:
                 wslog = WslogWriter(args.raw_dir, {v: k for k, v in cp.EXCHANGE_IDS.items()})
             options = cp.CaptureOptions(args.feed, args.url, symbols, seconds=args.seconds,
                                         max_attempts=args.max_attempts, backoff_s=args.backoff)
-            capture = cp.Capture(options, writer, wslog)
+            capture = cp.Capture(options, writer, wslog, stats=stats_feed)
 
             async def main() -> None:
                 task = asyncio.current_task()
@@ -160,6 +179,7 @@ def run_capture(args: argparse.Namespace) -> int:
     except OSError as exc:   # a raw or journal directory we cannot write
         return _fail("capture", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     finally:
+        publisher.close()   # a clean end removes the segment; only a killed capture leaves one
         if writer is not None:
             writer.close()
         if wslog is not None:
@@ -182,6 +202,10 @@ def run_replay(args: argparse.Namespace) -> int:
         return _fail("replay", f"no such file or directory: {missing[0]}")
     if not wslog_files(*args.paths):
         return _fail("replay", f"no .wslog or .wslog.zst files in {', '.join(args.paths)}")
+    if args.report:
+        return _run_report(args)
+    if not args.ticks or not args.levels:
+        return _fail("replay", "--ticks and --levels are required (or --report, which needs no rings)")
     try:
         ticks_ring, levels_ring, _created = cp.open_or_create_rings(args.ticks, args.levels)
     except cp.CaptureError as exc:
@@ -203,4 +227,20 @@ def run_replay(args: argparse.Namespace) -> int:
     if not args.json:
         for stop in result.stops:
             print(f"stopped early: {stop}", file=sys.stderr)
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from shmpipe.errors import WslogFormatError
+    from shmpipe_services.capture.gap_report import format_report, gap_report
+    if args.ticks or args.levels or args.speed:
+        return _fail("replay", "--report reads the files only: it takes no --ticks, --levels or --speed")
+    try:
+        report = gap_report(args.paths, stale_after_s=args.stale_after)
+    except WslogFormatError as exc:
+        return _fail("replay", str(exc))
+    if args.json:
+        print(json.dumps(report, sort_keys=True), flush=True)
+    else:
+        print("\n".join(format_report(report)), flush=True)
     return 0

@@ -115,6 +115,47 @@ class Counters:
         return out
 
 
+# What capture publishes to its stats segment (shmpipe.stats), every STATS_INTERVAL_S and at the end.
+STATS_FIELDS = ["messages", "bytes", "parse_errors", "gaps", "reconnects", "resubscribes", "ring_full_waits",
+                "ticks_written", "levels_written", "latency_p50_us", "latency_p99_us"]
+# Often enough for a human or a control plane polling; rare enough that the percentile queries
+# (microseconds each) cost nothing next to the frames.
+STATS_INTERVAL_S = 0.1
+
+
+class StatsFeed:
+    """Copies the counters (and, while a capture runs, its parser's error and gap counts, which
+    Counters only receives at the end) into a shmpipe.stats publisher."""
+
+    def __init__(self, publisher, counters: Counters) -> None:
+        self.publisher, self.counters, self.parser = publisher, counters, None
+        self._next = 0.0
+
+    def publish(self) -> None:
+        c = self.counters
+        errors, gaps = c.parse_errors, c.gaps
+        if self.parser is not None:
+            errors, gaps = self.parser.errors, self.parser.gap_counts
+        values = {"messages": c.messages, "bytes": c.bytes, "parse_errors": sum(errors.values()),
+                  "gaps": sum(v for k, v in gaps.items() if k != "reconnect"), "reconnects": c.reconnects,
+                  "resubscribes": c.resubscribes, "ring_full_waits": c.ring_full_waits,
+                  "ticks_written": c.ticks_written, "levels_written": c.levels_written}
+        if c.latency is not None and c.latency.get_total_count():
+            values["latency_p50_us"] = c.latency.get_value_at_percentile(50)
+            values["latency_p99_us"] = c.latency.get_value_at_percentile(99)
+        self.publisher.update(values)
+        self._next = time.monotonic() + STATS_INTERVAL_S
+
+    def maybe_publish(self) -> None:
+        if time.monotonic() >= self._next:
+            self.publish()
+
+    async def run(self) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+
 class RingWriter:
     """Writes batches into the two rings, waiting (never dropping) while a lossless ring is full."""
 
@@ -220,7 +261,7 @@ class CaptureOptions:
 
 class Capture:
     def __init__(self, options: CaptureOptions, writer: RingWriter, wslog=None,
-                 symbol_id: SymbolIdFn | None = None) -> None:
+                 symbol_id: SymbolIdFn | None = None, stats: StatsFeed | None = None) -> None:
         self.options = options
         self.writer = writer
         self.counters = writer.counters
@@ -229,6 +270,9 @@ class Capture:
         self.parser = PARSERS[options.feed](symbol_id if symbol_id is not None else host_registry_or_memory())
         self.connections = 0
         self.ended = ""
+        self.stats = stats
+        if stats is not None:
+            stats.parser = self.parser
 
     def _marker(self, kind: str, detail: str) -> None:
         if self.wslog is not None:
@@ -236,6 +280,7 @@ class Capture:
 
     async def run(self) -> None:
         deadline = None if self.options.seconds is None else time.monotonic() + self.options.seconds
+        stats_task = None if self.stats is None else asyncio.get_running_loop().create_task(self.stats.run())
         try:
             if deadline is None:
                 await self._run()
@@ -248,6 +293,9 @@ class Capture:
             self.counters.parse_errors = Counter(self.parser.errors)
             self.counters.gaps = Counter(self.parser.gap_counts)
             self.counters.by_channel = Counter(self.parser.messages)
+            if stats_task is not None:
+                stats_task.cancel()
+                self.stats.publish()   # the final numbers, before the segment goes
 
     async def _run(self) -> None:
         from websockets.asyncio.client import connect
@@ -333,7 +381,8 @@ class Capture:
 
 
 def run_synthetic(writer: RingWriter, *, rate: float, symbols: int, seed: int, seconds: float | None,
-                  stop_flag: list[bool], symbol_id: SymbolIdFn | None = None) -> None:
+                  stop_flag: list[bool], symbol_id: SymbolIdFn | None = None,
+                  stats: StatsFeed | None = None) -> None:
     """Paced synthetic records: the events due by now (rate per second) every round."""
     from .synthetic import SyntheticFeed
     feed = SyntheticFeed(symbols, seed, symbol_id=symbol_id if symbol_id is not None else host_registry_or_memory(),
@@ -355,6 +404,10 @@ def run_synthetic(writer: RingWriter, *, rate: float, symbols: int, seed: int, s
         writer.write_arrays(ticks, levels, lambda: stop_flag[0])
         writer.counters.messages += n
         sent += n
+        if stats is not None:
+            stats.maybe_publish()
+    if stats is not None:
+        stats.publish()
 
 
 @dataclass
