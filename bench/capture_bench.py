@@ -105,7 +105,8 @@ def _check_ticks(batch, done: int, interval: float, start_ns: int) -> str | None
                          (batch["timestamp_ns"] != _expected_ts(done, len(batch), interval, start_ns)))
     if len(bad):
         i = int(bad[0])
-        return f"tick {done + i}: sequence {int(batch['sequence'][i])}, timestamp {int(batch['timestamp_ns'][i])}"
+        return (f"tick {done + i}: sequence {int(batch['sequence'][i])}, "
+                f"timestamp {int(batch['timestamp_ns'][i])}")
     return None
 
 
@@ -122,7 +123,8 @@ def _check_levels(batch, done: int, prefix: int, per_symbol: int, interval: floa
     bad_at = np.flatnonzero(bad)
     if len(bad_at):
         i = int(bad_at[0])
-        return f"level record {done + i}: timestamp {int(batch['timestamp_ns'][i])}, action {int(batch['action'][i])}"
+        return (f"level record {done + i}: timestamp {int(batch['timestamp_ns'][i])}, "
+                f"action {int(batch['action'][i])}")
     return None
 
 
@@ -319,13 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": machine.describe(sorted(os.sched_getaffinity(0))), "pinning": "none (OS scheduler)",
               "latency": [], "synthetic": [], "failures": []}
     result["machine"]["pinning_requested"] = False
-    fixture = args.fixture or str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kraken_v2.jsonl")
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    fixture = args.fixture or str(shared / "kraken_v2.jsonl")
     for i in range(args.runs):
         if not args.skip_latency:
             try:
                 r = run_latency(fixture, args.fixture_feed, args.speed, args.latency_seconds, args.capacity)
                 result["latency"].append(r)
-                print(f"latency run {i + 1}: {r['messages']} frames, frame-to-ring µs {r['frame_to_ring_us']}, "
+                print(f"latency run {i + 1}: {r['messages']} frames, "
+                      f"frame-to-ring µs {r['frame_to_ring_us']}, "
                       f"loss {r['loss']}", flush=True)
                 if r["loss"]:
                     result["failures"].append(f"latency run {i + 1}: loss {r['loss']}")
@@ -343,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:   # noqa: BLE001
                 result["failures"].append(f"synthetic run {i + 1}: {exc}")
     if result["synthetic"]:
-        result["synthetic_summary"] = {"records_per_s": _spread([r["records_per_s"] for r in result["synthetic"]])}
+        rates = [r["records_per_s"] for r in result["synthetic"]]
+        result["synthetic_summary"] = {"records_per_s": _spread(rates)}
     if result["latency"]:
         result["latency_summary"] = {k: _spread([r["frame_to_ring_us"][k] for r in result["latency"]])
                                      for k in ("p50", "p99", "p999", "max")}

@@ -49,5 +49,16 @@ def test_the_consumer_check_catches_a_missing_or_reordered_record():
     swapped = ticks.copy()
     swapped[[10, 11]] = swapped[[11, 10]]
     assert _check_ticks(swapped, 0, interval, START_NS) is not None
-    assert _check_levels(levels[prefix + 1:], prefix, prefix, per_symbol, interval, START_NS, 1, 2) is not None
+    missing_level = levels[prefix + 1:]
+    assert _check_levels(missing_level, prefix, prefix, per_symbol, interval, START_NS, 1, 2) is not None
     assert _check_levels(levels[1:], 0, prefix, per_symbol, interval, START_NS, 1, 2) is not None
+
+
+def test_a_failed_run_exits_1_and_is_recorded(tmp_path):
+    out = tmp_path / "capture.json"
+    cmd = [sys.executable, "-m", "shmpipe_bench.capture_bench", "--runs", "1", "--skip-synthetic",
+           "--fixture", str(tmp_path / "no-such-fixture.jsonl"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "FAILED: latency run 1" in proc.stderr
+    result = json.loads(out.read_text())
+    assert result["latency"] == [] and len(result["failures"]) == 1
