@@ -298,23 +298,30 @@ def test_replay_missing_path_is_one_line_and_exit_1(ring_name, tmp_path):
 def test_synthetic_capture_killed_leaves_a_readable_journal(rings, registry, tmp_path):
     live = rings()
     journal_dir = tmp_path / "journal"
-    proc = spawn_cli("capture", "--feed", "synthetic", "--rate", "200000", "--symbols", "4", "--seed", "7",
+    # 300k events/s = 600k records/s (a Tick and a LevelUpdate per event): issue 11 asks >= 500k/s
+    proc = spawn_cli("capture", "--feed", "synthetic", "--rate", "300000", "--symbols", "4", "--seed", "7",
                      *live.args(), "--journal-dir", str(journal_dir))
     try:
-        # wait until the consumers have seen records, so the kill lands mid-run
-        got = 0
+        # wait until the consumers have seen ~0.5 s of records, so the kill lands mid-run at speed;
+        # the levels are drained too, or the lossless levels ring would fill and hold capture back
+        got = levels = 0
         parts = []
-        while got < 20_000:
+        while got < 150_000:
             batch = live.ticks_in.read(TICKS_CAP, timeout=DEADLINE)
             assert len(batch), "no ticks within the deadline"
             parts.append(batch)
             got += len(batch)
+            levels += len(live.levels_in.read(LEVELS_CAP, timeout=0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=DEADLINE)
     finally:
         _stop(proc)
     parts.append(live.ticks_in.read(TICKS_CAP, timeout=0))
+    levels += len(live.levels_in.read(LEVELS_CAP, timeout=0))
     received = np.concatenate(parts)
+    assert levels > 0
+    # complete and in order up to the kill: the synthetic feed numbers its events
+    assert np.array_equal(received["sequence"], np.arange(len(received), dtype=np.uint32))
     files = sorted(journal_dir.rglob("*.ticks"))
     assert len(files) == 4
     journaled = {int(f.stem): read_journal(f, copy=True) for f in files}

@@ -109,7 +109,9 @@ class Counters:
         if self.latency is not None and self.latency.get_total_count():
             out["latency_us"] = {"p50": self.latency.get_value_at_percentile(50),
                                  "p99": self.latency.get_value_at_percentile(99),
-                                 "max": self.latency.get_max_value()}
+                                 "p999": self.latency.get_value_at_percentile(99.9),
+                                 "max": self.latency.get_max_value(),
+                                 "count": self.latency.get_total_count()}
         else:
             out["latency_us"] = None
         return out
