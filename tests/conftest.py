@@ -50,6 +50,25 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_symbol_registry(tmp_path_factory):
+    """The suite's own host symbol registry (segment and file), so no test, and no capture or
+    parser a test starts, touches the user's default one; removed at the end."""
+    from shmpipe import symbols
+
+    name = f"test-{os.getpid()}"
+    saved = {k: os.environ.get(k) for k in ("SHMPIPE_SYMBOLS", "SHMPIPE_SYMBOLS_FILE")}
+    os.environ["SHMPIPE_SYMBOLS"] = name
+    os.environ["SHMPIPE_SYMBOLS_FILE"] = str(tmp_path_factory.mktemp("symbols") / "symbols.jsonl")
+    yield name
+    symbols.remove_segment(name)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def ring_name(request) -> str:
     """A ring name unique to this test. A segment left under it afterwards is removed and fails

@@ -641,8 +641,6 @@ def _apply_line(entries: np.ndarray, count: int, line: dict, where: str, registr
     return sid + 1
 
 
-
-
 def remove_segment(name: str) -> bool:
     """Remove registry ``name``'s table from /dev/shm (its file stays). False if there was none."""
     try:
