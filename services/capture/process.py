@@ -177,36 +177,27 @@ class RingWriter:
             self.journal.append(view)
             del view   # the bytearray cannot shrink while a view exports it
 
+    def _write_counted(self, batch: RecordBatch, timeout: float | None) -> bool:
+        """Write what the rings take within timeout, count it; True once the batch is empty."""
+        t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=timeout)
+        self.counters.ticks_written += t
+        self.counters.levels_written += lv
+        return not len(batch)
+
     async def write(self, batch: RecordBatch) -> None:
         self._journal(batch)
-        while True:
-            t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=0)
-            self.counters.ticks_written += t
-            self.counters.levels_written += lv
-            if not len(batch):
-                return
+        while not self._write_counted(batch, 0):
             # a consumer is behind: wait, but let the event loop run (pings, --seconds) meanwhile
             self.counters.ring_full_waits += 1
-            t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=RING_WAIT_S)
-            self.counters.ticks_written += t
-            self.counters.levels_written += lv
-            if not len(batch):
+            if self._write_counted(batch, RING_WAIT_S):
                 return
             await asyncio.sleep(0)
 
     def write_blocking(self, batch: RecordBatch) -> None:
         self._journal(batch)
-        while True:
-            t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=0)
-            self.counters.ticks_written += t
-            self.counters.levels_written += lv
-            if not len(batch):
-                return
+        while not self._write_counted(batch, 0):
             self.counters.ring_full_waits += 1
-            t, lv = batch.write_to(self.ticks_out, self.levels_out, timeout=None)
-            self.counters.ticks_written += t
-            self.counters.levels_written += lv
-            if not len(batch):
+            if self._write_counted(batch, None):
                 return
 
     def write_arrays(self, ticks: np.ndarray, levels: np.ndarray, stop: Callable[[], bool]) -> None:
