@@ -8,26 +8,7 @@ import json
 import signal
 import sys
 
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _speed(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from .arg_types import positive_float, positive_int, speed
 
 
 def add_parser(sub) -> None:
@@ -48,16 +29,16 @@ def add_parser(sub) -> None:
     p.add_argument("--raw-dir", metavar="DIR", help="write every frame and connect/subscribe/disconnect "
                                                      "markers to DIR/<exchange>/YYYYMMDD_HH.wslog")
     p.add_argument("--journal-dir", metavar="DIR", help="append ticks to DIR/<YYYYMMDD>/<symbol_id>.ticks")
-    p.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
+    p.add_argument("--seconds", type=positive_float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     p.add_argument("--name", help="publish live counters to /dev/shm/shmpipe-stats.NAME, read with "
                                   "shmpipe.stats.read(NAME) (default: TICKS.FEED, e.g. ticks.kraken: "
                                   "captures of several venues may share the rings)")
-    p.add_argument("--max-attempts", type=_positive_int, default=10,
+    p.add_argument("--max-attempts", type=positive_int, default=10,
                    help="reconnect attempts in a row before giving up (default 10)")
-    p.add_argument("--backoff", type=_positive_float, default=0.5,
+    p.add_argument("--backoff", type=positive_float, default=0.5,
                    help="first reconnect delay in seconds, doubled per failed attempt, jittered (default 0.5)")
-    p.add_argument("--rate", type=_positive_float, default=100_000.0,
+    p.add_argument("--rate", type=positive_float, default=100_000.0,
                    help="--feed synthetic: events per second (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="--feed synthetic: random seed (default 0)")
     p.set_defaults(func=run_capture)
@@ -76,9 +57,9 @@ def add_replay_parser(sub) -> None:
     r.add_argument("--report", action="store_true",
                    help="no rings: print what the capture lost per exchange and symbol (sequence gaps, "
                         "disconnect spans, stale periods, parse errors)")
-    r.add_argument("--stale-after", type=_positive_float, default=5.0, metavar="S",
+    r.add_argument("--stale-after", type=positive_float, default=5.0, metavar="S",
                    help="--report: a channel/symbol silent longer than S seconds is stale (default 5)")
-    r.add_argument("--speed", type=_speed, default=0.0,
+    r.add_argument("--speed", type=speed, default=0.0,
                    help="0 = as fast as possible (default), 1 = recorded pace, 2 = twice as fast")
     r.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     r.set_defaults(func=run_replay)

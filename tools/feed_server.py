@@ -7,19 +7,7 @@ import asyncio
 import signal
 import sys
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _speed(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+from .arg_types import positive_int, speed
 
 
 def add_parser(sub) -> None:
@@ -37,20 +25,20 @@ def add_parser(sub) -> None:
     p.add_argument("files", nargs="+", metavar="FILE.jsonl", help="recordings, one raw frame per line")
     p.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--speed", type=_speed, default=1.0,
+    p.add_argument("--speed", type=speed, default=1.0,
                    help="1 = recorded pace, 2 = twice as fast, 0 = as fast as possible (default 1)")
-    p.add_argument("--disconnect-after", type=_positive_int, metavar="N",
+    p.add_argument("--disconnect-after", type=positive_int, metavar="N",
                    help="fault: drop the TCP connection (no close frame) after sending N frames")
-    p.add_argument("--drop", type=_positive_int, action="append", default=[], metavar="N",
+    p.add_argument("--drop", type=positive_int, action="append", default=[], metavar="N",
                    help="fault: never send line N, a gap (repeatable)")
-    p.add_argument("--malformed", type=_positive_int, action="append", default=[], metavar="N",
+    p.add_argument("--malformed", type=positive_int, action="append", default=[], metavar="N",
                    help="fault: send line N cut in half, invalid JSON (repeatable)")
-    p.add_argument("--stall-after", type=_positive_int, metavar="N",
+    p.add_argument("--stall-after", type=positive_int, metavar="N",
                    help="fault: after N frames send nothing more but keep the connection open")
     p.add_argument("--faulty-connections", type=int, default=0, metavar="K",
                    help="faults apply to the first K connections per file, later ones are clean "
                         "(to test reconnects; default 0 = every connection)")
-    p.add_argument("--exit-after", type=_positive_int, metavar="N",
+    p.add_argument("--exit-after", type=positive_int, metavar="N",
                    help="exit 0 once N connections have finished (default: serve until stopped)")
     p.set_defaults(func=run)
 
