@@ -126,7 +126,9 @@ class _Lines:
         return None
 
     def key(self, table: tuple[str, ...], key: str) -> int | None:
-        start = self.table(*table) if table else 0
+        if not table:   # a top-level key is usually a [table] of its own
+            return self.table(key)
+        start = self.table(*table)
         if start is None:
             return None
         pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
