@@ -1,0 +1,144 @@
+"""``shmpipe demo``: the example pipeline under the launcher, its JSON summary (one key per stage,
+records / lost / p50_us / p99_us), the live lines, Ctrl-C, nothing left behind, and the verdict
+failing when a stage lost records."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+psutil = pytest.importorskip("psutil")
+
+
+def _demo(*args, cwd, timeout=120):
+    return subprocess.Popen([sys.executable, "-m", "shmpipe_tools.cli", "demo", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _left_behind(pid: int) -> tuple[list[str], list[int]]:
+    prefix = f"demo-{pid}."
+    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{prefix}*"))
+    procs = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(prefix in arg for arg in p.info["cmdline"] or []):
+                procs.append(p.info["pid"])
+        except psutil.Error:
+            pass
+    return segments, procs
+
+
+def _cleanup(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    segments, procs = _left_behind(proc.pid)
+    for pid in procs:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    for name in segments:
+        Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def test_demo_json_has_one_object_per_stage_with_no_loss(tmp_path):
+    proc = _demo("--seconds", "4", "--json", cwd=tmp_path)
+    try:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        summary = json.loads(out)              # stdout is exactly one JSON object
+        assert {"capture", "verify"} <= set(summary)
+        for stage, figures in summary.items():
+            assert isinstance(figures, dict)
+            assert figures["records"] > 0, (stage, figures)
+            assert figures["lost"] == 0, (stage, figures)
+            assert figures["exit_code"] == 0 and figures["restarts"] == 0
+        assert summary["capture"]["ticks"] > 0 and summary["capture"]["levels"] > 0
+        assert summary["verify"]["disorder"] == 0
+        assert 0 <= summary["verify"]["p50_us"] <= summary["verify"]["p99_us"]
+        # the verifier cannot have checked more ticks than the ring was given
+        assert summary["verify"]["records"] <= summary["verify"]["rings"]["ticks"]["written"]
+        assert summary["capture"]["cpus"] != summary["verify"]["cpus"] or len(summary["capture"]["cpus"]) > 1
+        assert _left_behind(proc.pid) == ([], [])
+        assert not list(tmp_path.iterdir())    # no logs in the working directory
+    finally:
+        _cleanup(proc)
+
+
+def test_demo_plain_output_and_ctrl_c(tmp_path):
+    proc = _demo("--seconds", "60", cwd=tmp_path)
+    try:
+        first = proc.stdout.readline()         # a live line (stdout is not a terminal: plain lines)
+        assert first.startswith("[") and "capture" in first and "verify" in first, first
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "stage" in out and "capture" in out
+        assert "shmpipe demo: ok: loss 0" in out
+        assert "verify: stopped (exited with code 0)" in err
+        assert _left_behind(proc.pid) == ([], [])
+    finally:
+        _cleanup(proc)
+
+
+def test_the_verdict_fails_on_loss_disorder_restarts_and_exit_codes():
+    from shmpipe_services.launcher import demo
+    from shmpipe_services.launcher.config import loads
+
+    pipeline = loads('[processes.a]\ncommand = "sleep 1"\n[processes.b]\ncommand = "sleep 1"\n', "x.toml",
+                     ring_prefix="no-such-prefix-for-sure.")
+
+    class State:
+        def __init__(self, restarts=0, exit_code=0):
+            self.restarts, self.exit_code = restarts, exit_code
+
+    class FakeLauncher:
+        processes = {"a": State(), "b": State()}
+
+    good = demo.Sample(0.0, {"a": {"records": 10, "lost": 0}, "b": {"records": 5, "lost": 0, "disorder": 0}}, {})
+    assert demo._problems(good, FakeLauncher(), pipeline, []) == []
+    bad = demo.Sample(0.0, {"a": {"records": 0, "lost": 3}, "b": {"records": 5, "lost": 0, "disorder": 2}}, {})
+    FakeLauncher.processes = {"a": State(restarts=1), "b": State(exit_code=1)}
+    problems = demo._problems(bad, FakeLauncher(), pipeline, [])
+    assert problems == ["a moved no records (see its log)", "a lost 3 records",
+                        "a was restarted 1 time(s) (see its log)", "b saw 2 records out of order",
+                        "b ended with exit code 1 (see its log)"]
+
+
+def test_metrics_during_the_demo_show_ring_counters(tmp_path):
+    pytest.importorskip("shmpipe.metrics")
+    parser = pytest.importorskip("prometheus_client.parser")
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _demo("--seconds", "8", "--json", "--metrics-port", str(port), cwd=tmp_path)
+    ticks_ring = f"demo-{proc.pid}.ticks"
+    try:
+        deadline = time.monotonic() + 60
+        found = []
+        while time.monotonic() < deadline and not found:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            for family in parser.text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if ticks_ring in sample.labels.values() and sample.value > 0:
+                        found.append(sample)
+            if not found:
+                time.sleep(0.2)
+        assert found, f"no non-zero counter of {ticks_ring} in the metrics"
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    finally:
+        _cleanup(proc)
