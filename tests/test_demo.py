@@ -142,3 +142,58 @@ def test_metrics_during_the_demo_show_ring_counters(tmp_path):
         assert proc.returncode == 0, err
     finally:
         _cleanup(proc)
+
+
+def test_fixtures_feed_every_captured_tick_is_read(tmp_path):
+    pytest.importorskip("websockets")
+    proc = _demo("--feed", "fixtures", "--seconds", "22", "--json", cwd=tmp_path)
+    try:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        summary = json.loads(out)
+        assert set(summary) == {"capture", "verify"}          # the feed server moves no ring records
+        capture, verify = summary["capture"], summary["verify"]
+        assert capture["state"] == "exited" and capture["exit_code"] == 0   # the recording ended: feed closed
+        assert capture["ticks"] > 0 and capture["levels"] > 0
+        # the reader joined at the oldest record of a lossless ring: it read every tick capture wrote
+        assert verify["records"] == capture["ticks"] == verify["rings"]["ticks"]["written"]
+        assert capture["lost"] == verify["lost"] == 0
+        assert _left_behind(proc.pid) == ([], [])
+    finally:
+        _cleanup(proc)
+
+
+def _shadow(tmp_path, *modules):
+    """A PYTHONPATH entry on which importing each module fails, as on an install without it."""
+    root = tmp_path / "shadow"
+    for module in modules:
+        (root / module).mkdir(parents=True)
+        (root / module / "__init__.py").write_text(f"raise ImportError('simulated: no {module}')\n")
+    return str(root)
+
+
+def test_without_the_services_extra_the_ring_demo_runs(tmp_path):
+    import os
+    env = dict(os.environ, PYTHONPATH=_shadow(tmp_path, "msgspec", "zmq", "rich", "psutil", "websockets"))
+    out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "demo", "--json"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "the pipeline demo needs the services extra (simulated: no msgspec)" in out.stderr
+    ring = json.loads(out.stdout)["ring"]
+    assert ring["records"] == 10_000_000 and ring["lost"] == 0 and ring["verified"]
+
+
+def test_without_pyzmq_the_pipeline_runs_stopped_by_signals(tmp_path):
+    import os
+    env = dict(os.environ, PYTHONPATH=_shadow(tmp_path, "zmq"))
+    proc = subprocess.Popen([sys.executable, "-m", "shmpipe_tools.cli", "demo", "--seconds", "3"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "no control plane: pyzmq is missing" in err
+        assert "verify: stopped (exited with code 0)" in err       # by SIGTERM, not the control plane
+        assert "shmpipe demo: ok: loss 0" in out
+        assert _left_behind(proc.pid) == ([], [])
+    finally:
+        _cleanup(proc)

@@ -19,10 +19,13 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=positive_float, help="stop after this many seconds (default: until stopped)")
     p.add_argument("--start", choices=("newest", "oldest"), default="newest",
                    help="where a broadcast reader joins (default newest)")
+    p.add_argument("--sequence", choices=("check", "none"), default="check",
+                   help="check: ticks are numbered 0, 1, 2, ... as the synthetic feed numbers them (default); "
+                        "none: only count them (a venue's own numbers, e.g. Kraken trade ids, have gaps)")
     p.add_argument("--json", action="store_true", help="print the final counters as one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from shmpipe_services.verify.service import main
-    return main(args.ticks, args.name, args.seconds, args.json, args.start)
+    return main(args.ticks, args.name, args.seconds, args.json, args.start, args.sequence == "check")

@@ -82,11 +82,17 @@ class Watcher:
         self.first: Sample | None = None
         self.previous: Sample | None = None
         self.last: Sample | None = None
+        self.known: dict[str, dict] = {}   # each stage's last counters: a stage that ended keeps its figures
 
     def sample(self) -> Sample:
         stages = {}
         for name, state in self.launcher.processes.items():
-            figures = stage_figures(name, read_counters(name, use_control=state.spec.control))
+            counters = read_counters(name, use_control=state.spec.control)
+            if counters is not None:
+                self.known[name] = counters
+            if name not in self.known and not (state.spec.reads or state.spec.writes):
+                continue   # a helper outside the rings (the feed server): no figures to show
+            figures = stage_figures(name, self.known.get(name))
             figures["restarts"] = state.restarts
             figures["state"] = state.state
             stages[name] = figures
@@ -99,7 +105,7 @@ class Watcher:
 
     def rate(self, stage: str) -> float:
         a, b = self.previous, self.last
-        if a is None or b is None or b.at <= a.at:
+        if a is None or b is None or b.at <= a.at or stage not in a.stages or stage not in b.stages:
             return 0.0
         return max(0.0, (b.stages[stage]["records"] - a.stages[stage]["records"]) / (b.at - a.at))
 
@@ -277,6 +283,16 @@ def _summary(final: Sample, launcher: Launcher, pipeline: Pipeline, elapsed: flo
             if "error" not in r and r:
                 stage["rings"][key] = {"segment": r["segment"], "written": r["written"], "lost": r["lost"],
                                        "evictions": r["evictions"]}
+        # The only writer of rings the launcher made: those rings' own counts are exact, across its
+        # restarts (its counters start again at 0) and after it ended (its stats segment is gone).
+        own = [k for k in spec.writes if k in launcher.created
+               and all(k not in other.writes for o, other in pipeline.processes.items() if o != name)]
+        if own and len(own) == len(spec.writes) and all(k in stage["rings"] for k in own):
+            stage["records"] = sum(stage["rings"][k]["written"] for k in own)
+            for k in own:
+                kind = {"tick": "ticks", "level_update": "levels"}.get(pipeline.rings[k].type)
+                if kind in stage:
+                    stage[kind] = stage["rings"][k]["written"]
         # a reader's loss on a lossy ring is counted by the ring, in the reader's slot (found by
         # pid); verify counts it itself (ring_lost), other stages may not
         if spec.reads and "ring_lost" not in figures and "evictions" not in figures:
@@ -289,8 +305,8 @@ def _summary(final: Sample, launcher: Launcher, pipeline: Pipeline, elapsed: flo
 def _problems(final: Sample, launcher: Launcher, pipeline: Pipeline, pids: list[int]) -> list[str]:
     problems = []
     for name, state in launcher.processes.items():
-        f = final.stages[name]
-        if not f["records"]:
+        f = final.stages.get(name, {"records": None, "lost": 0})
+        if f["records"] == 0:
             problems.append(f"{name} moved no records (see its log)")
         if f["lost"]:
             problems.append(f"{name} lost {f['lost']:,} records")

@@ -31,14 +31,14 @@ class VerifyError(Exception):
 
 
 class Verifier:
-    def __init__(self, ring_name: str, name: str, *, start: str = "newest") -> None:
+    def __init__(self, ring_name: str, name: str, *, start: str = "newest", sequence: bool = True) -> None:
         try:
             self.ring = shmpipe.Ring.open(ring_name, TICK)
         except shmpipe.ShmpipeError as exc:
             raise VerifyError(f"ring {ring_name!r}: {exc}") from None
         self.name = name
         self.start = start
-        self.checker = TickChecker()
+        self.checker = TickChecker(sequence)
         self.evictions = 0
         self.ring_lost = 0
         self.paused = False
@@ -143,9 +143,10 @@ class Verifier:
         self.ring.close()
 
 
-def main(ring: str, name: str, seconds: float | None, as_json: bool, start: str = "newest") -> int:
+def main(ring: str, name: str, seconds: float | None, as_json: bool, start: str = "newest",
+         sequence: bool = True) -> int:
     try:
-        verifier = Verifier(ring, name, start=start)
+        verifier = Verifier(ring, name, start=start, sequence=sequence)
     except VerifyError as exc:
         print(f"shmpipe verify: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,11 @@ CALIBRATE_S = 0.5
 
 
 class TickChecker:
-    def __init__(self) -> None:
+    """``sequence=False``: count only (a venue's ticks carry the venue's numbers, e.g. Kraken's trade
+    ids, which need not be consecutive); no loss, disorder or lateness can be told then."""
+
+    def __init__(self, sequence: bool = True) -> None:
+        self.sequence = sequence
         self.records = 0
         self.lost = 0
         self.disorder = 0
@@ -41,6 +45,9 @@ class TickChecker:
     def check(self, batch: np.ndarray, recv_ns: int) -> None:
         n = len(batch)
         if not n:
+            return
+        if not self.sequence:
+            self.records += n
             return
         seq = batch["sequence"].astype(np.int64)
         if self.last_seq is None:
