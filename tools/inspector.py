@@ -309,7 +309,8 @@ def _view(entries, every_s: float):
     from rich.table import Table
 
     rings = Table(title=f"shmpipe rings (refresh every {every_s:g} s; Ctrl-C quits)", expand=False)
-    for column in ("ring", "kind", "fill", "written", "rec/s", "lost", "producer", "consumers", "state"):
+    rings.add_column("ring", no_wrap=True)   # a name is what people look for: never cut it
+    for column in ("kind", "fill", "written", "rec/s", "lost", "producer", "consumers", "state"):
         rings.add_column(column, justify="right" if column in ("fill", "written", "rec/s", "lost") else "left")
     for e in (e for e in entries if e.kind == "ring"):
         if e.ring is None:
