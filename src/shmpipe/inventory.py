@@ -89,6 +89,8 @@ def survey(names: list[str] | None = None) -> list[SegmentInfo]:
         try:
             with Ring.open(name) as ring:
                 stats = ring.stats()
+        except RingNotFoundError:
+            continue   # removed between the two opens
         except RingPermissionError as exc:
             problem, condition = str(exc), UNREADABLE
         except ShmpipeError as exc:
