@@ -12,14 +12,13 @@ import urllib.request
 
 import posix_ipc
 import pytest
+from inspect_workers import produce_then_hang, ticks_for
 from prometheus_client.parser import text_string_to_metric_families
 
 import shmpipe
 from shmpipe import stats
 from shmpipe.metrics import MetricsServerError, metric_name, start_metrics_server
 from shmpipe.records import TICK
-
-from inspect_workers import produce_then_hang, ticks_for
 
 SPAWN = mp.get_context("spawn")
 
@@ -112,11 +111,11 @@ def test_port_in_use_is_one_line_naming_the_port():
         with pytest.raises(MetricsServerError, match=f"port {first.port} on 127.0.0.1 is already in use"):
             start_metrics_server(first.port)
         out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "metrics", "--port", str(first.port)],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 1
         assert out.stderr == f"shmpipe metrics: port {first.port} on 127.0.0.1 is already in use\n"
     bad = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "metrics", "--port", "70000"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
@@ -141,7 +140,7 @@ def test_cli_serves_until_sigterm(ring_name):
             scrape = _scrape(url)
             assert scrape[("shmpipe_ring_written_total", (("ring", ring_name),))] == 2
             proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
+            _out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()

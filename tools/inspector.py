@@ -288,8 +288,12 @@ def _watch(names, every_s: float, as_json: bool) -> int:
                 time.sleep(every_s)
         except (KeyboardInterrupt, BrokenPipeError):
             return 0
-    from rich.live import Live
-
+    try:
+        from rich.live import Live
+    except ImportError:
+        print("shmpipe inspect: --watch needs rich: pip install 'shmpipe[services]' (or use --watch with --json)",
+              file=sys.stderr)
+        return 2
     try:
         with Live(auto_refresh=False, screen=False) as live:
             while True:

@@ -434,6 +434,20 @@ def decode(snapshot: RecordDump) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["SegmentInfo", "StatsInfo", "SymbolsInfo", "RecordDump", "survey", "survey_stats",
-           "survey_symbols", "stale", "remove", "with_rates", "dump", "decode", "process_name",
-           "ring_notes", "symbol_name"]
+__all__ = [
+    "RecordDump",
+    "SegmentInfo",
+    "StatsInfo",
+    "SymbolsInfo",
+    "decode",
+    "dump",
+    "process_name",
+    "remove",
+    "ring_notes",
+    "stale",
+    "survey",
+    "survey_stats",
+    "survey_symbols",
+    "symbol_name",
+    "with_rates",
+]
