@@ -336,3 +336,20 @@ def test_watch_refreshes_until_interrupted(ring_name, as_json):
         if not as_json:
             assert ring_name in out
     ring.unlink()
+
+
+def test_foreign_stats_and_registry_segments(ring_name):
+    for prefix in ("/shmpipe-stats.", "/shmpipe-symbols."):
+        shm = posix_ipc.SharedMemory(prefix + ring_name, posix_ipc.O_CREX, mode=0o600, size=4096)
+        os.pwrite(shm.fd, b"\x07junk" * 100, 0)
+        os.close(shm.fd)
+    try:
+        entries = {e["kind"]: e for e in _json(ring_name)}
+        assert set(entries) == {"stats", "symbols"}
+        assert "not a stats segment" in entries["stats"]["problem"]
+        assert "symbol table" in entries["symbols"]["problem"]
+        text = _run("--interval", "0", ring_name).stdout
+        assert "[UNREADABLE]" in text and "[NOT A REGISTRY]" in text
+    finally:
+        stats.unlink(ring_name)
+        symbols.remove_segment(ring_name)
