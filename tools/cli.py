@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "feed-server": "shmpipe_tools.feed_server",
     "capture": "shmpipe_tools.capture",
     "replay": "shmpipe_tools.replay",
+    "metrics": "shmpipe_tools.metrics",
     "launch": "shmpipe_tools.launch",
     "ctl": "shmpipe_tools.ctl",
     "verify": "shmpipe_tools.verify",
@@ -50,6 +51,7 @@ EXTRA_HINTS = {
     "feed-server": "pip install 'shmpipe[services]'",
     "capture": "pip install 'shmpipe[services]'",
     "replay": "pip install 'shmpipe[services]'",
+    "metrics": "pip install 'shmpipe[services]'",
     "ctl": "pip install 'shmpipe[services]'",
 }
 
