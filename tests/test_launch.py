@@ -231,14 +231,41 @@ def test_processes_that_end_end_the_launcher(tmp_path, runtime_dir):
 
 
 def test_metrics_port_without_the_exporter_is_one_line(tmp_path, runtime_dir):
-    try:
-        import shmpipe.metrics  # noqa: F401
-        pytest.skip("shmpipe.metrics is installed: test_demo scrapes it")
-    except ImportError:
-        pass
+    # prometheus_client made unimportable, as on an install without the services extra
+    shadow = tmp_path / "shadow" / "prometheus_client"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('simulated: no prometheus_client')\n")
     toml = _pipeline(tmp_path, '[processes.a]\ncommand = ["sleep", "5"]\n')
     out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--metrics-port", "0",
-                          "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=60)
+                          "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(shadow.parent)))
     assert out.returncode == 1
-    assert out.stderr.startswith("shmpipe launch: --metrics-port needs shmpipe.metrics")
+    assert out.stderr.startswith("shmpipe launch: --metrics-port needs shmpipe.metrics"), out.stderr
+    assert "pip install 'shmpipe[services]'" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_metrics_port_in_use_is_one_line_and_nothing_is_left(tmp_path, ring_name, runtime_dir):
+    pytest.importorskip("prometheus_client")
+    import socket
+    toml = _pipeline(tmp_path, f"""\
+        [pipeline]
+        ring_prefix = "{ring_name}."
+        [rings.r]
+        type = "tick"
+        capacity = 64
+        [processes.a]
+        command = ["sleep", "30"]
+        writes = ["r"]
+        """)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--metrics-port",
+                              str(port), "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True,
+                             timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"shmpipe launch: metrics: port {port} on 127.0.0.1 is already in use"
+    assert _segments(ring_name) == []
+    assert os.listdir(runtime_dir) == []

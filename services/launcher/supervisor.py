@@ -150,7 +150,8 @@ class Launcher:
             try:
                 from shmpipe.metrics import start_metrics_server
             except ImportError as exc:
-                raise LaunchError(f"--metrics-port needs shmpipe.metrics, which this install lacks ({exc})") from None
+                raise LaunchError(f"--metrics-port needs shmpipe.metrics, which cannot be imported here ({exc}): "
+                                  "pip install 'shmpipe[services]'") from None
             metrics = start_metrics_server
         try:
             os.makedirs(self.log_dir, exist_ok=True)
@@ -164,9 +165,8 @@ class Launcher:
                 try:
                     self._metrics = metrics(self.metrics_port, self.metrics_host,
                                             rings=[r.segment for r in self.pipeline.rings.values()])
-                except OSError as exc:
-                    raise LaunchError(f"metrics on {self.metrics_host}:{self.metrics_port}: "
-                                      f"{exc.strerror or exc}") from None
+                except OSError as exc:   # MetricsServerError: one line naming the port
+                    raise LaunchError(f"metrics: {exc}") from None
                 self.say(f"metrics on http://{self.metrics_host}:{self._metrics.port}/metrics")
             for state in self.processes.values():
                 if self.stop_event.is_set():
