@@ -68,7 +68,7 @@ def _free_port() -> int:
 def load_demo_pipeline(feed: str, prefix: str) -> Pipeline:
     if feed == "fixtures":
         path = example_path("pipeline-fixtures.toml")
-        fixture = example_path("fixtures/kraken_v2.jsonl")
+        fixture = example_path("kraken_v2.jsonl")
         text = path.read_text().replace("{feed_port}", str(_free_port())).replace("{fixture}", str(fixture))
         return loads(text, str(path), ring_prefix=prefix)
     return load(example_path(), ring_prefix=prefix)
