@@ -269,3 +269,55 @@ def test_metrics_port_in_use_is_one_line_and_nothing_is_left(tmp_path, ring_name
     assert out.stderr.strip() == f"shmpipe launch: metrics: port {port} on 127.0.0.1 is already in use"
     assert _segments(ring_name) == []
     assert os.listdir(runtime_dir) == []
+
+
+def test_existing_rings_are_kept_bus_heartbeats_and_pause_is_passed_on(tmp_path, ring_name, runtime_dir):
+    import shmpipe
+    from shmpipe import control, signals
+    from shmpipe.records import TICK
+
+    ver = f"{ring_name}-ver"
+    existing = shmpipe.Ring.create(f"{ring_name}.old", TICK, 256, broadcast=True)
+    toml = _pipeline(tmp_path, f"""\
+        [pipeline]
+        ring_prefix = "{ring_name}."
+
+        [rings.old]
+        type = "tick"
+        capacity = 256
+
+        [rings.new]
+        type = "level_update"
+        capacity = 256
+
+        [processes.{ver}]
+        command = ["shmpipe", "verify", "--ticks", "{{ring.old}}", "--name", "{{name}}"]
+        reads = ["old"]
+        control = true
+        """)
+    launcher = LauncherProcess(toml, tmp_path / "logs")
+    try:
+        st = launcher.wait_running([ver])
+        assert st["rings"] == {"old": {"segment": f"{ring_name}.old", "created": False},
+                               "new": {"segment": f"{ring_name}.new", "created": True}}
+        with signals.SignalSubscriber(topics=[signals.HEARTBEAT]) as sub:
+            beat = wait_for(lambda: sub.recv(timeout=0.5), 30, "a launcher heartbeat on the bus")
+        assert beat.source == "launcher" and beat.data["processes"] == {ver: "running"}
+
+        paused = control.request("launcher", "pause")["processes"]
+        assert paused[ver]["state"] == "paused"
+        assert control.request(ver, "status")["state"] == "paused"
+        control.request("launcher", "resume")
+        assert control.request(ver, "status")["state"] == "running"
+        rings = control.request("launcher", "stats")["rings"]
+        assert set(rings) == {"old", "new"} and rings["old"]["consumers"][0]["pid"] == st["processes"][ver]["pid"]
+
+        launcher.proc.send_signal(signal.SIGTERM)
+        code, _out, err = launcher.finish()
+        assert code == 0, err
+        assert "ring old: " in err and "exists; attached (it will be left in place)" in err
+        assert _segments(ring_name) == [f"shmpipe.{ring_name}.old"]   # only what it created is gone
+    finally:
+        launcher.kill_everything()
+        existing.unlink()
+        existing.close()
