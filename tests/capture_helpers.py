@@ -84,8 +84,66 @@ __all__ = [
     "SIDE_BID",
     "ReferenceBooks",
     "Run",
+    "WireBooks",
     "as_decimal_pairs",
     "fixture_lines",
     "float_pairs_as_decimals",
     "run_lines",
 ]
+
+
+class WireBooks:
+    """Books rebuilt from the frames a client receives, as the wire text (the test's own reference
+    for the feed server's snapshots): Kraken v2 ``book`` with depth truncation and each message's
+    checksum verified, Coinbase ``l2_data`` snapshots and updates.
+
+    ``apply(frame)`` returns [(symbol, "snapshot"|"update", checksum verifies (Kraken) or None)]."""
+
+    def __init__(self, venue: str, depth: int = 10) -> None:
+        self.venue, self.depth = venue, depth
+        self.books: dict[str, tuple[dict, dict]] = {}
+
+    def apply(self, frame) -> list[tuple[str, str, bool | None]]:
+        from shmpipe_services.capture.kraken_checksum import checksum_of_text
+        msg = json.loads(frame, parse_float=str, parse_int=str) if self.venue == "kraken" else json.loads(frame)
+        out = []
+        if self.venue == "kraken" and isinstance(msg, dict) and msg.get("channel") == "book":
+            for data in msg["data"]:
+                sym = data["symbol"]
+                if msg["type"] == "snapshot":
+                    self.books[sym] = ({}, {})
+                bids, asks = self.books[sym]
+                for side, key in ((bids, "bids"), (asks, "asks")):
+                    for level in data[key]:
+                        if Decimal(level["qty"]) == 0:
+                            side.pop(Decimal(level["price"]), None)
+                        else:
+                            side[Decimal(level["price"])] = (level["price"], level["qty"])
+                for side, rev in ((bids, True), (asks, False)):
+                    for price in sorted(side, reverse=rev)[self.depth:]:
+                        del side[price]
+                ok = checksum_of_text(self.top(sym, SIDE_ASK), self.top(sym, SIDE_BID)) == int(data["checksum"])
+                out.append((sym, msg["type"], ok))
+        elif self.venue == "coinbase" and isinstance(msg, dict) and msg.get("channel") == "l2_data":
+            for event in msg["events"]:
+                sym = event["product_id"]
+                if event["type"] == "snapshot":
+                    self.books[sym] = ({}, {})
+                bids, asks = self.books[sym]
+                for u in event["updates"]:
+                    side = bids if u["side"] == "bid" else asks
+                    if Decimal(u["new_quantity"]) == 0:
+                        side.pop(Decimal(u["price_level"]), None)
+                    else:
+                        side[Decimal(u["price_level"])] = (u["price_level"], u["new_quantity"])
+                out.append((sym, event["type"], None))
+        return out
+
+    def top(self, symbol: str, side: int, n: int | None = None) -> list[tuple[str, str]]:
+        levels = self.books[symbol][side]
+        prices = sorted(levels, reverse=(side == SIDE_BID))
+        return [levels[p] for p in prices[:n]]
+
+    def as_decimals(self, symbol: str) -> tuple[dict, dict]:
+        """{price: size} per side (bids, asks) as Decimals, for comparing books across formats."""
+        return tuple({p: Decimal(q) for p, (_t, q) in side.items()} for side in self.books[symbol])
