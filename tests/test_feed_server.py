@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from capture_helpers import CAPTURE_FIXTURES, KNOWN, SIDE_BID, WireBooks, fixture_lines
+from capture_helpers import CAPTURE_FIXTURES, KNOWN, SIDE_BID, WireBooks, fixture_lines, match_file_lines
 from shmpipe_services.capture import bad_input as bad
 from shmpipe_services.capture import process as capture_process
 from shmpipe_services.capture.feed_books import corrupt_level
@@ -318,24 +318,6 @@ def play_resubscribe(fixture, feed, symbol, after, speed=20.0, faults=Faults()):
     return frames, asked_at, server
 
 
-def match_file_lines(frames, lines, key=lambda f: f):
-    """For each frame received, the 0-based index of the file line it is (None: the server's own
-    answer), matching forward through the file; and the file lines never received (withheld)."""
-    keys = [key(line) for line in lines]
-    at, indexes = 0, []
-    for frame in frames:
-        k = key(frame)
-        try:
-            found = keys.index(k, at)
-        except ValueError:
-            indexes.append(None)
-            continue
-        indexes.append(found)
-        at = found + 1
-    received = {i for i in indexes if i is not None}
-    return indexes, [i for i in range(len(lines)) if i not in received]
-
-
 def book_after(venue, lines, position, symbol):
     books = WireBooks(venue)
     for line in lines[:position]:
@@ -398,12 +380,6 @@ def test_kraken_corrupt_line_breaks_the_checksum_until_a_resubscribe_repairs_it(
     assert all(ok for i, (s, t, ok) in verdicts if s == "ETH/USD")
 
 
-def without_sequence(frame: bytes) -> str:
-    msg = json.loads(frame)
-    msg.pop("sequence_num", None)
-    return json.dumps(msg)
-
-
 def test_coinbase_resubscribe_snapshot_takes_the_next_sequence_num():
     frames, asked_at, server = play_resubscribe(COINBASE, "coinbase", "ETH-USD", after=300, speed=30.0)
     lines = fixture_lines("coinbase_advanced.jsonl")
@@ -412,7 +388,7 @@ def test_coinbase_resubscribe_snapshot_takes_the_next_sequence_num():
     # consecutive on the connection except the fixture's own gap (2600 never sent)
     jumps = [(a, b) for a, b in zip(seqs, seqs[1:]) if b != a + 1]
     assert len(jumps) == 1 and jumps[0][1] - jumps[0][0] == 2
-    indexes, withheld = match_file_lines(frames, lines, without_sequence)
+    indexes, withheld = match_file_lines(frames, lines)
     ours = [i for i, j in enumerate(indexes) if j is None]
     assert [msgs[i]["channel"] for i in ours] == ["subscriptions", "l2_data", "subscriptions"]
     unsub_ack, snap_at, sub_ack = ours
