@@ -86,11 +86,11 @@ __all__ = [
     "ReferenceBooks",
     "Run",
     "WireBooks",
-    "match_file_lines",
-    "played_as_recorded",
     "as_decimal_pairs",
     "fixture_lines",
     "float_pairs_as_decimals",
+    "match_file_lines",
+    "played_as_recorded",
     "run_lines",
 ]
 

@@ -12,19 +12,29 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
+import test_capture_process
 from capture_helpers import ReferenceBooks, WireBooks, fixture_lines, match_file_lines
 from shmpipe_services.capture.coinbase import CoinbaseParser
 from shmpipe_services.capture.kraken import KrakenParser
 from shmpipe_services.capture.kraken_checksum import checksum_of_book
 from test_asset_sync import _stop, spawn_cli
-from test_capture_process import Rings, raw_frames, registered, registry, rings, start_feed_server  # noqa: F401
+from test_capture_process import Rings, raw_frames, registered, start_feed_server
 
 from shmpipe import control
-from shmpipe.records import ACTION_CHECKSUM, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, ACTION_TRADE, SIDE_ASK
+from shmpipe.records import (
+    ACTION_CHECKSUM,
+    ACTION_SNAPSHOT_BEGIN,
+    ACTION_SNAPSHOT_END,
+    ACTION_TRADE,
+    SIDE_ASK,
+)
 
 zmq = pytest.importorskip("zmq")
 
 DEADLINE = 60.0
+# the fixtures test_capture_process defines, used here too
+registry = test_capture_process.registry
+rings = test_capture_process.rings
 
 
 @pytest.fixture(autouse=True)

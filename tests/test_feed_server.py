@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -12,8 +13,8 @@ import pytest
 from capture_helpers import CAPTURE_FIXTURES, KNOWN, SIDE_BID, WireBooks, fixture_lines, match_file_lines
 from shmpipe_services.capture import bad_input as bad
 from shmpipe_services.capture import process as capture_process
-from shmpipe_services.capture.feed_books import corrupt_level
 from shmpipe_services.capture.coinbase import CoinbaseParser
+from shmpipe_services.capture.feed_books import corrupt_level
 from shmpipe_services.capture.feed_server import (
     Faults,
     FeedServer,
@@ -310,11 +311,11 @@ async def resubscribing_client(url, feed: str, symbol: str, after: int, subscrib
     return frames, asked_at
 
 
-def play_resubscribe(fixture, feed, symbol, after, speed=20.0, faults=Faults()):
+def play_resubscribe(fixture, feed, symbol, after, speed=20.0, faults=None):
     subscribe = capture_process.subscribe_frames(feed, capture_process.DEFAULT_SYMBOLS[feed])
     (frames, asked_at), server = serve_and(
         [fixture], lambda url: resubscribing_client(url, feed, symbol, after, subscribe), speed=speed,
-        faults=faults)
+        faults=faults or Faults())
     return frames, asked_at, server
 
 
@@ -386,7 +387,7 @@ def test_coinbase_resubscribe_snapshot_takes_the_next_sequence_num():
     msgs = [json.loads(f) for f in frames]
     seqs = [m["sequence_num"] for m in msgs]
     # consecutive on the connection except the fixture's own gap (2600 never sent)
-    jumps = [(a, b) for a, b in zip(seqs, seqs[1:]) if b != a + 1]
+    jumps = [(a, b) for a, b in itertools.pairwise(seqs) if b != a + 1]
     assert len(jumps) == 1 and jumps[0][1] - jumps[0][0] == 2
     indexes, withheld = match_file_lines(frames, lines)
     ours = [i for i, j in enumerate(indexes) if j is None]

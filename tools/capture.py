@@ -197,9 +197,10 @@ class ControlUnavailable(Exception):
 
 
 def _serve_control(capture, name: str, args: argparse.Namespace):
+    from shmpipe_services.capture.commands import serve
+
     from shmpipe.control import ControlError
     from shmpipe.errors import InvalidArgumentError
-    from shmpipe_services.capture.commands import serve
     try:
         return serve(capture, name=name, feed=args.feed, ticks=args.ticks, levels=args.levels)
     except InvalidArgumentError as exc:

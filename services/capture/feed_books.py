@@ -52,7 +52,7 @@ def detect_venue(frames: list[bytes]) -> str | None:
 
 def _text(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a number's text")
+        raise TypeError(f"{value!r} is not a number's text")
     Decimal(value)   # raises on anything that is not a number
     return value
 
@@ -252,7 +252,7 @@ def timestamp_text(frame: bytes) -> str | None:
 def _rfc3339_micros(ns: int) -> str:
     import datetime
     seconds, rest = divmod(ns, 1_000_000_000)
-    stamp = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{rest // 1000:06d}Z"
 
 

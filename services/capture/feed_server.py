@@ -34,7 +34,7 @@ from pathlib import Path
 from websockets.asyncio.server import ServerConnection, serve
 
 from . import feed_books
-from .feed_books import CoinbaseBooks, KrakenBooks, corrupt_level, detect_venue
+from .feed_books import corrupt_level, detect_venue
 from .timestamps import rfc3339_ns
 
 log = logging.getLogger("shmpipe.feed_server")
@@ -223,8 +223,8 @@ class FeedServer:
         try:
             async for message in ws:
                 inbox.put_nowait(message)
-        except Exception:  # noqa: BLE001 -- the connection ended; _play finds out when it sends
-            pass
+        except Exception as exc:  # noqa: BLE001 -- the connection ended; _play finds out when it sends
+            log.debug("client reader ended: %s", exc)
 
     async def _answer(self, ws: ServerConnection, session, message, position: int, report) -> None:
         if session is None:
