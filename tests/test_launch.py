@@ -321,3 +321,48 @@ def test_existing_rings_are_kept_bus_heartbeats_and_pause_is_passed_on(tmp_path,
         launcher.kill_everything()
         existing.unlink()
         existing.close()
+
+
+def test_without_pyzmq_the_launcher_stops_processes_with_signals(tmp_path, ring_name):
+    shadow = tmp_path / "shadow" / "zmq"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('simulated: no zmq')\n")
+    toml = _pipeline(tmp_path, f"""\
+        [pipeline]
+        ring_prefix = "{ring_name}."
+        [rings.r]
+        type = "tick"
+        capacity = 64
+        [processes.a]
+        command = ["sleep", "60"]
+        writes = ["r"]
+        control = true
+        ready_timeout_s = 0.5
+        [processes.b]
+        command = ["sleep", "60"]
+        reads = ["r"]
+        settle_s = 0.1
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--log-dir",
+                             str(tmp_path / "logs")], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(shadow.parent)))
+    pids = []
+    try:
+        for _ in range(2):   # "a: started pid N", "b: started pid M"
+            line = wait_for(proc.stderr.readline, 30, "a process started")
+            while "started pid" not in line:
+                line = wait_for(proc.stderr.readline, 30, "a process started")
+            pids.append(int(line.split("started pid ")[1].split()[0]))
+        assert _segments(ring_name) == [f"shmpipe.{ring_name}.r"]
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 0, rest
+        assert "b: stopped (killed by SIGTERM)" in rest and "a: stopped (killed by SIGTERM)" in rest
+        assert alive(pids) == []
+        assert _segments(ring_name) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in alive(pids):
+            os.kill(pid, signal.SIGKILL)

@@ -52,6 +52,7 @@ def _pipeline_unavailable() -> str | None:
     try:
         import shmpipe_services.capture.process  # noqa: F401 - the parsers need msgspec, orjson
         import shmpipe_services.verify.service  # noqa: F401
+        import zmq  # noqa: F401 - every service of the pipeline answers the control plane
     except ImportError as exc:
         return str(exc)
     return None
