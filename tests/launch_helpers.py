@@ -1,5 +1,6 @@
 """Running ``shmpipe launch`` from tests: a private control directory, the launcher as a real
 process, waits on conditions with deadlines, and a cleanup that kills every process it saw."""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
     while time.monotonic() < deadline:
         try:
             last = condition()
-        except Exception as exc:   # noqa: BLE001 - not there yet
+        except Exception as exc:  # noqa: BLE001 - not there yet
             last = exc
         if last and not isinstance(last, Exception):
             return last
@@ -45,13 +46,26 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
 class LauncherProcess:
     def __init__(self, toml: Path, log_dir: Path, *extra: str) -> None:
         self.log_dir = log_dir
-        self.proc = subprocess.Popen([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml),
-                                      "--log-dir", str(log_dir), *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shmpipe_tools.cli",
+                "launch",
+                str(toml),
+                "--log-dir",
+                str(log_dir),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.seen_pids: set[int] = set()
 
     def status(self) -> dict:
         from shmpipe import control
+
         st = control.request("launcher", "status", timeout=1.0)
         for p in st["processes"].values():
             if p["pid"]:
@@ -62,6 +76,7 @@ class LauncherProcess:
         def ready():
             st = self.status()
             return st if all(st["processes"][n]["state"] == "running" for n in names) else None
+
         return wait_for(ready, timeout, f"{names} running")
 
     def children(self) -> set[int]:

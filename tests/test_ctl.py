@@ -1,5 +1,6 @@
 """``shmpipe ctl``: answers printed for people or as JSON; a dead service, an unknown command, a
 service that does not answer and bad arguments are one line each, with the documented exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ from shmpipe import control  # noqa: E402
 
 
 def _ctl(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "ctl", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "shmpipe_tools.cli", "ctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -48,6 +53,7 @@ def test_pretty_and_json_answers(service):
 def test_list_shows_who_answers(service, runtime_dir):
     # a left-over endpoint of a dead service: listed, not answering
     import socket
+
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(os.path.join(runtime_dir, "shmpipe-ctl.ghost"))
     dead.close()
@@ -60,15 +66,23 @@ def test_list_shows_who_answers(service, runtime_dir):
     assert {r["service"]: r["answers"] for r in rows} == {"ghost": False, "svc": True}
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (("nobody", "status"), 1, "shmpipe ctl: service 'nobody' is not running (no endpoint at "),
-    (("svc", "frobnicate"), 1, "shmpipe ctl: service 'svc' refused 'frobnicate': unknown command 'frobnicate'"),
-    (("svc", "status", "--args", "{nope"), 2, "shmpipe ctl: --args is not JSON"),
-    (("svc", "status", "--args", "[1]"), 2, "shmpipe ctl: --args must be a JSON object"),
-    (("svc",), 2, "shmpipe ctl: which command for svc?"),
-    (("bad/name", "status"), 2, "shmpipe ctl: service name 'bad/name' must be"),
-    (("list", "status"), 2, "shmpipe ctl: `ctl list` takes no command"),
-], ids=["dead", "unknown-command", "bad-json", "args-not-object", "no-command", "bad-name", "list-command"])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (("nobody", "status"), 1, "shmpipe ctl: service 'nobody' is not running (no endpoint at "),
+        (
+            ("svc", "frobnicate"),
+            1,
+            "shmpipe ctl: service 'svc' refused 'frobnicate': unknown command 'frobnicate'",
+        ),
+        (("svc", "status", "--args", "{nope"), 2, "shmpipe ctl: --args is not JSON"),
+        (("svc", "status", "--args", "[1]"), 2, "shmpipe ctl: --args must be a JSON object"),
+        (("svc",), 2, "shmpipe ctl: which command for svc?"),
+        (("bad/name", "status"), 2, "shmpipe ctl: service name 'bad/name' must be"),
+        (("list", "status"), 2, "shmpipe ctl: `ctl list` takes no command"),
+    ],
+    ids=["dead", "unknown-command", "bad-json", "args-not-object", "no-command", "bad-name", "list-command"],
+)
 def test_errors_are_one_line(service, args, code, message):
     out = _ctl(*args)
     assert out.returncode == code, out
@@ -79,15 +93,17 @@ def test_errors_are_one_line(service, args, code, message):
 
 def test_a_service_that_does_not_answer_times_out(runtime_dir):
     ctx = zmq.Context.instance()
-    mute = ctx.socket(zmq.ROUTER)          # bound, never read: a hung service
+    mute = ctx.socket(zmq.ROUTER)  # bound, never read: a hung service
     mute.bind(control.endpoint_for("hung"))
     try:
         started = time.monotonic()
         out = _ctl("hung", "status", "--timeout", "0.5")
         assert out.returncode == 1
-        assert out.stderr.strip() == (f"shmpipe ctl: service 'hung' did not answer 'status' within 0.5 s "
-                                      f"(at {control.endpoint_for('hung')}; is it running?)")
+        assert out.stderr.strip() == (
+            f"shmpipe ctl: service 'hung' did not answer 'status' within 0.5 s "
+            f"(at {control.endpoint_for('hung')}; is it running?)"
+        )
         assert time.monotonic() - started < 30
     finally:
         mute.close(linger=0)
-        os.unlink(control.endpoint_for("hung")[len("ipc://"):])
+        os.unlink(control.endpoint_for("hung")[len("ipc://") :])

@@ -1,6 +1,7 @@
 """``shmpipe demo``: the example pipeline under the launcher, its JSON summary (one key per stage,
 records / lost / p50_us / p99_us), the live lines, Ctrl-C, nothing left behind, and the verdict
 failing when a stage lost records."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ psutil = pytest.importorskip("psutil")
 
 
 def _demo(*args, cwd, timeout=120):
-    return subprocess.Popen([sys.executable, "-m", "shmpipe_tools.cli", "demo", *args], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmpipe_tools.cli", "demo", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _left_behind(pid: int) -> tuple[list[str], list[int]]:
@@ -52,7 +58,7 @@ def test_demo_json_has_one_object_per_stage_with_no_loss(tmp_path):
     try:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-        summary = json.loads(out)              # stdout is exactly one JSON object
+        summary = json.loads(out)  # stdout is exactly one JSON object
         assert {"capture", "verify"} <= set(summary)
         for stage, figures in summary.items():
             assert isinstance(figures, dict)
@@ -66,7 +72,7 @@ def test_demo_json_has_one_object_per_stage_with_no_loss(tmp_path):
         assert summary["verify"]["records"] <= summary["verify"]["rings"]["ticks"]["written"]
         assert summary["capture"]["cpus"] != summary["verify"]["cpus"] or len(summary["capture"]["cpus"]) > 1
         assert _left_behind(proc.pid) == ([], [])
-        assert not list(tmp_path.iterdir())    # no logs in the working directory
+        assert not list(tmp_path.iterdir())  # no logs in the working directory
     finally:
         _cleanup(proc)
 
@@ -74,7 +80,7 @@ def test_demo_json_has_one_object_per_stage_with_no_loss(tmp_path):
 def test_demo_plain_output_and_ctrl_c(tmp_path):
     proc = _demo("--seconds", "60", cwd=tmp_path)
     try:
-        first = proc.stdout.readline()         # a live line (stdout is not a terminal: plain lines)
+        first = proc.stdout.readline()  # a live line (stdout is not a terminal: plain lines)
         assert first.startswith("[") and "capture" in first and "verify" in first, first
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
@@ -92,8 +98,11 @@ def test_the_verdict_fails_on_loss_disorder_restarts_and_exit_codes():
     from shmpipe_services.launcher import demo
     from shmpipe_services.launcher.config import loads
 
-    pipeline = loads('[processes.a]\ncommand = "sleep 1"\n[processes.b]\ncommand = "sleep 1"\n', "x.toml",
-                     ring_prefix="no-such-prefix-for-sure.")
+    pipeline = loads(
+        '[processes.a]\ncommand = "sleep 1"\n[processes.b]\ncommand = "sleep 1"\n',
+        "x.toml",
+        ring_prefix="no-such-prefix-for-sure.",
+    )
 
     class State:
         def __init__(self, restarts=0, exit_code=0):
@@ -102,14 +111,22 @@ def test_the_verdict_fails_on_loss_disorder_restarts_and_exit_codes():
     class FakeLauncher:
         processes = {"a": State(), "b": State()}
 
-    good = demo.Sample(0.0, {"a": {"records": 10, "lost": 0}, "b": {"records": 5, "lost": 0, "disorder": 0}}, {})
+    good = demo.Sample(
+        0.0, {"a": {"records": 10, "lost": 0}, "b": {"records": 5, "lost": 0, "disorder": 0}}, {}
+    )
     assert demo._problems(good, FakeLauncher(), pipeline, []) == []
-    bad = demo.Sample(0.0, {"a": {"records": 0, "lost": 3}, "b": {"records": 5, "lost": 0, "disorder": 2}}, {})
+    bad = demo.Sample(
+        0.0, {"a": {"records": 0, "lost": 3}, "b": {"records": 5, "lost": 0, "disorder": 2}}, {}
+    )
     FakeLauncher.processes = {"a": State(restarts=1), "b": State(exit_code=1)}
     problems = demo._problems(bad, FakeLauncher(), pipeline, [])
-    assert problems == ["a moved no records (see its log)", "a lost 3 records",
-                        "a was restarted 1 time(s) (see its log)", "b saw 2 records out of order",
-                        "b ended with exit code 1 (see its log)"]
+    assert problems == [
+        "a moved no records (see its log)",
+        "a lost 3 records",
+        "a was restarted 1 time(s) (see its log)",
+        "b saw 2 records out of order",
+        "b ended with exit code 1 (see its log)",
+    ]
 
 
 def test_metrics_during_the_demo_show_ring_counters(tmp_path):
@@ -117,6 +134,7 @@ def test_metrics_during_the_demo_show_ring_counters(tmp_path):
     parser = pytest.importorskip("prometheus_client.parser")
     import socket
     import urllib.request
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -138,7 +156,7 @@ def test_metrics_during_the_demo_show_ring_counters(tmp_path):
             if not found:
                 time.sleep(0.2)
         assert found, f"no non-zero counter of {ticks_ring} in the metrics"
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     finally:
         _cleanup(proc)
@@ -151,9 +169,9 @@ def test_fixtures_feed_every_captured_tick_is_read(tmp_path):
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         summary = json.loads(out)
-        assert set(summary) == {"capture", "verify"}          # the feed server moves no ring records
+        assert set(summary) == {"capture", "verify"}  # the feed server moves no ring records
         capture, verify = summary["capture"], summary["verify"]
-        assert capture["state"] == "exited" and capture["exit_code"] == 0   # the recording ended: feed closed
+        assert capture["state"] == "exited" and capture["exit_code"] == 0  # the recording ended: feed closed
         assert capture["ticks"] > 0 and capture["levels"] > 0
         # the reader joined at the oldest record of a lossless ring: it read every tick capture wrote
         assert verify["records"] == capture["ticks"] == verify["rings"]["ticks"]["written"]
@@ -175,9 +193,16 @@ def _shadow(tmp_path, *modules):
 @pytest.mark.parametrize("missing", ["msgspec", "zmq"])
 def test_without_the_services_extra_the_ring_demo_runs(tmp_path, missing):
     import os
+
     env = dict(os.environ, PYTHONPATH=_shadow(tmp_path, missing))
-    out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "demo", "--json"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "shmpipe_tools.cli", "demo", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert f"the pipeline demo needs the services extra (simulated: no {missing})" in out.stderr
     ring = json.loads(out.stdout)["ring"]

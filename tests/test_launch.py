@@ -1,6 +1,7 @@
 """The launcher with real processes: a capture killed with -9 is restarted and the data flows again
 with nothing lost; SIGTERM to the launcher leaves no process, no segment and no socket; pinning,
 SCHED_FIFO, give-up, stop escalation and the control plane."""
+
 from __future__ import annotations
 
 import os
@@ -8,15 +9,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("zmq")
-from launch_helpers import LauncherProcess, alive, runtime_dir, wait_for  # noqa: E402,F401
+from launch_helpers import LauncherProcess, alive, runtime_dir, wait_for  # noqa: F401
 
-from shmpipe import stats  # noqa: E402
+from shmpipe import stats
 
 
 def _pipeline(tmp_path: Path, text: str) -> Path:
@@ -31,7 +31,9 @@ def _segments(ring_name: str) -> list[str]:
 
 def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_name, runtime_dir):
     cap, ver = f"{ring_name}-cap", f"{ring_name}-ver"
-    toml = _pipeline(tmp_path, f"""\
+    toml = _pipeline(
+        tmp_path,
+        f"""\
         [pipeline]
         name = "t"
         ring_prefix = "{ring_name}."
@@ -50,20 +52,22 @@ def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_n
         control = true
 
         [processes.{cap}]
-        command = ["shmpipe", "capture", "--feed", "synthetic", "--rate", "20000", "--ticks", "{{ring.ticks}}",
-                   "--levels", "{{ring.levels}}", "--name", "{{name}}"]
+        command = ["shmpipe", "capture", "--feed", "synthetic", "--rate", "20000",
+                   "--ticks", "{{ring.ticks}}", "--levels", "{{ring.levels}}", "--name", "{{name}}"]
         writes = ["ticks", "levels"]
         restart = "always"
         backoff_s = 0.2
-        """)
+        """,
+    )
     launcher = LauncherProcess(toml, tmp_path / "logs")
     try:
         st = launcher.wait_running([cap, ver])
-        assert list(st["processes"]) == [cap, ver]          # the writer first, though declared second
+        assert list(st["processes"]) == [cap, ver]  # the writer first, though declared second
 
         def verified(at_least):
             counters = stats.read(ver)["counters"]
             return counters if counters["records"] >= at_least else None
+
         wait_for(lambda: verified(2000), 30, "ticks verified")
 
         old_pid = st["processes"][cap]["pid"]
@@ -72,11 +76,17 @@ def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_n
         def restarted():
             p = launcher.status()["processes"][cap]
             return p if p["restarts"] == 1 and p["state"] == "running" and p["pid"] != old_pid else None
+
         wait_for(restarted, 30, "capture restarted")
         after_restart = stats.read(ver)["counters"]["records"]
-        counters = wait_for(lambda: verified(after_restart + 2000), 30, "ticks flowing again after the restart")
-        counters = wait_for(lambda: (c := stats.read(ver)["counters"])["restarts_seen"] >= 1 and c, 10,
-                            "the verifier seeing the new run of the feed")
+        counters = wait_for(
+            lambda: verified(after_restart + 2000), 30, "ticks flowing again after the restart"
+        )
+        counters = wait_for(
+            lambda: (c := stats.read(ver)["counters"])["restarts_seen"] >= 1 and c,
+            10,
+            "the verifier seeing the new run of the feed",
+        )
         # loss accounted: the restart is a new run of the feed, not a gap; nothing lost, nothing out of order
         assert counters["lost"] == 0 and counters["disorder"] == 0, counters
         assert launcher.status()["processes"][cap]["restarts"] == 1
@@ -91,14 +101,16 @@ def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_n
         assert err.index(f"{ver}: stopped") < err.index(f"{cap}: stopped")
         assert alive(pids) == []
         assert _segments(ring_name) == []
-        assert os.listdir(runtime_dir) == []                 # control and signals sockets removed
+        assert os.listdir(runtime_dir) == []  # control and signals sockets removed
         assert "start again" in (tmp_path / "logs" / f"{cap}.log").read_text()
     finally:
         launcher.kill_everything()
 
 
 def test_a_process_that_keeps_failing_is_given_up_and_the_pipeline_stopped(tmp_path, ring_name, runtime_dir):
-    toml = _pipeline(tmp_path, f"""\
+    toml = _pipeline(
+        tmp_path,
+        f"""\
         [pipeline]
         ring_prefix = "{ring_name}."
 
@@ -118,13 +130,14 @@ def test_a_process_that_keeps_failing_is_given_up_and_the_pipeline_stopped(tmp_p
         max_restarts = 2
         backoff_s = 0.05
         settle_s = 0.1
-        """)
+        """,
+    )
     launcher = LauncherProcess(toml, tmp_path / "logs")
     try:
         code, _out, err = launcher.finish(timeout=60)
         assert code == 1
         assert "flaky: exited with code 3; restarting in 0.05 s" in err
-        assert "flaky: exited with code 3; restarting in 0.1 s" in err      # the backoff doubles
+        assert "flaky: exited with code 3; restarting in 0.1 s" in err  # the backoff doubles
         assert "2 restarts within 60 s, giving up: stopping the pipeline" in err
         assert err.strip().splitlines()[-1] == "shmpipe launch: gave up on flaky; pipeline stopped"
         assert "steady: stopped" in err
@@ -135,9 +148,13 @@ def test_a_process_that_keeps_failing_is_given_up_and_the_pipeline_stopped(tmp_p
 
 def test_pinning_fifo_control_stop_and_escalation(tmp_path, ring_name, runtime_dir):
     cpu = max(os.sched_getaffinity(0))
-    stubborn = (f"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                f"open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(120)")
-    toml = _pipeline(tmp_path, f"""\
+    stubborn = (
+        f"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(120)"
+    )
+    toml = _pipeline(
+        tmp_path,
+        f"""\
         [pipeline]
         ring_prefix = "{ring_name}."
 
@@ -151,7 +168,8 @@ def test_pinning_fifo_control_stop_and_escalation(tmp_path, ring_name, runtime_d
         command = [{sys.executable!r}, "-c", {stubborn!r}]
         settle_s = 0.1
         stop_grace_s = 0.3
-        """)
+        """,
+    )
     launcher = LauncherProcess(toml, tmp_path / "logs")
     try:
         st = launcher.wait_running(["pinned", "stubborn"])
@@ -160,15 +178,31 @@ def test_pinning_fifo_control_stop_and_escalation(tmp_path, ring_name, runtime_d
         assert pinned["cpus"] == [cpu]
         wait_for(lambda: (tmp_path / "ready").exists(), 30, "the stubborn process to ignore SIGTERM")
         # a second launcher under the same control name is refused, naming the first
-        second = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--log-dir",
-                                 str(tmp_path / "logs2")], capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shmpipe_tools.cli",
+                "launch",
+                str(toml),
+                "--log-dir",
+                str(tmp_path / "logs2"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 1
         assert "service name 'launcher' is taken" in second.stderr
         assert _segments(ring_name) == []
 
         pids = launcher.children() | launcher.seen_pids
-        ctl = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "ctl", "launcher", "stop"],
-                             capture_output=True, text=True, timeout=60)
+        ctl = subprocess.run(
+            [sys.executable, "-m", "shmpipe_tools.cli", "ctl", "launcher", "stop"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ctl.returncode == 0, ctl.stderr
         code, _out, err = launcher.finish()
         assert code == 0, err
@@ -178,19 +212,22 @@ def test_pinning_fifo_control_stop_and_escalation(tmp_path, ring_name, runtime_d
             assert "pinned: SCHED_FIFO priority 1 not permitted" in err
         assert "stubborn: still running after SIGTERM; sending SIGKILL" in err
         assert "stubborn: stopped (killed by SIGKILL)" in err
-        assert err.index("stubborn: stopped") < err.index("pinned: stopped")   # reverse order
+        assert err.index("stubborn: stopped") < err.index("pinned: stopped")  # reverse order
         assert alive(pids) == []
     finally:
         launcher.kill_everything()
 
 
 def test_fifo_is_really_applied_when_permitted(tmp_path, runtime_dir):
-    toml = _pipeline(tmp_path, """\
+    toml = _pipeline(
+        tmp_path,
+        """\
         [processes.rt]
         command = ["sleep", "60"]
         rt_priority = 2
         settle_s = 0.1
-        """)
+        """,
+    )
     launcher = LauncherProcess(toml, tmp_path / "logs")
     try:
         p = launcher.wait_running(["rt"])["processes"]["rt"]
@@ -208,7 +245,9 @@ def test_fifo_is_really_applied_when_permitted(tmp_path, runtime_dir):
 
 
 def test_processes_that_end_end_the_launcher(tmp_path, runtime_dir):
-    toml = _pipeline(tmp_path, """\
+    toml = _pipeline(
+        tmp_path,
+        """\
         [processes.once]
         command = ["sh", "-c", "echo hello from once"]
         restart = "never"
@@ -218,7 +257,8 @@ def test_processes_that_end_end_the_launcher(tmp_path, runtime_dir):
         command = ["sh", "-c", "sleep 0.3"]
         restart = "on-failure"
         settle_s = 0
-        """)
+        """,
+    )
     launcher = LauncherProcess(toml, tmp_path / "logs")
     try:
         code, _out, err = launcher.finish(timeout=60)
@@ -236,9 +276,23 @@ def test_metrics_port_without_the_exporter_is_one_line(tmp_path, runtime_dir):
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('simulated: no prometheus_client')\n")
     toml = _pipeline(tmp_path, '[processes.a]\ncommand = ["sleep", "5"]\n')
-    out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--metrics-port", "0",
-                          "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, PYTHONPATH=str(shadow.parent)))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmpipe_tools.cli",
+            "launch",
+            str(toml),
+            "--metrics-port",
+            "0",
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(shadow.parent)),
+    )
     assert out.returncode == 1
     assert out.stderr.startswith("shmpipe launch: --metrics-port needs shmpipe.metrics"), out.stderr
     assert "pip install 'shmpipe[services]'" in out.stderr
@@ -248,7 +302,10 @@ def test_metrics_port_without_the_exporter_is_one_line(tmp_path, runtime_dir):
 def test_metrics_port_in_use_is_one_line_and_nothing_is_left(tmp_path, ring_name, runtime_dir):
     pytest.importorskip("prometheus_client")
     import socket
-    toml = _pipeline(tmp_path, f"""\
+
+    toml = _pipeline(
+        tmp_path,
+        f"""\
         [pipeline]
         ring_prefix = "{ring_name}."
         [rings.r]
@@ -257,14 +314,28 @@ def test_metrics_port_in_use_is_one_line_and_nothing_is_left(tmp_path, ring_name
         [processes.a]
         command = ["sleep", "30"]
         writes = ["r"]
-        """)
+        """,
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--metrics-port",
-                              str(port), "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shmpipe_tools.cli",
+                "launch",
+                str(toml),
+                "--metrics-port",
+                str(port),
+                "--log-dir",
+                str(tmp_path / "logs"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode == 1
     assert out.stderr.strip() == f"shmpipe launch: metrics: port {port} on 127.0.0.1 is already in use"
     assert _segments(ring_name) == []
@@ -278,7 +349,9 @@ def test_existing_rings_are_kept_bus_heartbeats_and_pause_is_passed_on(tmp_path,
 
     ver = f"{ring_name}-ver"
     existing = shmpipe.Ring.create(f"{ring_name}.old", TICK, 256, broadcast=True)
-    toml = _pipeline(tmp_path, f"""\
+    toml = _pipeline(
+        tmp_path,
+        f"""\
         [pipeline]
         ring_prefix = "{ring_name}."
 
@@ -294,12 +367,15 @@ def test_existing_rings_are_kept_bus_heartbeats_and_pause_is_passed_on(tmp_path,
         command = ["shmpipe", "verify", "--ticks", "{{ring.old}}", "--name", "{{name}}"]
         reads = ["old"]
         control = true
-        """)
+        """,
+    )
     launcher = LauncherProcess(toml, tmp_path / "logs")
     try:
         st = launcher.wait_running([ver])
-        assert st["rings"] == {"old": {"segment": f"{ring_name}.old", "created": False},
-                               "new": {"segment": f"{ring_name}.new", "created": True}}
+        assert st["rings"] == {
+            "old": {"segment": f"{ring_name}.old", "created": False},
+            "new": {"segment": f"{ring_name}.new", "created": True},
+        }
         with signals.SignalSubscriber(topics=[signals.HEARTBEAT]) as sub:
             beat = wait_for(lambda: sub.recv(timeout=0.5), 30, "a launcher heartbeat on the bus")
         assert beat.source == "launcher" and beat.data["processes"] == {ver: "running"}
@@ -310,13 +386,16 @@ def test_existing_rings_are_kept_bus_heartbeats_and_pause_is_passed_on(tmp_path,
         control.request("launcher", "resume")
         assert control.request(ver, "status")["state"] == "running"
         rings = control.request("launcher", "stats")["rings"]
-        assert set(rings) == {"old", "new"} and rings["old"]["consumers"][0]["pid"] == st["processes"][ver]["pid"]
+        assert (
+            set(rings) == {"old", "new"}
+            and rings["old"]["consumers"][0]["pid"] == st["processes"][ver]["pid"]
+        )
 
         launcher.proc.send_signal(signal.SIGTERM)
         code, _out, err = launcher.finish()
         assert code == 0, err
         assert "ring old: " in err and "exists; attached (it will be left in place)" in err
-        assert _segments(ring_name) == [f"shmpipe.{ring_name}.old"]   # only what it created is gone
+        assert _segments(ring_name) == [f"shmpipe.{ring_name}.old"]  # only what it created is gone
     finally:
         launcher.kill_everything()
         existing.unlink()
@@ -327,7 +406,9 @@ def test_without_pyzmq_the_launcher_stops_processes_with_signals(tmp_path, ring_
     shadow = tmp_path / "shadow" / "zmq"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('simulated: no zmq')\n")
-    toml = _pipeline(tmp_path, f"""\
+    toml = _pipeline(
+        tmp_path,
+        f"""\
         [pipeline]
         ring_prefix = "{ring_name}."
         [rings.r]
@@ -342,13 +423,17 @@ def test_without_pyzmq_the_launcher_stops_processes_with_signals(tmp_path, ring_
         command = ["sleep", "60"]
         reads = ["r"]
         settle_s = 0.1
-        """)
-    proc = subprocess.Popen([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--log-dir",
-                             str(tmp_path / "logs")], stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(shadow.parent)))
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--log-dir", str(tmp_path / "logs")],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(shadow.parent)),
+    )
     pids = []
     try:
-        for _ in range(2):   # "a: started pid N", "b: started pid M"
+        for _ in range(2):  # "a: started pid N", "b: started pid M"
             line = wait_for(proc.stderr.readline, 30, "a process started")
             while "started pid" not in line:
                 line = wait_for(proc.stderr.readline, 30, "a process started")

@@ -1,5 +1,6 @@
 """The pipeline file check: every kind of mistake is one line naming the file, the line and the
 problem; a good file gives rings, processes and a start order."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-
 from shmpipe_services.launcher.config import PipelineError, load, loads, parse_cpus
 
 CPUS = {0, 1}
@@ -63,42 +63,97 @@ def test_a_good_file():
     assert p.rings["ticks"].segment == "p.ticks" and p.rings["books"].mode == "spsc"
     # writers before readers, `after` kept, file order where nothing constrains it
     assert list(p.processes) == ["producer", "consumer", "book"]
-    assert p.processes["consumer"].command == ["shmpipe", "verify", "--ticks", "p.ticks", "--name", "consumer"]
+    assert p.processes["consumer"].command == [
+        "shmpipe",
+        "verify",
+        "--ticks",
+        "p.ticks",
+        "--name",
+        "consumer",
+    ]
     assert p.processes["book"].command == ["sleep", "30"] and p.processes["book"].cpus == (0, 1)
     assert p.processes["producer"].env == {"WHO": "p.books"}
     assert loads(GOOD, "good.toml", available_cpus=CPUS, ring_prefix="q-").rings["ticks"].segment == "q-ticks"
 
 
-@pytest.mark.parametrize("change, marker, words", [
-    # TOML syntax: tomllib's own position
-    (("capacity = 1024", "capacity = = 1024"), "= = 1024", "not valid TOML"),
-    # unknown key, in a ring and in a process
-    (("capacity = 64", "capacity = 64\ncolour = 'red'"), "colour", "unknown key 'colour' in [rings.books]"),
-    (('reads = ["ticks"]\n\n[processes.book]', 'reads = ["ticks"]\ncpu = [0]\n\n[processes.book]'), "cpu = [0]",
-     "unknown key 'cpu'"),
-    # wrong types and values
-    (("capacity = 1024", 'capacity = "big"'), "big", "rings.ticks.capacity must be an integer"),
-    (("capacity = 1024", "capacity = 1000"), "1000", "must be a power of two"),
-    (('mode = "spsc"', 'mode = "fanout"'), "fanout", "rings.books.mode must be one of broadcast, spsc"),
-    (('type = "tick"', 'type = "quote"'), "quote", "rings.ticks.type must be one of"),
-    (('command = "sleep 30"', "command = 5"), "command = 5", "processes.book.command must be a list of strings or a string"),
-    (('cpus = [1]', 'cpus = true'), "cpus = true", "processes.producer.cpus"),
-    # rings a process needs that nobody declared
-    (('writes = ["books"]', 'writes = ["bookz"]'), "bookz", "names ring 'bookz', which no [rings.bookz] declares"),
-    (('"{ring.ticks}", "--name"', '"{ring.tick}", "--name"'), "{ring.tick}", "{ring.tick}, but no [rings.tick] is declared"),
-    # CPU lists: malformed, reversed, not on this machine
-    (('cpus = "0-1"', 'cpus = "0-x"'), "0-x", "bad CPU list '0-x'"),
-    (('cpus = "0-1"', 'cpus = "1-0"'), "1-0", "bad CPU list '1-0'"),
-    (('cpus = [1]', 'cpus = [7]'), "[7]", "names CPU 7, which this process may not use (available: 0,1)"),
-    (('cpus = [1]', 'cpus = [-1]'), "[-1]", "non-negative integers"),
-    # dependencies
-    (('after = ["consumer"]', 'after = ["nobody"]'), "nobody", "after names 'nobody', which is not a process here"),
-    (('after = ["consumer"]', 'after = ["book"]'), 'after = ["book"]', "after names itself"),
-    # a program that is not there
-    (('command = ["sleep", "30"]', 'command = ["no-such-program-xyz"]'), "no-such-program", "program 'no-such-program-xyz' not found"),
-], ids=["toml-syntax", "unknown-ring-key", "unknown-process-key", "capacity-type", "capacity-pow2", "mode",
-        "type", "command-type", "cpus-type", "undeclared-ring", "undeclared-ring-placeholder", "cpus-malformed",
-        "cpus-reversed", "cpus-absent", "cpus-negative", "after-unknown", "after-self", "program-missing"])
+@pytest.mark.parametrize(
+    "change, marker, words",
+    [
+        # TOML syntax: tomllib's own position
+        (("capacity = 1024", "capacity = = 1024"), "= = 1024", "not valid TOML"),
+        # unknown key, in a ring and in a process
+        (
+            ("capacity = 64", "capacity = 64\ncolour = 'red'"),
+            "colour",
+            "unknown key 'colour' in [rings.books]",
+        ),
+        (
+            ('reads = ["ticks"]\n\n[processes.book]', 'reads = ["ticks"]\ncpu = [0]\n\n[processes.book]'),
+            "cpu = [0]",
+            "unknown key 'cpu'",
+        ),
+        # wrong types and values
+        (("capacity = 1024", 'capacity = "big"'), "big", "rings.ticks.capacity must be an integer"),
+        (("capacity = 1024", "capacity = 1000"), "1000", "must be a power of two"),
+        (('mode = "spsc"', 'mode = "fanout"'), "fanout", "rings.books.mode must be one of broadcast, spsc"),
+        (('type = "tick"', 'type = "quote"'), "quote", "rings.ticks.type must be one of"),
+        (
+            ('command = "sleep 30"', "command = 5"),
+            "command = 5",
+            "processes.book.command must be a list of strings or a string",
+        ),
+        (("cpus = [1]", "cpus = true"), "cpus = true", "processes.producer.cpus"),
+        # rings a process needs that nobody declared
+        (
+            ('writes = ["books"]', 'writes = ["bookz"]'),
+            "bookz",
+            "names ring 'bookz', which no [rings.bookz] declares",
+        ),
+        (
+            ('"{ring.ticks}", "--name"', '"{ring.tick}", "--name"'),
+            "{ring.tick}",
+            "{ring.tick}, but no [rings.tick] is declared",
+        ),
+        # CPU lists: malformed, reversed, not on this machine
+        (('cpus = "0-1"', 'cpus = "0-x"'), "0-x", "bad CPU list '0-x'"),
+        (('cpus = "0-1"', 'cpus = "1-0"'), "1-0", "bad CPU list '1-0'"),
+        (("cpus = [1]", "cpus = [7]"), "[7]", "names CPU 7, which this process may not use (available: 0,1)"),
+        (("cpus = [1]", "cpus = [-1]"), "[-1]", "non-negative integers"),
+        # dependencies
+        (
+            ('after = ["consumer"]', 'after = ["nobody"]'),
+            "nobody",
+            "after names 'nobody', which is not a process here",
+        ),
+        (('after = ["consumer"]', 'after = ["book"]'), 'after = ["book"]', "after names itself"),
+        # a program that is not there
+        (
+            ('command = ["sleep", "30"]', 'command = ["no-such-program-xyz"]'),
+            "no-such-program",
+            "program 'no-such-program-xyz' not found",
+        ),
+    ],
+    ids=[
+        "toml-syntax",
+        "unknown-ring-key",
+        "unknown-process-key",
+        "capacity-type",
+        "capacity-pow2",
+        "mode",
+        "type",
+        "command-type",
+        "cpus-type",
+        "undeclared-ring",
+        "undeclared-ring-placeholder",
+        "cpus-malformed",
+        "cpus-reversed",
+        "cpus-absent",
+        "cpus-negative",
+        "after-unknown",
+        "after-self",
+        "program-missing",
+    ],
+)
 def test_each_mistake_names_its_line(change, marker, words):
     old, new = change
     assert old in GOOD
@@ -112,8 +167,10 @@ def test_each_mistake_names_its_line(change, marker, words):
 
 
 def test_a_dependency_cycle_is_named():
-    text = GOOD.replace('[processes.producer]\ncommand = ["sleep", "30"]',
-                        '[processes.producer]\ncommand = ["sleep", "30"]\nreads = ["books"]')
+    text = GOOD.replace(
+        '[processes.producer]\ncommand = ["sleep", "30"]',
+        '[processes.producer]\ncommand = ["sleep", "30"]\nreads = ["books"]',
+    )
     err = _error(text)
     assert "dependency cycle" in err.problem
     assert "producer" in err.problem and "book" in err.problem
@@ -122,7 +179,7 @@ def test_a_dependency_cycle_is_named():
 
 def test_missing_sections_and_keys():
     assert "no [processes.NAME] table" in _error('[rings.x]\ntype = "tick"\ncapacity = 8\n').problem
-    err = _error('[processes.a]\ncpus = [0]\n')
+    err = _error("[processes.a]\ncpus = [0]\n")
     assert err.line == 1 and "needs command" in err.problem
     err = _error('[rings.r]\ncapacity = 8\n[processes.a]\ncommand = "sleep 1"\n')
     assert err.line == 1 and "needs type" in err.problem
@@ -136,7 +193,9 @@ def test_lossy_needs_broadcast():
     assert err.line == _line_of(text, "lossy") and "needs mode" in err.problem
 
 
-@pytest.mark.parametrize("text, cpus", [("0-1", (0, 1)), ("0,2-3", (0, 2, 3)), ("1", (1,)), ([1, 0, 1], (0, 1))])
+@pytest.mark.parametrize(
+    "text, cpus", [("0-1", (0, 1)), ("0,2-3", (0, 2, 3)), ("1", (1,)), ([1, 0, 1], (0, 1))]
+)
 def test_cpu_lists(text, cpus):
     assert parse_cpus(text) == cpus
 
@@ -147,13 +206,19 @@ def test_missing_file(tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "shmpipe_tools.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
 
 
 def test_cli_error_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "broken.toml"
-    bad.write_text(textwrap.dedent("""\
+    bad.write_text(
+        textwrap.dedent("""\
         [rings.ticks]
         type = "tick"
         capacity = 1024
@@ -161,16 +226,19 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
         [processes.a]
         command = ["sleep", "5"]
         reads = ["tickz"]
-        """))
+        """)
+    )
     out = _cli("launch", str(bad))
     assert out.returncode == 2
-    assert out.stderr.strip() == (f"shmpipe launch: {bad}:7: processes.a.reads names ring 'tickz', "
-                                  "which no [rings.tickz] declares")
+    assert out.stderr.strip() == (
+        f"shmpipe launch: {bad}:7: processes.a.reads names ring 'tickz', which no [rings.tickz] declares"
+    )
     assert out.stdout == ""
 
 
 def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, ring_name):
     from pathlib import Path
+
     good = tmp_path / "good.toml"
     good.write_text(GOOD.replace('cpus = "0-1"', "").replace("cpus = [1]", ""))
     out = _cli("launch", str(good), "--dry-run", "--ring-prefix", f"{ring_name}.", cwd=tmp_path)
@@ -183,6 +251,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, ring_name):
 
 def test_the_shipped_example_is_valid():
     from shmpipe_services.launcher.demo import example_path
+
     p = load(example_path())
     assert {"capture", "verify"} <= set(p.processes)
     assert list(p.processes).index("capture") < list(p.processes).index("verify")

@@ -1,4 +1,5 @@
 """``shmpipe ctl SERVICE COMMAND``: one request to a service's control endpoint, for people."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,17 +9,25 @@ import sys
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "ctl", help="ask a running service: status, stats, pause, resume, stop (ctl list: who runs)",
+        "ctl",
+        help="ask a running service: status, stats, pause, resume, stop (ctl list: who runs)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sends COMMAND to SERVICE's control endpoint (ipc:// in $SHMPIPE_RUNTIME_DIR, else\n"
         "$XDG_RUNTIME_DIR/shmpipe, else /tmp/shmpipe-UID) and prints the answer. Every service answers\n"
         "status, stats, pause, resume, stop, ping and help (capture also resnapshot); the launcher answers\n"
         "as `launcher`. `shmpipe ctl list` shows the services with an endpoint and whether they answer.\n"
-        "A dead service, an unknown command or a refusal is one line on stderr, exit 1.")
+        "A dead service, an unknown command or a refusal is one line on stderr, exit 1.",
+    )
     p.add_argument("service", metavar="SERVICE", help="service name, or `list`")
-    p.add_argument("command", metavar="COMMAND", nargs="?", help="status, stats, pause, resume, stop, ping, help, ...")
-    p.add_argument("--args", metavar="JSON", help="arguments, a JSON object (e.g. '{\"symbols\": [\"BTC/USD\"]}')")
-    p.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for the answer (default 2)")
+    p.add_argument(
+        "command", metavar="COMMAND", nargs="?", help="status, stats, pause, resume, stop, ping, help, ..."
+    )
+    p.add_argument(
+        "--args", metavar="JSON", help='arguments, a JSON object (e.g. \'{"symbols": ["BTC/USD"]}\')'
+    )
+    p.add_argument(
+        "--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for the answer (default 2)"
+    )
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.add_argument("--list", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -65,17 +74,22 @@ def _scalar(item) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     from shmpipe import control
+
     rows = []
     for name in control.list_services():
         answer = control.ping(name, timeout=min(args.timeout, 0.5))
-        rows.append({"service": name, "pid": answer.get("pid") if answer else None, "answers": answer is not None})
+        rows.append(
+            {"service": name, "pid": answer.get("pid") if answer else None, "answers": answer is not None}
+        )
     if args.json:
         print(json.dumps({"services": rows}))
     elif not rows:
         print(f"no services ({control.runtime_dir()})")
     else:
         for row in rows:
-            state = f"pid {row['pid']}" if row["answers"] else "not answering (dead? its endpoint is left over)"
+            state = (
+                f"pid {row['pid']}" if row["answers"] else "not answering (dead? its endpoint is left over)"
+            )
             print(f"{row['service']:<24} {state}")
     return 0
 
@@ -83,8 +97,9 @@ def _list(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         from shmpipe import control
+
         control._zmq()
-    except Exception as exc:   # noqa: BLE001 - ControlError: pyzmq missing
+    except Exception as exc:  # noqa: BLE001 - ControlError: pyzmq missing
         return _fail(str(exc), 2)
     if args.list or args.service == "list":
         if args.command:

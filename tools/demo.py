@@ -31,16 +31,20 @@ def add_parser(sub) -> None:
                     "where the stage measures latency, p50_us / p99_us.\n\n"
                     "--records N instead streams N Ticks from a producer process to this one and checks\n"
                     "every record (the ring alone; --batch, --capacity, --wait apply to it).")
-    p.add_argument("--seconds", type=positive_float, default=20.0, help="how long the pipeline runs (default 20)")
+    p.add_argument("--seconds", type=positive_float, default=20.0,
+                   help="how long the pipeline runs (default 20)")
     p.add_argument("--feed", choices=("synthetic", "fixtures"), default="synthetic",
-                   help="synthetic: generated quotes and book updates (default); fixtures: the bundled Kraken "
-                        "capture played by the local feed server (needs shmpipe[services])")
+                   help="synthetic: generated quotes and book updates (default); fixtures: the bundled "
+                        "Kraken capture played by the local feed server (needs shmpipe[services])")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics of the demo's rings on 127.0.0.1:PORT while it runs")
     p.add_argument("--json", action="store_true", help="print only the final summary, as one JSON object")
-    p.add_argument("--records", type=int, help="ring-only demo: stream this many Ticks between two processes")
-    p.add_argument("--batch", type=int, default=1024, help="ring-only demo: records per write_batch; 1 = write()")
-    p.add_argument("--capacity", type=int, default=1 << 16, help="ring-only demo: ring capacity (default 65536)")
+    p.add_argument("--records", type=int,
+                   help="ring-only demo: stream this many Ticks between two processes")
+    p.add_argument("--batch", type=int, default=1024,
+                   help="ring-only demo: records per write_batch; 1 = write()")
+    p.add_argument("--capacity", type=int, default=1 << 16,
+                   help="ring-only demo: ring capacity (default 65536)")
     p.add_argument("--wait", choices=("spin", "yield", "block"), default="block",
                    help="ring-only demo: wait strategy (default block)")
     p.set_defaults(func=run)
@@ -50,7 +54,7 @@ def _pipeline_unavailable() -> str | None:
     """Why the example pipeline cannot run on this install (its services' dependencies are the
     `services` extra), or None."""
     try:
-        import shmpipe_services.capture.process  # noqa: F401 - the parsers need msgspec, orjson
+        import shmpipe_services.capture.process
         import shmpipe_services.verify.service  # noqa: F401
         import zmq  # noqa: F401 - every service of the pipeline answers the control plane
     except ImportError as exc:
@@ -94,7 +98,8 @@ def _summary_text(summary: dict) -> str:
     for name, s in summary.items():
         lat = (f"{s['p50_us']:>9,.1f} {s['p99_us']:>9,.1f}" if "p50_us" in s else f"{'-':>9} {'-':>9}")
         cpus = ",".join(map(str, s["cpus"])) if s.get("cpus") else "-"
-        lines.append(f"{name:<10} {s['records']:>12,} {s['records_per_s']:>10,} {s['lost']:>6,} {lat}  {cpus}")
+        figures = f"{s['records']:>12,} {s['records_per_s']:>10,} {s['lost']:>6,}"
+        lines.append(f"{name:<10} {figures} {lat}  {cpus}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ before anything is created, every mistake reported as ``FILE:LINE: problem``.
 ``{ring.KEY}`` in a command or env value becomes that ring's segment name and ``{name}`` the
 process's name, so the same file runs twice side by side under two prefixes.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,7 @@ class PipelineError(ValueError):
 @dataclass(frozen=True)
 class RingSpec:
     key: str
-    segment: str                  # the /dev/shm name: prefix + key
+    segment: str  # the /dev/shm name: prefix + key
     type: str
     capacity: int
     mode: str = "broadcast"
@@ -63,8 +64,13 @@ class RingSpec:
     @property
     def dtype(self):
         from shmpipe import records
-        return {"tick": records.TICK, "level_update": records.LEVEL_UPDATE,
-                "orderbook_entry": records.ORDERBOOK_ENTRY, "asset": records.ASSET}[self.type]
+
+        return {
+            "tick": records.TICK,
+            "level_update": records.LEVEL_UPDATE,
+            "orderbook_entry": records.ORDERBOOK_ENTRY,
+            "asset": records.ASSET,
+        }[self.type]
 
 
 @dataclass(frozen=True)
@@ -82,10 +88,10 @@ class ProcessSpec:
     writes: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
-    control: bool = False         # answers the control plane as service NAME (readiness = ping)
+    control: bool = False  # answers the control plane as service NAME (readiness = ping)
     ready_timeout_s: float = 10.0
-    settle_s: float = 0.5         # without control: "up" once alive this long
-    stop_grace_s: float = 3.0     # after "stop" (or SIGTERM), before the next, harder, step
+    settle_s: float = 0.5  # without control: "up" once alive this long
+    stop_grace_s: float = 3.0  # after "stop" (or SIGTERM), before the next, harder, step
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ class Pipeline:
     name: str
     ring_prefix: str
     rings: dict[str, RingSpec]
-    processes: dict[str, ProcessSpec]   # in start order (dependency order)
+    processes: dict[str, ProcessSpec]  # in start order (dependency order)
     log_dir: str | None = None
 
 
@@ -126,7 +132,7 @@ class _Lines:
         return None
 
     def key(self, table: tuple[str, ...], key: str) -> int | None:
-        if not table:   # a top-level key is usually a [table] of its own
+        if not table:  # a top-level key is usually a [table] of its own
             return self.table(key)
         start = self.table(*table)
         if start is None:
@@ -158,11 +164,22 @@ class _Checker:
     def unknown_keys(self, table: dict, known: set[str], where: tuple[str, ...], label: str) -> None:
         for key in table:
             if key not in known:
-                raise self.fail(self.lines.key(where, key),
-                                f"unknown key {key!r} in {label} (known: {', '.join(sorted(known))})")
+                raise self.fail(
+                    self.lines.key(where, key),
+                    f"unknown key {key!r} in {label} (known: {', '.join(sorted(known))})",
+                )
 
-    def get(self, table: dict, key: str, kinds: type | tuple, where: tuple[str, ...], label: str,
-            default: Any = None, *, what: str | None = None) -> Any:
+    def get(
+        self,
+        table: dict,
+        key: str,
+        kinds: type | tuple,
+        where: tuple[str, ...],
+        label: str,
+        default: Any = None,
+        *,
+        what: str | None = None,
+    ) -> Any:
         if key not in table:
             return default
         value = table[key]
@@ -172,29 +189,40 @@ class _Checker:
         else:
             ok = isinstance(value, kinds)
         if not ok:
-            raise self.fail(self.lines.key(where, key),
-                            f"{label}.{key} must be {what or _kind_name(kinds)}, not {_toml_repr(value)}")
+            raise self.fail(
+                self.lines.key(where, key),
+                f"{label}.{key} must be {what or _kind_name(kinds)}, not {_toml_repr(value)}",
+            )
         return value
 
     def choice(self, table: dict, key: str, choices: tuple[str, ...], where, label, default: str) -> str:
         value = self.get(table, key, str, where, label, default, what="one of " + ", ".join(choices))
         if value not in choices:
-            raise self.fail(self.lines.key(where, key),
-                            f"{label}.{key} must be one of {', '.join(choices)}, not {value!r}")
+            raise self.fail(
+                self.lines.key(where, key),
+                f"{label}.{key} must be one of {', '.join(choices)}, not {value!r}",
+            )
         return value
 
     def number(self, table, key, where, label, default, *, minimum=0.0, integer=False):
         kinds = int if integer else (int, float)
-        value = self.get(table, key, kinds, where, label, default,
-                         what="an integer" if integer else "a number")
+        value = self.get(
+            table, key, kinds, where, label, default, what="an integer" if integer else "a number"
+        )
         if value is not None and value < minimum:
             raise self.fail(self.lines.key(where, key), f"{label}.{key} must be >= {minimum:g}, not {value}")
         return value
 
 
 def _kind_name(kinds) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
@@ -219,21 +247,41 @@ def parse_cpus(value: Any) -> tuple[int, ...]:
         for part in value.replace(" ", "").split(","):
             m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
             if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
-                raise ValueError(f"bad CPU list {value!r} (expected e.g. \"0-1\" or \"0,2\")")
+                raise ValueError(f'bad CPU list {value!r} (expected e.g. "0-1" or "0,2")')
             cpus.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
         return tuple(sorted(cpus))
-    raise ValueError(f"cpus must be a list of CPU numbers or a string like \"0-1\", not {_toml_repr(value)}")
+    raise ValueError(f'cpus must be a list of CPU numbers or a string like "0-1", not {_toml_repr(value)}')
 
 
 _PIPELINE_KEYS = {"name", "ring_prefix", "log_dir"}
 _RING_KEYS = {"type", "capacity", "mode", "policy", "wait", "max_consumers", "consumer_timeout_s"}
-_PROCESS_KEYS = {"command", "cpus", "rt_priority", "restart", "max_restarts", "restart_window_s",
-                 "backoff_s", "max_backoff_s", "env", "writes", "reads", "after", "control",
-                 "ready_timeout_s", "settle_s", "stop_grace_s"}
+_PROCESS_KEYS = {
+    "command",
+    "cpus",
+    "rt_priority",
+    "restart",
+    "max_restarts",
+    "restart_window_s",
+    "backoff_s",
+    "max_backoff_s",
+    "env",
+    "writes",
+    "reads",
+    "after",
+    "control",
+    "ready_timeout_s",
+    "settle_s",
+    "stop_grace_s",
+}
 
 
-def load(path: str | os.PathLike, *, ring_prefix: str | None = None,
-         available_cpus: set[int] | None = None, check_programs: bool = True) -> Pipeline:
+def load(
+    path: str | os.PathLike,
+    *,
+    ring_prefix: str | None = None,
+    available_cpus: set[int] | None = None,
+    check_programs: bool = True,
+) -> Pipeline:
     """Read and check a pipeline file. Raises PipelineError (``FILE:LINE: problem``)."""
     path = str(path)
     try:
@@ -242,12 +290,19 @@ def load(path: str | os.PathLike, *, ring_prefix: str | None = None,
         raise PipelineError(path, None, "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PipelineError(path, None, f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-    return loads(text, path, ring_prefix=ring_prefix, available_cpus=available_cpus,
-                 check_programs=check_programs)
+    return loads(
+        text, path, ring_prefix=ring_prefix, available_cpus=available_cpus, check_programs=check_programs
+    )
 
 
-def loads(text: str, path: str = "<pipeline>", *, ring_prefix: str | None = None,
-          available_cpus: set[int] | None = None, check_programs: bool = True) -> Pipeline:
+def loads(
+    text: str,
+    path: str = "<pipeline>",
+    *,
+    ring_prefix: str | None = None,
+    available_cpus: set[int] | None = None,
+    check_programs: bool = True,
+) -> Pipeline:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -285,21 +340,28 @@ def loads(text: str, path: str = "<pipeline>", *, ring_prefix: str | None = None
         rtype = check.choice(table, "type", RING_TYPES, where, label, "tick")
         capacity = check.number(table, "capacity", where, label, None, minimum=2, integer=True)
         if capacity & (capacity - 1):
-            raise check.fail(lines.key(where, "capacity"), f"{label}.capacity must be a power of two, not {capacity}")
+            raise check.fail(
+                lines.key(where, "capacity"), f"{label}.capacity must be a power of two, not {capacity}"
+            )
         mode = check.choice(table, "mode", RING_MODES, where, label, "broadcast")
         policy = check.choice(table, "policy", RING_POLICIES, where, label, "lossless")
         if mode == "spsc" and policy != "lossless":
-            raise check.fail(lines.key(where, "policy"), f"{label}: policy = \"lossy\" needs mode = \"broadcast\"")
+            raise check.fail(
+                lines.key(where, "policy"), f'{label}: policy = "lossy" needs mode = "broadcast"'
+            )
         wait = check.choice(table, "wait", RING_WAITS, where, label, "block")
         max_consumers = check.number(table, "max_consumers", where, label, 32, minimum=1, integer=True)
         timeout = check.number(table, "consumer_timeout_s", where, label, 5.0, minimum=0.001)
         segment = prefix + key
         try:
             from shmpipe import segments
+
             segments.validate_name(segment, "ring")
-        except Exception as exc:   # noqa: BLE001 - the library's own message names the rule
+        except Exception as exc:  # noqa: BLE001 - the library's own message names the rule
             raise check.fail(lines.table(*where), f"ring segment name {segment!r}: {exc}") from None
-        rings[key] = RingSpec(key, segment, rtype, capacity, mode, policy, wait, max_consumers, float(timeout))
+        rings[key] = RingSpec(
+            key, segment, rtype, capacity, mode, policy, wait, max_consumers, float(timeout)
+        )
 
     procs_doc = check.get(doc, "processes", dict, (), "the file", {})
     if not procs_doc:
@@ -315,7 +377,7 @@ def loads(text: str, path: str = "<pipeline>", *, ring_prefix: str | None = None
             raise check.fail(header, f"{label} must be a table")
         check.unknown_keys(table, _PROCESS_KEYS, where, f"[{label}]")
         if "command" not in table:
-            raise check.fail(header, f"[{label}] needs command = [\"program\", \"arg\", ...]")
+            raise check.fail(header, f'[{label}] needs command = ["program", "arg", ...]')
         command = check.get(table, "command", (list, str), where, label, what="a list of strings or a string")
         if isinstance(command, str):
             try:
@@ -323,16 +385,22 @@ def loads(text: str, path: str = "<pipeline>", *, ring_prefix: str | None = None
             except ValueError as exc:
                 raise check.fail(lines.key(where, "command"), f"{label}.command: {exc}") from None
         if not command or not all(isinstance(a, str) for a in command):
-            raise check.fail(lines.key(where, "command"), f"{label}.command must be a non-empty list of strings")
+            raise check.fail(
+                lines.key(where, "command"), f"{label}.command must be a non-empty list of strings"
+            )
         if check_programs and command[0] != "shmpipe" and shutil.which(command[0]) is None:
-            raise check.fail(lines.key(where, "command"), f"{label}.command: program {command[0]!r} not found "
-                             "(not an executable path, not on PATH)")
+            raise check.fail(
+                lines.key(where, "command"),
+                f"{label}.command: program {command[0]!r} not found (not an executable path, not on PATH)",
+            )
         env = check.get(table, "env", dict, where, label, {})
         for k, v in env.items():
             if not isinstance(v, str):
-                raise check.fail(lines.key(where, "env"), f"{label}.env.{k} must be a string, not {_toml_repr(v)}")
+                raise check.fail(
+                    lines.key(where, "env"), f"{label}.env.{k} must be a string, not {_toml_repr(v)}"
+                )
 
-        def substitute(value: str, key: str) -> str:
+        def substitute(value: str, key: str, pname=pname, where=where, label=label) -> str:
             def one(m: re.Match) -> str:
                 ref = m.group(1)
                 if ref == "name":
@@ -340,10 +408,13 @@ def loads(text: str, path: str = "<pipeline>", *, ring_prefix: str | None = None
                 if ref.startswith("ring."):
                     ring = rings.get(ref[5:])
                     if ring is None:
-                        raise check.fail(lines.key(where, key),
-                                         f"{label}.{key} names {{{ref}}}, but no [rings.{ref[5:]}] is declared")
+                        raise check.fail(
+                            lines.key(where, key),
+                            f"{label}.{key} names {{{ref}}}, but no [rings.{ref[5:]}] is declared",
+                        )
                     return ring.segment
-                return m.group(0)   # other braces are the program's business
+                return m.group(0)  # other braces are the program's business
+
             return _PLACEHOLDER.sub(one, value)
 
         command = [substitute(a, "command") for a in command]
@@ -354,13 +425,17 @@ def loads(text: str, path: str = "<pipeline>", *, ring_prefix: str | None = None
             try:
                 cpus = parse_cpus(table["cpus"])
             except ValueError as exc:
-                raise check.fail(lines.key(where, "cpus"), f"{label}.{exc}" if str(exc).startswith("cpus")
-                                 else f"{label}.cpus: {exc}") from None
+                raise check.fail(
+                    lines.key(where, "cpus"),
+                    f"{label}.{exc}" if str(exc).startswith("cpus") else f"{label}.cpus: {exc}",
+                ) from None
             missing = [c for c in cpus if c not in cpus_here]
             if missing:
-                raise check.fail(lines.key(where, "cpus"),
-                                 f"{label}.cpus names CPU {missing[0]}, which this process may not use "
-                                 f"(available: {_cpu_text(cpus_here)})")
+                raise check.fail(
+                    lines.key(where, "cpus"),
+                    f"{label}.cpus names CPU {missing[0]}, which this process may not use "
+                    f"(available: {_cpu_text(cpus_here)})",
+                )
         rt = check.get(table, "rt_priority", int, where, label, None)
         if rt is not None and not 1 <= rt <= 99:
             raise check.fail(lines.key(where, "rt_priority"), f"{label}.rt_priority must be 1-99, not {rt}")
@@ -369,20 +444,32 @@ def loads(text: str, path: str = "<pipeline>", *, ring_prefix: str | None = None
             names = check.get(table, key, list, where, label, [], what="a list of ring names")
             for ring in names:
                 if not isinstance(ring, str):
-                    raise check.fail(lines.key(where, key), f"{label}.{key} must list ring names, not {_toml_repr(ring)}")
+                    raise check.fail(
+                        lines.key(where, key), f"{label}.{key} must list ring names, not {_toml_repr(ring)}"
+                    )
                 if ring not in rings:
-                    raise check.fail(lines.key(where, key),
-                                     f"{label}.{key} names ring {ring!r}, which no [rings.{ring}] declares")
+                    raise check.fail(
+                        lines.key(where, key),
+                        f"{label}.{key} names ring {ring!r}, which no [rings.{ring}] declares",
+                    )
             ring_lists[key] = tuple(names)
         after = check.get(table, "after", list, where, label, [], what="a list of process names")
         processes[pname] = ProcessSpec(
-            name=pname, command=list(command), cpus=cpus, rt_priority=rt,
+            name=pname,
+            command=list(command),
+            cpus=cpus,
+            rt_priority=rt,
             restart=check.choice(table, "restart", RESTART_POLICIES, where, label, "on-failure"),
             max_restarts=check.number(table, "max_restarts", where, label, 5, integer=True),
-            restart_window_s=float(check.number(table, "restart_window_s", where, label, 60.0, minimum=0.001)),
+            restart_window_s=float(
+                check.number(table, "restart_window_s", where, label, 60.0, minimum=0.001)
+            ),
             backoff_s=float(check.number(table, "backoff_s", where, label, 0.5)),
             max_backoff_s=float(check.number(table, "max_backoff_s", where, label, 10.0)),
-            env=env, writes=ring_lists["writes"], reads=ring_lists["reads"], after=tuple(after),
+            env=env,
+            writes=ring_lists["writes"],
+            reads=ring_lists["reads"],
+            after=tuple(after),
             control=check.get(table, "control", bool, where, label, False),
             ready_timeout_s=float(check.number(table, "ready_timeout_s", where, label, 10.0, minimum=0.001)),
             settle_s=float(check.number(table, "settle_s", where, label, 0.5)),
@@ -391,11 +478,14 @@ def loads(text: str, path: str = "<pipeline>", *, ring_prefix: str | None = None
     for proc in processes.values():
         for dep in proc.after:
             if not isinstance(dep, str) or dep not in processes:
-                raise check.fail(lines.key(("processes", proc.name), "after"),
-                                 f"processes.{proc.name}.after names {_toml_repr(dep)}, which is not a process here")
+                raise check.fail(
+                    lines.key(("processes", proc.name), "after"),
+                    f"processes.{proc.name}.after names {_toml_repr(dep)}, which is not a process here",
+                )
             if dep == proc.name:
-                raise check.fail(lines.key(("processes", proc.name), "after"),
-                                 f"processes.{proc.name}.after names itself")
+                raise check.fail(
+                    lines.key(("processes", proc.name), "after"), f"processes.{proc.name}.after names itself"
+                )
     order = _start_order(processes, check)
     return Pipeline(path, name, prefix, rings, {n: processes[n] for n in order}, log_dir)
 
@@ -410,8 +500,10 @@ def dependencies(processes: dict[str, ProcessSpec]) -> dict[str, set[str]]:
     for p in processes.values():
         for ring in p.writes:
             writers.setdefault(ring, set()).add(p.name)
-    return {p.name: set(p.after) | {w for ring in p.reads for w in writers.get(ring, ()) if w != p.name}
-            for p in processes.values()}
+    return {
+        p.name: set(p.after) | {w for ring in p.reads for w in writers.get(ring, ()) if w != p.name}
+        for p in processes.values()
+    }
 
 
 def _start_order(processes: dict[str, ProcessSpec], check: _Checker) -> list[str]:
@@ -425,9 +517,12 @@ def _start_order(processes: dict[str, ProcessSpec], check: _Checker) -> list[str
         ready = [n for n in pending if deps[n] <= done]
         if not ready:
             cycle = _find_cycle(pending, deps)
-            raise check.fail(check.lines.table("processes", cycle[0]),
-                             "dependency cycle: " + " -> ".join(cycle + [cycle[0]])
-                             + " (each waits for the one after it: through `after` or a ring it reads)")
+            raise check.fail(
+                check.lines.table("processes", cycle[0]),
+                "dependency cycle: "
+                + " -> ".join(cycle + [cycle[0]])
+                + " (each waits for the one after it: through `after` or a ring it reads)",
+            )
         order.append(ready[0])
         done.add(ready[0])
         pending.remove(ready[0])
@@ -438,6 +533,6 @@ def _find_cycle(pending: list[str], deps: dict[str, set[str]]) -> list[str]:
     node, path = pending[0], []
     while node not in path:
         path.append(node)
-        node = sorted(d for d in deps[node] if d in pending)[0]
-    cycle = path[path.index(node):]
+        node = min(d for d in deps[node] if d in pending)
+    cycle = path[path.index(node) :]
     return cycle

@@ -10,6 +10,7 @@ The run passes when every stage moved records, no stage lost one, the verifier s
 order, every process ended cleanly when stopped, and nothing is left behind: no child process, no
 ring segment of the run.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,6 +52,7 @@ def example_path(name: str = "pipeline.toml") -> Path:
     """The installed example (package ``shmpipe_examples``), else the checkout's ``examples/``."""
     try:
         from shmpipe_examples import path
+
         found = path(name)
         if found.exists():
             return found
@@ -82,7 +84,7 @@ class Watcher:
         self.first: Sample | None = None
         self.previous: Sample | None = None
         self.last: Sample | None = None
-        self.known: dict[str, dict] = {}   # each stage's last counters: a stage that ended keeps its figures
+        self.known: dict[str, dict] = {}  # each stage's last counters: a stage that ended keeps its figures
 
     def sample(self) -> Sample:
         stages = {}
@@ -91,7 +93,7 @@ class Watcher:
             if counters is not None:
                 self.known[name] = counters
             if name not in self.known and not (state.spec.reads or state.spec.writes):
-                continue   # a helper outside the rings (the feed server): no figures to show
+                continue  # a helper outside the rings (the feed server): no figures to show
             figures = stage_figures(name, self.known.get(name))
             figures["restarts"] = state.restarts
             figures["state"] = state.state
@@ -139,18 +141,33 @@ def _rich_view(watcher: Watcher, elapsed: float, seconds: float):
         stages.add_column(col, justify="left" if col in ("stage", "state") else "right")
     for name, f in s.stages.items():
         cpus = watcher.launcher.processes[name].cpus
-        stages.add_row(name, f["state"], ",".join(map(str, cpus)) if cpus else "-", _fmt(f["records"]),
-                       f"{watcher.rate(name):,.0f}", _fmt(f["lost"]), _fmt(f.get("p50_us")),
-                       _fmt(f.get("p99_us")), _fmt(f["restarts"]))
+        stages.add_row(
+            name,
+            f["state"],
+            ",".join(map(str, cpus)) if cpus else "-",
+            _fmt(f["records"]),
+            f"{watcher.rate(name):,.0f}",
+            _fmt(f["lost"]),
+            _fmt(f.get("p50_us")),
+            _fmt(f.get("p99_us")),
+            _fmt(f["restarts"]),
+        )
     rings = Table(expand=False)
     for col in ("ring", "written", "fill", "readers", "max lag", "lost", "full waits"):
         rings.add_column(col, justify="left" if col == "ring" else "right")
-    for key, r in s.rings.items():
+    for r in s.rings.values():
         if "error" in r:
             continue
         lags = [c["lag"] for c in r["consumers"]]
-        rings.add_row(r["segment"], _fmt(r["written"]), _fmt(r["fill"]), str(len(r["consumers"])),
-                      _fmt(max(lags) if lags else 0), _fmt(r["lost"]), _fmt(r["full_waits"]))
+        rings.add_row(
+            r["segment"],
+            _fmt(r["written"]),
+            _fmt(r["fill"]),
+            str(len(r["consumers"])),
+            _fmt(max(lags) if lags else 0),
+            _fmt(r["lost"]),
+            _fmt(r["full_waits"]),
+        )
     return Group(stages, rings)
 
 
@@ -159,6 +176,7 @@ def _children_left(pids: list[int]) -> list[int]:
     for pid in pids:
         try:
             import psutil
+
             if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 left.append(pid)
         except ImportError:
@@ -167,15 +185,24 @@ def _children_left(pids: list[int]) -> list[int]:
                 left.append(pid)
             except ProcessLookupError:
                 pass
-        except Exception:   # noqa: BLE001 - gone while we looked
+        except Exception:  # noqa: BLE001 - gone while we looked
             pass
     return left
 
 
-def run_demo(seconds: float, feed: str = "synthetic", *, as_json: bool = False,
-             metrics_port: int | None = None, out=sys.stdout, err=sys.stderr) -> DemoResult:
-    tmp = tempfile.mkdtemp(prefix="shmpipe-demo-", dir="/tmp")   # short: ipc:// paths are limited
-    saved_env = {k: os.environ.get(k) for k in ("SHMPIPE_RUNTIME_DIR", "SHMPIPE_SYMBOLS", "SHMPIPE_SYMBOLS_FILE")}
+def run_demo(
+    seconds: float,
+    feed: str = "synthetic",
+    *,
+    as_json: bool = False,
+    metrics_port: int | None = None,
+    out=sys.stdout,
+    err=sys.stderr,
+) -> DemoResult:
+    tmp = tempfile.mkdtemp(prefix="shmpipe-demo-", dir="/tmp")  # short: ipc:// paths are limited
+    saved_env = {
+        k: os.environ.get(k) for k in ("SHMPIPE_RUNTIME_DIR", "SHMPIPE_SYMBOLS", "SHMPIPE_SYMBOLS_FILE")
+    }
     registry = f"demo-{os.getpid()}"
     os.environ["SHMPIPE_RUNTIME_DIR"] = os.path.join(tmp, "run")
     os.environ["SHMPIPE_SYMBOLS"] = registry
@@ -195,6 +222,7 @@ def run_demo(seconds: float, feed: str = "synthetic", *, as_json: bool = False,
         pipeline = load_demo_pipeline(feed, prefix)
         launcher = Launcher(pipeline, log_dir=log_dir, metrics_port=metrics_port, say=say)
         from .supervisor import install_stop_signals
+
         install_stop_signals(launcher)
         started = time.monotonic()
         launcher.start()
@@ -212,8 +240,9 @@ def run_demo(seconds: float, feed: str = "synthetic", *, as_json: bool = False,
             launcher.stop()
         try:
             from shmpipe import symbols
+
             symbols.remove_segment(registry)
-        except Exception:   # noqa: BLE001 - nothing was registered
+        except Exception:  # noqa: BLE001 - nothing was registered
             pass
         for key, value in saved_env.items():
             if value is None:
@@ -281,12 +310,20 @@ def _summary(final: Sample, launcher: Launcher, pipeline: Pipeline, elapsed: flo
         for key in (*spec.writes, *spec.reads):
             r = final.rings.get(key, {})
             if "error" not in r and r:
-                stage["rings"][key] = {"segment": r["segment"], "written": r["written"], "lost": r["lost"],
-                                       "evictions": r["evictions"]}
+                stage["rings"][key] = {
+                    "segment": r["segment"],
+                    "written": r["written"],
+                    "lost": r["lost"],
+                    "evictions": r["evictions"],
+                }
         # The only writer of rings the launcher made: those rings' own counts are exact, across its
         # restarts (its counters start again at 0) and after it ended (its stats segment is gone).
-        own = [k for k in spec.writes if k in launcher.created
-               and all(k not in other.writes for o, other in pipeline.processes.items() if o != name)]
+        own = [
+            k
+            for k in spec.writes
+            if k in launcher.created
+            and all(k not in other.writes for o, other in pipeline.processes.items() if o != name)
+        ]
         if own and len(own) == len(spec.writes) and all(k in stage["rings"] for k in own):
             stage["records"] = sum(stage["rings"][k]["written"] for k in own)
             for k in own:
@@ -296,8 +333,12 @@ def _summary(final: Sample, launcher: Launcher, pipeline: Pipeline, elapsed: flo
         # a reader's loss on a lossy ring is counted by the ring, in the reader's slot (found by
         # pid); verify counts it itself (ring_lost), other stages may not
         if spec.reads and "ring_lost" not in figures and "evictions" not in figures:
-            stage["lost"] += sum(c["lost"] for k in spec.reads for c in final.rings.get(k, {}).get("consumers", [])
-                                 if c["pid"] == state.pid)
+            stage["lost"] += sum(
+                c["lost"]
+                for k in spec.reads
+                for c in final.rings.get(k, {}).get("consumers", [])
+                if c["pid"] == state.pid
+            )
         summary[name] = stage
     return summary
 

@@ -8,6 +8,7 @@ read generically (a ``records`` counter, else the sum of its ``*_written`` count
 ``latency_p50_us`` / ``latency_p99_us``), so a new stage in the pipeline file shows up without
 code here.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,19 +17,21 @@ from typing import Any
 def read_counters(name: str, *, use_control: bool = True) -> dict[str, int] | None:
     """The live counters a process publishes, or None."""
     from shmpipe import stats
+
     try:
         got = stats.read(name)
         return dict(got["counters"])
     except (FileNotFoundError, stats.StatsFormatError):
         pass
-    except Exception:   # noqa: BLE001 - a segment half made or going away: no figures this round
+    except Exception:  # noqa: BLE001 - a segment half made or going away: no figures this round
         return None
     if not use_control:
         return None
     try:
         from shmpipe import control
+
         result = control.request(name, "stats", timeout=0.3)
-    except Exception:   # noqa: BLE001 - no pyzmq, no endpoint, no answer
+    except Exception:  # noqa: BLE001 - no pyzmq, no endpoint, no answer
         return None
     return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -40,21 +43,31 @@ def _latency(out: dict, counters: dict, p50: str, p99: str) -> None:
 
 def stage_figures(name: str, counters: dict[str, Any] | None) -> dict[str, Any]:
     c = counters or {}
-    if "ticks_written" in c and "levels_written" in c:   # capture
-        out = {"records": c["ticks_written"] + c["levels_written"], "lost": 0,
-               "ticks": c["ticks_written"], "levels": c["levels_written"],
-               "feed_gaps": c.get("gaps", 0), "parse_errors": c.get("parse_errors", 0),
-               "ring_full_waits": c.get("ring_full_waits", 0)}
+    if "ticks_written" in c and "levels_written" in c:  # capture
+        out = {
+            "records": c["ticks_written"] + c["levels_written"],
+            "lost": 0,
+            "ticks": c["ticks_written"],
+            "levels": c["levels_written"],
+            "feed_gaps": c.get("gaps", 0),
+            "parse_errors": c.get("parse_errors", 0),
+            "ring_full_waits": c.get("ring_full_waits", 0),
+        }
         _latency(out, c, "latency_p50_us", "latency_p99_us")
         return out
-    if "disorder" in c and "records" in c:               # verify
-        out = {"records": c["records"], "lost": c.get("lost", 0), "disorder": c["disorder"],
-               "restarts_seen": c.get("restarts_seen", 0), "evictions": c.get("evictions", 0)}
+    if "disorder" in c and "records" in c:  # verify
+        out = {
+            "records": c["records"],
+            "lost": c.get("lost", 0),
+            "disorder": c["disorder"],
+            "restarts_seen": c.get("restarts_seen", 0),
+            "evictions": c.get("evictions", 0),
+        }
         _latency(out, c, "latency_p50_us", "latency_p99_us")
         return out
     records = c.get("records")
     if records is None:
-        written = [v for k, v in c.items() if k.endswith("_written") or k.endswith("_published")]
+        written = [v for k, v in c.items() if k.endswith(("_written", "_published"))]
         records = sum(written) if written else 0
     out = {"records": records, "lost": c.get("lost", 0)}
     _latency(out, c, "latency_p50_us", "latency_p99_us")

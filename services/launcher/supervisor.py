@@ -18,6 +18,7 @@ to exit, then SIGTERM to its process group, the same grace, then SIGKILL. Then t
 launcher created are unlinked (rings that already existed are only detached), and the control and
 signals sockets removed. A second SIGINT skips the graces.
 """
+
 from __future__ import annotations
 
 import collections
@@ -29,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .config import Pipeline, ProcessSpec
@@ -47,7 +47,7 @@ class ProcessState:
     spec: ProcessSpec
     log_path: str
     proc: subprocess.Popen | None = None
-    state: str = "pending"      # pending starting running backoff stopping stopped exited failed
+    state: str = "pending"  # pending starting running backoff stopping stopped exited failed
     restarts: int = 0
     restart_times: collections.deque = field(default_factory=collections.deque)
     next_start: float = 0.0
@@ -70,11 +70,17 @@ class ProcessState:
         return self.proc is not None and self.proc.poll() is None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid if self.alive() else None, "state": self.state, "restarts": self.restarts,
-                "cpus": list(self.cpus) if self.cpus is not None else None,
-                "rt_priority": self.spec.rt_priority, "rt_applied": self.rt_applied,
-                "exit_code": self.exit_code, "log": self.log_path,
-                "uptime_s": round(time.monotonic() - self.started_at, 3) if self.alive() else None}
+        return {
+            "pid": self.pid if self.alive() else None,
+            "state": self.state,
+            "restarts": self.restarts,
+            "cpus": list(self.cpus) if self.cpus is not None else None,
+            "rt_priority": self.spec.rt_priority,
+            "rt_applied": self.rt_applied,
+            "exit_code": self.exit_code,
+            "log": self.log_path,
+            "uptime_s": round(time.monotonic() - self.started_at, 3) if self.alive() else None,
+        }
 
 
 def _exit_text(code: int) -> str:
@@ -95,9 +101,17 @@ def resolve_command(command: list[str]) -> list[str]:
 
 
 class Launcher:
-    def __init__(self, pipeline: Pipeline, *, log_dir: str, control_name: str | None = "launcher",
-                 bus: bool = True, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
-                 say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        log_dir: str,
+        control_name: str | None = "launcher",
+        bus: bool = True,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.log_dir = log_dir
         self.control_name = control_name
@@ -105,8 +119,10 @@ class Launcher:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.say = say or (lambda line: print(f"shmpipe launch: {line}", file=sys.stderr, flush=True))
-        self.processes = {name: ProcessState(spec, os.path.join(log_dir, f"{name}.log"))
-                          for name, spec in pipeline.processes.items()}
+        self.processes = {
+            name: ProcessState(spec, os.path.join(log_dir, f"{name}.log"))
+            for name, spec in pipeline.processes.items()
+        }
         self.rings: dict[str, Any] = {}
         self.created: list[str] = []
         self.stop_event = threading.Event()
@@ -126,18 +142,24 @@ class Launcher:
         lines = [f"pipeline {p.name!r} from {p.path}; logs in {self.log_dir}"]
         for ring in p.rings.values():
             extra = f", policy {ring.policy}" if ring.mode == "broadcast" else ""
-            lines.append(f"ring {ring.key}: /dev/shm/shmpipe.{ring.segment}, {ring.type} x {ring.capacity:,}, "
-                         f"{ring.mode}{extra}, wait {ring.wait} (created unless it exists; unlinked at the end "
-                         "only if created)")
+            lines.append(
+                f"ring {ring.key}: /dev/shm/shmpipe.{ring.segment}, {ring.type} x {ring.capacity:,}, "
+                f"{ring.mode}{extra}, wait {ring.wait} (created unless it exists; unlinked at the end "
+                "only if created)"
+            )
         for i, spec in enumerate(p.processes.values(), 1):
             pin = f"cpus {','.join(map(str, spec.cpus))}" if spec.cpus else "not pinned"
             rt = f", SCHED_FIFO {spec.rt_priority}" if spec.rt_priority else ""
             ready = "it answers ping" if spec.control else f"alive for {spec.settle_s:g} s"
-            rings = "".join(f", {k} {', '.join(v)}" for k, v in (("writes", spec.writes), ("reads", spec.reads)) if v)
+            rings = "".join(
+                f", {k} {', '.join(v)}" for k, v in (("writes", spec.writes), ("reads", spec.reads)) if v
+            )
             lines.append(f"{i}. {spec.name}: {' '.join(spec.command)}")
-            lines.append(f"   {pin}{rt}; restart {spec.restart} (at most {spec.max_restarts} in "
-                         f"{spec.restart_window_s:g} s, backoff {spec.backoff_s:g} s doubling to "
-                         f"{spec.max_backoff_s:g} s); up when {ready}{rings}")
+            lines.append(
+                f"   {pin}{rt}; restart {spec.restart} (at most {spec.max_restarts} in "
+                f"{spec.restart_window_s:g} s, backoff {spec.backoff_s:g} s doubling to "
+                f"{spec.max_backoff_s:g} s); up when {ready}{rings}"
+            )
         lines.append("stop: reverse order; control 'stop' (or SIGTERM), grace, SIGTERM, grace, SIGKILL")
         return lines
 
@@ -150,8 +172,10 @@ class Launcher:
             try:
                 from shmpipe.metrics import start_metrics_server
             except ImportError as exc:
-                raise LaunchError(f"--metrics-port needs shmpipe.metrics, which cannot be imported here ({exc}): "
-                                  "pip install 'shmpipe[services]'") from None
+                raise LaunchError(
+                    f"--metrics-port needs shmpipe.metrics, which cannot be imported here ({exc}): "
+                    "pip install 'shmpipe[services]'"
+                ) from None
             metrics = start_metrics_server
         try:
             os.makedirs(self.log_dir, exist_ok=True)
@@ -163,9 +187,12 @@ class Launcher:
             self._start_bus()
             if metrics is not None:
                 try:
-                    self._metrics = metrics(self.metrics_port, self.metrics_host,
-                                            rings=[r.segment for r in self.pipeline.rings.values()])
-                except OSError as exc:   # MetricsServerError: one line naming the port
+                    self._metrics = metrics(
+                        self.metrics_port,
+                        self.metrics_host,
+                        rings=[r.segment for r in self.pipeline.rings.values()],
+                    )
+                except OSError as exc:  # MetricsServerError: one line naming the port
                     raise LaunchError(f"metrics: {exc}") from None
                 self.say(f"metrics on http://{self.metrics_host}:{self._metrics.port}/metrics")
             for state in self.processes.values():
@@ -182,19 +209,29 @@ class Launcher:
             return
         try:
             from shmpipe import control
-            self._control = control.ControlServer(self.control_name, {
-                "status": lambda _a: self.status(), "stats": lambda _a: self.ring_stats(),
-                "pause": lambda _a: self._forward("pause"), "resume": lambda _a: self._forward("resume"),
-                "stop": self._control_stop})
+
+            self._control = control.ControlServer(
+                self.control_name,
+                {
+                    "status": lambda _a: self.status(),
+                    "stats": lambda _a: self.ring_stats(),
+                    "pause": lambda _a: self._forward("pause"),
+                    "resume": lambda _a: self._forward("resume"),
+                    "stop": self._control_stop,
+                },
+            )
         except ImportError:
             pass
-        except Exception as exc:   # noqa: BLE001 - ControlError and friends: one line
+        except Exception as exc:  # noqa: BLE001 - ControlError and friends: one line
             from shmpipe.control import ControlError, ServiceNameTakenError
+
             if isinstance(exc, ServiceNameTakenError):
                 raise LaunchError(f"{exc} (another launcher? give this one --control-name)") from None
             if isinstance(exc, ControlError) and "pyzmq" in str(exc):
-                self.say("no control plane: pyzmq is missing (pip install 'shmpipe[services]'); "
-                         "processes are stopped with signals")
+                self.say(
+                    "no control plane: pyzmq is missing (pip install 'shmpipe[services]'); "
+                    "processes are stopped with signals"
+                )
                 return
             raise LaunchError(str(exc)) from None
         self._control.start_thread()
@@ -205,6 +242,7 @@ class Launcher:
 
     def _forward(self, command: str) -> dict:
         from shmpipe import control
+
         out = {}
         for state in self.processes.values():
             if not state.spec.control or not state.alive():
@@ -217,18 +255,27 @@ class Launcher:
 
     def _create_rings(self) -> None:
         import shmpipe
+
         for ring in self.pipeline.rings.values():
             try:
-                handle = shmpipe.Ring.create(ring.segment, ring.dtype, ring.capacity, wait=ring.wait,
-                                             broadcast=ring.mode == "broadcast", policy=ring.policy,
-                                             max_consumers=ring.max_consumers,
-                                             consumer_timeout=ring.consumer_timeout_s)
+                handle = shmpipe.Ring.create(
+                    ring.segment,
+                    ring.dtype,
+                    ring.capacity,
+                    wait=ring.wait,
+                    broadcast=ring.mode == "broadcast",
+                    policy=ring.policy,
+                    max_consumers=ring.max_consumers,
+                    consumer_timeout=ring.consumer_timeout_s,
+                )
                 self.created.append(ring.key)
             except shmpipe.RingExistsError:
                 try:
                     handle = shmpipe.Ring.open(ring.segment, ring.dtype)
                 except shmpipe.ShmpipeError as exc:
-                    raise LaunchError(f"ring {ring.key} ({ring.segment}) exists and cannot be used: {exc}") from None
+                    raise LaunchError(
+                        f"ring {ring.key} ({ring.segment}) exists and cannot be used: {exc}"
+                    ) from None
                 self.say(f"ring {ring.key}: {ring.segment} exists; attached (it will be left in place)")
             except shmpipe.ShmpipeError as exc:
                 raise LaunchError(f"ring {ring.key} ({ring.segment}): {exc}") from None
@@ -236,12 +283,13 @@ class Launcher:
 
     def _start_bus(self) -> None:
         if not self.want_bus or self._control is None:
-            return   # no pyzmq, or asked for none
+            return  # no pyzmq, or asked for none
         try:
             from shmpipe import signals
+
             self._bus = signals.SignalBus()
             self._publisher = signals.SignalPublisher(source=self.control_name or "launcher")
-        except Exception as exc:   # noqa: BLE001 - msgspec missing, a socket path refused
+        except Exception as exc:  # noqa: BLE001 - msgspec missing, a socket path refused
             self.say(f"no signals bus: {exc}")
             self._bus = None
 
@@ -260,13 +308,22 @@ class Launcher:
         # so the child starts pinned (no window running elsewhere) and so does every thread it makes.
         saved = os.sched_getaffinity(0)
         try:
-            log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {state.restarts and 'again ' or ''}"
-                      f"{' '.join(argv)}\n".encode())
+            log.write(
+                f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {state.restarts and 'again ' or ''}"
+                f"{' '.join(argv)}\n".encode()
+            )
             if spec.cpus:
                 os.sched_setaffinity(0, spec.cpus)
             try:
-                state.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              env=env, start_new_session=True, close_fds=True)
+                state.proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
             except OSError as exc:
                 raise LaunchError(f"{spec.name}: cannot run {argv[0]!r}: {exc.strerror}") from None
         finally:
@@ -286,13 +343,17 @@ class Launcher:
             except PermissionError:
                 if not state.rt_warned:
                     state.rt_warned = True
-                    self.say(f"{spec.name}: SCHED_FIFO priority {spec.rt_priority} not permitted (needs "
-                             "CAP_SYS_NICE or an RLIMIT_RTPRIO of that much); it runs at normal priority")
+                    self.say(
+                        f"{spec.name}: SCHED_FIFO priority {spec.rt_priority} not permitted (needs "
+                        "CAP_SYS_NICE or an RLIMIT_RTPRIO of that much); it runs at normal priority"
+                    )
             except ProcessLookupError:
                 pass
-        self.say(f"{spec.name}: started pid {state.proc.pid}"
-                 + (f" on cpus {','.join(map(str, state.cpus))}" if spec.cpus else "")
-                 + (f", SCHED_FIFO {spec.rt_priority}" if state.rt_applied else ""))
+        self.say(
+            f"{spec.name}: started pid {state.proc.pid}"
+            + (f" on cpus {','.join(map(str, state.cpus))}" if spec.cpus else "")
+            + (f", SCHED_FIFO {spec.rt_priority}" if state.rt_applied else "")
+        )
 
     def _check_ready(self, state: ProcessState) -> bool:
         spec = state.spec
@@ -301,6 +362,7 @@ class Launcher:
         waited = time.monotonic() - state.started_at
         if spec.control and self._control is not None:
             from shmpipe import control
+
             if control.ping(spec.name, timeout=0.2) is not None:
                 return True
         elif waited >= spec.settle_s:
@@ -308,8 +370,10 @@ class Launcher:
         if waited >= spec.ready_timeout_s:
             if not state.ready_warned:
                 state.ready_warned = True
-                self.say(f"{spec.name}: not answering its control endpoint after {spec.ready_timeout_s:g} s; "
-                         "counted as up")
+                self.say(
+                    f"{spec.name}: not answering its control endpoint after {spec.ready_timeout_s:g} s; "
+                    "counted as up"
+                )
             return True
         return False
 
@@ -319,7 +383,7 @@ class Launcher:
                 state.state = "running"
                 return
             if state.state != "starting" or not state.alive():
-                self.supervise_once()   # it died while starting: the restart policy decides
+                self.supervise_once()  # it died while starting: the restart policy decides
                 if state.state in ("exited", "failed") or self.gave_up:
                     return
             self.stop_event.wait(POLL_S)
@@ -328,7 +392,11 @@ class Launcher:
     def supervise_once(self) -> None:
         now = time.monotonic()
         for state in self.processes.values():
-            if state.state in ("starting", "running") and state.proc is not None and state.proc.poll() is not None:
+            if (
+                state.state in ("starting", "running")
+                and state.proc is not None
+                and state.proc.poll() is not None
+            ):
                 self._on_exit(state, now)
             elif state.state == "starting" and self._check_ready(state):
                 state.state = "running"
@@ -351,8 +419,10 @@ class Launcher:
         if len(state.restart_times) >= spec.max_restarts:
             state.state = "failed"
             self.gave_up = spec.name
-            self.say(f"{spec.name}: {_exit_text(code)}; {len(state.restart_times)} restarts within "
-                     f"{spec.restart_window_s:g} s, giving up: stopping the pipeline")
+            self.say(
+                f"{spec.name}: {_exit_text(code)}; {len(state.restart_times)} restarts within "
+                f"{spec.restart_window_s:g} s, giving up: stopping the pipeline"
+            )
             self.stop_event.set()
             return
         delay = min(spec.max_backoff_s, spec.backoff_s * 2 ** len(state.restart_times))
@@ -368,9 +438,12 @@ class Launcher:
             return
         self._next_heartbeat = now + HEARTBEAT_S
         try:
-            self._publisher.heartbeat(uptime_s=round(now - self.started_at, 3), pipeline=self.pipeline.name,
-                                      processes={n: s.state for n, s in self.processes.items()})
-        except Exception:   # noqa: BLE001 - a heartbeat must never take the launcher down
+            self._publisher.heartbeat(
+                uptime_s=round(now - self.started_at, 3),
+                pipeline=self.pipeline.name,
+                processes={n: s.state for n, s in self.processes.items()},
+            )
+        except Exception:  # noqa: BLE001 - a heartbeat must never take the launcher down
             pass
 
     def run(self) -> int:
@@ -381,33 +454,56 @@ class Launcher:
             self.supervise_once()
             self.stop_event.wait(POLL_S)
         self.stop()
-        failed = self.gave_up or any(s.exit_code not in (0, None) and s.state == "exited"
-                                     for s in self.processes.values())
+        failed = self.gave_up or any(
+            s.exit_code not in (0, None) and s.state == "exited" for s in self.processes.values()
+        )
         return 1 if failed else 0
 
     # -- facts ---------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return {"pipeline": self.pipeline.name, "pid": os.getpid(), "file": self.pipeline.path,
-                "uptime_s": round(time.monotonic() - self.started_at, 3), "stopping": self.stop_event.is_set(),
-                "gave_up": self.gave_up, "log_dir": self.log_dir,
-                "processes": {n: s.as_dict() for n, s in self.processes.items()},
-                "rings": {k: {"segment": self.pipeline.rings[k].segment, "created": k in self.created}
-                          for k in self.rings}}
+        return {
+            "pipeline": self.pipeline.name,
+            "pid": os.getpid(),
+            "file": self.pipeline.path,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "stopping": self.stop_event.is_set(),
+            "gave_up": self.gave_up,
+            "log_dir": self.log_dir,
+            "processes": {n: s.as_dict() for n, s in self.processes.items()},
+            "rings": {
+                k: {"segment": self.pipeline.rings[k].segment, "created": k in self.created}
+                for k in self.rings
+            },
+        }
 
     def ring_stats(self) -> dict[str, Any]:
         out = {}
         for key, ring in list(self.rings.items()):
             try:
                 st = ring.stats()
-            except Exception as exc:   # noqa: BLE001 - closed under us during shutdown
+            except Exception as exc:  # noqa: BLE001 - closed under us during shutdown
                 out[key] = {"error": str(exc)}
                 continue
             consumers = st["consumers"] if st["broadcast"] else st["consumers"][:1]
-            out[key] = {"segment": ring.name, "written": st["written"], "lost": st["lost"],
-                        "evictions": st["evictions"], "fill": st["fill"], "full_waits": st["full_waits"],
-                        "producer_alive": st["producer"]["alive"],
-                        "consumers": [{"pid": c["pid"], "position": c["position"], "lag": c["lag"],
-                                       "lost": c["lost"], "alive": c["alive"]} for c in consumers]}
+            out[key] = {
+                "segment": ring.name,
+                "written": st["written"],
+                "lost": st["lost"],
+                "evictions": st["evictions"],
+                "fill": st["fill"],
+                "full_waits": st["full_waits"],
+                "producer_alive": st["producer"]["alive"],
+                "consumers": [
+                    {
+                        "pid": c["pid"],
+                        "position": c["position"],
+                        "lag": c["lag"],
+                        "lost": c["lost"],
+                        "alive": c["alive"],
+                    }
+                    for c in consumers
+                ],
+            }
         return {"rings": out}
 
     # -- stop ----------------------------------------------------------------------------------------
@@ -424,7 +520,7 @@ class Launcher:
                 if key in self.created:
                     ring.unlink()
                 ring.close()
-            except Exception as exc:   # noqa: BLE001 - keep cleaning up the rest
+            except Exception as exc:  # noqa: BLE001 - keep cleaning up the rest
                 self.say(f"ring {key}: {exc}")
         self.rings.clear()
         if self._metrics is not None:
@@ -436,7 +532,7 @@ class Launcher:
             for endpoint in (self._bus.input_endpoint, self._bus.output_endpoint):
                 if endpoint.startswith("ipc://"):
                     try:
-                        os.unlink(endpoint[len("ipc://"):])
+                        os.unlink(endpoint[len("ipc://") :])
                     except FileNotFoundError:
                         pass
         if self._control is not None:
@@ -453,7 +549,7 @@ class Launcher:
 
     def _signal(self, state: ProcessState, sig: int) -> None:
         try:
-            os.killpg(state.proc.pid, sig)   # its own session: the whole group, helpers included
+            os.killpg(state.proc.pid, sig)  # its own session: the whole group, helpers included
         except (ProcessLookupError, PermissionError):
             try:
                 state.proc.send_signal(sig)
@@ -470,6 +566,7 @@ class Launcher:
         asked = False
         if spec.control and self._control is not None:
             from shmpipe import control
+
             try:
                 control.request(spec.name, "stop", timeout=1.0)
                 asked = True
@@ -496,10 +593,11 @@ def default_log_dir(pipeline: Pipeline) -> str:
 
 def install_stop_signals(launcher: Launcher) -> None:
     """SIGINT/SIGTERM: stop; a second one: stop now, without the grace periods."""
+
     def handler(_sig, _frame):
         if launcher.stop_event.is_set():
             launcher.hurry.set()
         launcher.stop_event.set()
+
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-

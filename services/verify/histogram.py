@@ -4,12 +4,13 @@ hdrhistogram records one value per Python call; a consumer checking 10^5..10^6 t
 one call per batch, and the demo must run on the base install (numpy only). 32 buckets per power of
 two: a reported percentile is within 2.2% of the true value.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 BUCKETS_PER_OCTAVE = 32
-OCTAVES = 40                    # up to 2^40 µs: anything a process can wait for
+OCTAVES = 40  # up to 2^40 µs: anything a process can wait for
 
 
 class LogHistogram:

@@ -6,6 +6,7 @@ Pausing stops reading: a lossless ring's producer then waits for this reader, an
 ``consumer_timeout`` evicts it. An evicted reader re-joins at the newest record and counts the
 ticks it skipped as lost: a pause is visible, never silent.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ from shmpipe.records import TICK
 
 from .ticks import TickChecker
 
-STATS_FIELDS = ["records", "lost", "disorder", "restarts_seen", "evictions", "ring_lost",
-                "latency_p50_us", "latency_p99_us", "last_sequence"]
+STATS_FIELDS = [
+    "records",
+    "lost",
+    "disorder",
+    "restarts_seen",
+    "evictions",
+    "ring_lost",
+    "latency_p50_us",
+    "latency_p99_us",
+    "last_sequence",
+]
 STATS_INTERVAL_S = 0.1
 CONTROL_INTERVAL_S = 0.05
 
@@ -53,21 +63,34 @@ class Verifier:
         self.control = None
         try:
             from shmpipe import control
-            self.control = control.ControlServer(name, {
-                "status": self._status, "stats": lambda _a: self.counters(),
-                "pause": self._pause, "resume": self._resume, "stop": self._stop})
+
+            self.control = control.ControlServer(
+                name,
+                {
+                    "status": self._status,
+                    "stats": lambda _a: self.counters(),
+                    "pause": self._pause,
+                    "resume": self._resume,
+                    "stop": self._stop,
+                },
+            )
         except ImportError:
             pass
-        except Exception as exc:   # noqa: BLE001 - ControlError: no pyzmq, the name taken
+        except Exception as exc:  # noqa: BLE001 - ControlError: no pyzmq, the name taken
             if "pyzmq" not in str(exc):
                 self.close()
                 raise VerifyError(str(exc)) from None
 
     # control handlers (run in this process's loop, between reads)
     def _status(self, _args: dict) -> dict:
-        return {"service": self.name, "pid": os.getpid(), "ring": self.ring.name,
-                "state": "paused" if self.paused else "running",
-                "uptime_s": round(time.monotonic() - self.started, 3), **self.counters()}
+        return {
+            "service": self.name,
+            "pid": os.getpid(),
+            "ring": self.ring.name,
+            "state": "paused" if self.paused else "running",
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            **self.counters(),
+        }
 
     def _pause(self, _args: dict) -> dict:
         self.paused = True
@@ -89,11 +112,19 @@ class Verifier:
 
     def publish(self) -> None:
         c = self.counters()
-        self.publisher.update({"records": c["records"], "lost": c["lost"], "disorder": c["disorder"],
-                               "restarts_seen": c["restarts_seen"], "evictions": self.evictions,
-                               "ring_lost": self.ring_lost, "last_sequence": c["last_sequence"] or 0,
-                               "latency_p50_us": round(c.get("p50_us", 0)),
-                               "latency_p99_us": round(c.get("p99_us", 0))})
+        self.publisher.update(
+            {
+                "records": c["records"],
+                "lost": c["lost"],
+                "disorder": c["disorder"],
+                "restarts_seen": c["restarts_seen"],
+                "evictions": self.evictions,
+                "ring_lost": self.ring_lost,
+                "last_sequence": c["last_sequence"] or 0,
+                "latency_p50_us": round(c.get("p50_us", 0)),
+                "latency_p99_us": round(c.get("p99_us", 0)),
+            }
+        )
 
     def _join(self) -> None:
         if self.consumer is not None:
@@ -122,7 +153,7 @@ class Verifier:
                     batch = self.consumer.read(8192, timeout=CONTROL_INTERVAL_S)
                 except shmpipe.ConsumerEvictedError:
                     self.evictions += 1
-                    self._join()   # the ticks skipped show as a sequence gap: counted lost
+                    self._join()  # the ticks skipped show as a sequence gap: counted lost
                     continue
                 if len(batch):
                     self.checker.check(batch, time.time_ns())
@@ -143,8 +174,9 @@ class Verifier:
         self.ring.close()
 
 
-def main(ring: str, name: str, seconds: float | None, as_json: bool, start: str = "newest",
-         sequence: bool = True) -> int:
+def main(
+    ring: str, name: str, seconds: float | None, as_json: bool, start: str = "newest", sequence: bool = True
+) -> int:
     try:
         verifier = Verifier(ring, name, start=start, sequence=sequence)
     except VerifyError as exc:
@@ -153,6 +185,7 @@ def main(ring: str, name: str, seconds: float | None, as_json: bool, start: str 
 
     def on_signal(_sig, _frame):
         verifier.stopping = True
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:

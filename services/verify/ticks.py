@@ -15,6 +15,7 @@ the tick arrived. The constant is unknown, so it is taken as the smallest such d
 an epoch's first ``CALIBRATE_S`` seconds: the figures are lateness relative to the least-late tick
 of that window (an underestimate by that tick's own latency, which includes no batching delay).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,7 @@ class TickChecker:
         self.records = 0
         self.lost = 0
         self.disorder = 0
-        self.restarts = 0            # epochs after the first: the producer started again from 0
+        self.restarts = 0  # epochs after the first: the producer started again from 0
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.latency = LogHistogram()
@@ -56,7 +57,7 @@ class TickChecker:
         else:
             prev = self.last_seq
         step = np.diff(seq, prepend=prev)
-        step[step == 1 - U32] = 1                      # the u32 wrap
+        step[step == 1 - U32] = 1  # the u32 wrap
         in_order = step == 1
         restart = ~in_order & (seq == 0)
         gap = ~in_order & ~restart & (step > 1)
@@ -67,8 +68,8 @@ class TickChecker:
         ts = batch["timestamp_ns"].astype(np.int64)
         if restart.any():
             starts = np.flatnonzero(restart)
-            self._latency(ts[:starts[0]], recv_ns)     # the end of the epoch before, on its anchor
-            first = int(starts[-1])                    # the newest epoch starts here
+            self._latency(ts[: starts[0]], recv_ns)  # the end of the epoch before, on its anchor
+            first = int(starts[-1])  # the newest epoch starts here
             self.restarts += len(starts)
             self._start_epoch(recv_ns)
             self._latency(ts[first:], recv_ns)
@@ -86,7 +87,7 @@ class TickChecker:
     def _latency(self, ts: np.ndarray, recv_ns: int) -> None:
         if not len(ts):
             return
-        offset = recv_ns - ts                          # feed start offset + lateness, ns
+        offset = recv_ns - ts  # feed start offset + lateness, ns
         if self._anchor is None:
             self._calibrating.append(offset)
             if recv_ns >= self._calibrate_until:
@@ -107,8 +108,14 @@ class TickChecker:
 
     def summary(self) -> dict:
         p50, p99 = self.latency.percentile(50), self.latency.percentile(99)
-        out = {"records": self.records, "lost": self.lost, "disorder": self.disorder,
-               "restarts_seen": self.restarts, "first_sequence": self.first_seq, "last_sequence": self.last_seq}
+        out = {
+            "records": self.records,
+            "lost": self.lost,
+            "disorder": self.disorder,
+            "restarts_seen": self.restarts,
+            "first_sequence": self.first_seq,
+            "last_sequence": self.last_seq,
+        }
         if p50 is not None:
             out["p50_us"], out["p99_us"] = round(p50, 1), round(p99, 1)
         return out
