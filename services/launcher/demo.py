@@ -131,9 +131,10 @@ def _plain_line(watcher: Watcher, elapsed: float) -> str:
     return f"[{elapsed:5.1f} s] " + " | ".join(parts)
 
 
-def _rich_view(watcher: Watcher, elapsed: float, seconds: float):
+def _rich_view(watcher: Watcher, elapsed: float, seconds: float, recent: list[str]):
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     s = watcher.last
     stages = Table(title=f"shmpipe demo: {elapsed:4.1f} / {seconds:g} s", expand=False)
@@ -168,7 +169,7 @@ def _rich_view(watcher: Watcher, elapsed: float, seconds: float):
             _fmt(r["lost"]),
             _fmt(r["full_waits"]),
         )
-    return Group(stages, rings)
+    return Group(stages, rings, *(Text(f"launcher: {line}", style="dim") for line in recent))
 
 
 def _children_left(pids: list[int]) -> list[int]:
@@ -209,10 +210,11 @@ def run_demo(
     os.environ["SHMPIPE_SYMBOLS_FILE"] = os.path.join(tmp, "symbols.jsonl")
     log_dir = os.path.join(tmp, "logs")
     messages: list[str] = []
+    live_view = [False]   # while the rich view is up, the launcher's lines show inside it
 
     def say(line: str) -> None:
         messages.append(line)
-        if not as_json:
+        if not as_json and not live_view[0]:
             print(f"shmpipe demo: {line}", file=err, flush=True)
 
     result = DemoResult({}, log_dir=log_dir)
@@ -227,7 +229,7 @@ def run_demo(
         started = time.monotonic()
         launcher.start()
         watcher = Watcher(launcher)
-        _watch(launcher, watcher, seconds, started, as_json, out)
+        _watch(launcher, watcher, seconds, started, as_json, out, messages, live_view)
         final = watcher.sample()
         pids = [s.pid for s in launcher.processes.values() if s.pid]
         launcher.stop()
@@ -260,7 +262,8 @@ def run_demo(
     return result
 
 
-def _watch(launcher: Launcher, watcher: Watcher, seconds: float, started: float, as_json: bool, out) -> None:
+def _watch(launcher: Launcher, watcher: Watcher, seconds: float, started: float, as_json: bool, out,
+           messages: list[str], live_view: list[bool]) -> None:
     use_rich = not as_json and out.isatty()
     live = None
     if use_rich:
@@ -281,10 +284,11 @@ def _watch(launcher: Launcher, watcher: Watcher, seconds: float, started: float,
                 next_sample = now + SAMPLE_S
                 elapsed = now - started
                 if use_rich:
-                    view = _rich_view(watcher, elapsed, seconds)
+                    view = _rich_view(watcher, elapsed, seconds, messages[-4:])
                     if live is None:
                         live = Live(view, refresh_per_second=4, transient=False)
                         live.start()
+                        live_view[0] = True
                     else:
                         live.update(view)
                 elif not as_json and now >= next_line:
@@ -294,6 +298,7 @@ def _watch(launcher: Launcher, watcher: Watcher, seconds: float, started: float,
     finally:
         if live is not None:
             live.stop()
+            live_view[0] = False
 
 
 def _summary(final: Sample, launcher: Launcher, pipeline: Pipeline, elapsed: float) -> dict[str, dict]:
