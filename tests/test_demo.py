@@ -207,3 +207,20 @@ def test_without_the_services_extra_the_ring_demo_runs(tmp_path, missing):
     assert f"the pipeline demo needs the services extra (simulated: no {missing})" in out.stderr
     ring = json.loads(out.stdout)["ring"]
     assert ring["records"] == 10_000_000 and ring["lost"] == 0 and ring["verified"]
+
+
+@pytest.mark.parametrize("counters, figures", [
+    ({"ticks_written": 5, "levels_written": 7, "gaps": 1, "latency_p50_us": 3, "latency_p99_us": 9},
+     {"records": 12, "lost": 0, "ticks": 5, "levels": 7, "feed_gaps": 1, "p50_us": 3, "p99_us": 9}),
+    ({"records": 10, "lost": 2, "disorder": 0, "latency_p50_us": 0, "latency_p99_us": 0},
+     {"records": 10, "lost": 2, "disorder": 0}),                      # no latency measured: no keys
+    ({"records": 40, "updates": 30, "snapshots_written": 30}, {"records": 40, "lost": 0}),   # orderbook
+    ({"consumed": 8, "lost": 1, "published": 3}, {"records": 8, "lost": 1}),                # bars, features
+    ({"entries_written": 4, "bars_published": 2}, {"records": 6, "lost": 0}),
+    (None, {"records": 0, "lost": 0}),
+], ids=["capture", "verify", "orderbook", "consumer", "generic", "nothing"])
+def test_stage_figures(counters, figures):
+    from shmpipe_services.launcher.figures import stage_figures
+    got = stage_figures("x", counters)
+    assert {k: got[k] for k in figures} == figures
+    assert ("p50_us" in got) == ("p50_us" in figures)

@@ -66,6 +66,8 @@ def stage_figures(name: str, counters: dict[str, Any] | None) -> dict[str, Any]:
         _latency(out, c, "latency_p50_us", "latency_p99_us")
         return out
     records = c.get("records")
+    if records is None and "consumed" in c:   # the ring consumers (bars, features): records read
+        records = c["consumed"]
     if records is None:
         written = [v for k, v in c.items() if k.endswith(("_written", "_published"))]
         records = sum(written) if written else 0
