@@ -13,6 +13,7 @@ ring segment of the run.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import socket
@@ -28,6 +29,7 @@ from .figures import read_counters, stage_figures
 from .supervisor import Launcher, LaunchError
 
 SAMPLE_S = 0.25
+RATE_WINDOW_S = 2.0
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Watcher:
     def __init__(self, launcher: Launcher) -> None:
         self.launcher = launcher
         self.first: Sample | None = None
-        self.previous: Sample | None = None
+        self.recent: collections.deque[Sample] = collections.deque(maxlen=16)
         self.last: Sample | None = None
         self.known: dict[str, dict] = {}  # each stage's last counters: a stage that ended keeps its figures
 
@@ -100,13 +102,16 @@ class Watcher:
             stages[name] = figures
         rings = self.launcher.ring_stats()["rings"]
         s = Sample(time.monotonic(), stages, rings)
-        self.previous, self.last = self.last, s
+        self.last = s
+        self.recent.append(s)
         if self.first is None:
             self.first = s
         return s
 
     def rate(self, stage: str) -> float:
-        a, b = self.previous, self.last
+        """Records per second over the last ~2 s (stages publish their counters every 0.1-0.5 s)."""
+        b = self.last
+        a = next((x for x in self.recent if b is not None and b.at - x.at <= RATE_WINDOW_S), None)
         if a is None or b is None or b.at <= a.at or stage not in a.stages or stage not in b.stages:
             return 0.0
         return max(0.0, (b.stages[stage]["records"] - a.stages[stage]["records"]) / (b.at - a.at))
@@ -321,15 +326,16 @@ def _summary(final: Sample, launcher: Launcher, pipeline: Pipeline, elapsed: flo
                     "lost": r["lost"],
                     "evictions": r["evictions"],
                 }
-        # The only writer of rings the launcher made: those rings' own counts are exact, across its
-        # restarts (its counters start again at 0) and after it ended (its stats segment is gone).
+        # A source (reads no ring) that is the only writer of rings the launcher made: those rings'
+        # own counts are exact, across its restarts (its counters start again at 0) and after it
+        # ended (its stats segment is gone).
         own = [
             k
             for k in spec.writes
             if k in launcher.created
             and all(k not in other.writes for o, other in pipeline.processes.items() if o != name)
         ]
-        if own and len(own) == len(spec.writes) and all(k in stage["rings"] for k in own):
+        if not spec.reads and own and len(own) == len(spec.writes) and all(k in stage["rings"] for k in own):
             stage["records"] = sum(stage["rings"][k]["written"] for k in own)
             for k in own:
                 kind = {"tick": "ticks", "level_update": "levels"}.get(pipeline.rings[k].type)
