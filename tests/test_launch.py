@@ -31,6 +31,7 @@ def _segments(ring_name: str) -> list[str]:
 
 def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_name, runtime_dir):
     cap, ver = f"{ring_name}-cap", f"{ring_name}-ver"
+    ver_service = f"{ring_name}.{ver}"   # ring_prefix + process name
     toml = _pipeline(
         tmp_path,
         f"""\
@@ -47,13 +48,13 @@ def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_n
         capacity = 65536
 
         [processes.{ver}]
-        command = ["shmpipe", "verify", "--ticks", "{{ring.ticks}}", "--name", "{{name}}"]
+        command = ["shmpipe", "verify", "--ticks", "{{ring.ticks}}", "--name", "{{service}}"]
         reads = ["ticks"]
         control = true
 
         [processes.{cap}]
         command = ["shmpipe", "capture", "--feed", "synthetic", "--rate", "20000",
-                   "--ticks", "{{ring.ticks}}", "--levels", "{{ring.levels}}", "--name", "{{name}}"]
+                   "--ticks", "{{ring.ticks}}", "--levels", "{{ring.levels}}", "--name", "{{service}}"]
         writes = ["ticks", "levels"]
         restart = "always"
         backoff_s = 0.2
@@ -65,7 +66,7 @@ def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_n
         assert list(st["processes"]) == [cap, ver]  # the writer first, though declared second
 
         def verified(at_least):
-            counters = stats.read(ver)["counters"]
+            counters = stats.read(ver_service)["counters"]
             return counters if counters["records"] >= at_least else None
 
         wait_for(lambda: verified(2000), 30, "ticks verified")
@@ -78,12 +79,12 @@ def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_n
             return p if p["restarts"] == 1 and p["state"] == "running" and p["pid"] != old_pid else None
 
         wait_for(restarted, 30, "capture restarted")
-        after_restart = stats.read(ver)["counters"]["records"]
+        after_restart = stats.read(ver_service)["counters"]["records"]
         counters = wait_for(
             lambda: verified(after_restart + 2000), 30, "ticks flowing again after the restart"
         )
         counters = wait_for(
-            lambda: (c := stats.read(ver)["counters"])["restarts_seen"] >= 1 and c,
+            lambda: (c := stats.read(ver_service)["counters"])["restarts_seen"] >= 1 and c,
             10,
             "the verifier seeing the new run of the feed",
         )
@@ -364,7 +365,7 @@ def test_existing_rings_are_kept_bus_heartbeats_and_pause_is_passed_on(tmp_path,
         capacity = 256
 
         [processes.{ver}]
-        command = ["shmpipe", "verify", "--ticks", "{{ring.old}}", "--name", "{{name}}"]
+        command = ["shmpipe", "verify", "--ticks", "{{ring.old}}", "--name", "{{service}}"]
         reads = ["old"]
         control = true
         """,
@@ -382,9 +383,11 @@ def test_existing_rings_are_kept_bus_heartbeats_and_pause_is_passed_on(tmp_path,
 
         paused = control.request("launcher", "pause")["processes"]
         assert paused[ver]["state"] == "paused"
-        assert control.request(ver, "status")["state"] == "paused"
+        service = st["processes"][ver]["service"]
+        assert service == f"{ring_name}.{ver}"
+        assert control.request(service, "status")["state"] == "paused"
         control.request("launcher", "resume")
-        assert control.request(ver, "status")["state"] == "running"
+        assert control.request(service, "status")["state"] == "running"
         rings = control.request("launcher", "stats")["rings"]
         assert (
             set(rings) == {"old", "new"}

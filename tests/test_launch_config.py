@@ -41,7 +41,7 @@ after = ["consumer"]
 command = ["sleep", "30"]
 writes = ["ticks"]
 cpus = [1]
-env = { WHO = "{ring.books}" }
+env = { WHO = "{ring.books}", PEER = "{service.consumer}", ME = "{service}" }
 """
 
 
@@ -72,7 +72,8 @@ def test_a_good_file():
         "consumer",
     ]
     assert p.processes["book"].command == ["sleep", "30"] and p.processes["book"].cpus == (0, 1)
-    assert p.processes["producer"].env == {"WHO": "p.books"}
+    assert p.processes["producer"].env == {"WHO": "p.books", "PEER": "p.consumer", "ME": "p.producer"}
+    assert p.processes["producer"].service == "p.producer"
     assert loads(GOOD, "good.toml", available_cpus=CPUS, ring_prefix="q-").rings["ticks"].segment == "q-ticks"
 
 
@@ -114,6 +115,11 @@ def test_a_good_file():
             "{ring.tick}",
             "{ring.tick}, but no [rings.tick] is declared",
         ),
+        (
+            ('PEER = "{service.consumer}"', 'PEER = "{service.nobody}"'),
+            "service.nobody",
+            "env names {service.nobody}, but no [processes.nobody] is declared",
+        ),
         # CPU lists: malformed, reversed, not on this machine
         (('cpus = "0-1"', 'cpus = "0-x"'), "0-x", "bad CPU list '0-x'"),
         (('cpus = "0-1"', 'cpus = "1-0"'), "1-0", "bad CPU list '1-0'"),
@@ -145,6 +151,7 @@ def test_a_good_file():
         "cpus-type",
         "undeclared-ring",
         "undeclared-ring-placeholder",
+        "undeclared-service",
         "cpus-malformed",
         "cpus-reversed",
         "cpus-absent",

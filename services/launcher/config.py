@@ -17,8 +17,10 @@ before anything is created, every mistake reported as ``FILE:LINE: problem``.
     cpus = [0]                    # or "0-1"
     restart = "always"            # always | on-failure | never
 
-``{ring.KEY}`` in a command or env value becomes that ring's segment name and ``{name}`` the
-process's name, so the same file runs twice side by side under two prefixes.
+``{ring.KEY}`` in a command or env value becomes that ring's segment name, ``{service}`` the
+process's service name (prefix + process name: its control endpoint and stats name; the launcher
+pings and stops it under that name), ``{service.NAME}`` another process's, ``{name}`` the bare
+process name; so the same file runs twice side by side under two prefixes.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class RingSpec:
 class ProcessSpec:
     name: str
     command: list[str]
+    service: str = ""  # control service and stats name: the pipeline's prefix + name
     cpus: tuple[int, ...] | None = None
     rt_priority: int | None = None
     restart: str = "on-failure"
@@ -405,6 +408,15 @@ def loads(
                 ref = m.group(1)
                 if ref == "name":
                     return pname
+                if ref == "service":
+                    return prefix + pname
+                if ref.startswith("service."):
+                    if ref[8:] not in procs_doc:
+                        raise check.fail(
+                            lines.key(where, key),
+                            f"{label}.{key} names {{{ref}}}, but no [processes.{ref[8:]}] is declared",
+                        )
+                    return prefix + ref[8:]
                 if ref.startswith("ring."):
                     ring = rings.get(ref[5:])
                     if ring is None:
@@ -454,8 +466,12 @@ def loads(
                     )
             ring_lists[key] = tuple(names)
         after = check.get(table, "after", list, where, label, [], what="a list of process names")
+        service = prefix + pname
+        if len(service) > 64:
+            raise check.fail(header, f"service name {service!r} (ring_prefix + process name) is longer than 64")
         processes[pname] = ProcessSpec(
             name=pname,
+            service=service,
             command=list(command),
             cpus=cpus,
             rt_priority=rt,

@@ -91,7 +91,7 @@ class Watcher:
     def sample(self) -> Sample:
         stages = {}
         for name, state in self.launcher.processes.items():
-            counters = read_counters(name, use_control=state.spec.control)
+            counters = read_counters(state.spec.service, use_control=state.spec.control)
             if counters is not None:
                 self.known[name] = counters
             if name not in self.known and not (state.spec.reads or state.spec.writes):

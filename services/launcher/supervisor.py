@@ -71,6 +71,7 @@ class ProcessState:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "service": self.spec.service,
             "pid": self.pid if self.alive() else None,
             "state": self.state,
             "restarts": self.restarts,
@@ -150,7 +151,7 @@ class Launcher:
         for i, spec in enumerate(p.processes.values(), 1):
             pin = f"cpus {','.join(map(str, spec.cpus))}" if spec.cpus else "not pinned"
             rt = f", SCHED_FIFO {spec.rt_priority}" if spec.rt_priority else ""
-            ready = "it answers ping" if spec.control else f"alive for {spec.settle_s:g} s"
+            ready = f"it answers ping as {spec.service}" if spec.control else f"alive for {spec.settle_s:g} s"
             rings = "".join(
                 f", {k} {', '.join(v)}" for k, v in (("writes", spec.writes), ("reads", spec.reads)) if v
             )
@@ -248,7 +249,7 @@ class Launcher:
             if not state.spec.control or not state.alive():
                 continue
             try:
-                out[state.name] = control.request(state.name, command, timeout=2.0)
+                out[state.name] = control.request(state.spec.service, command, timeout=2.0)
             except control.ControlError as exc:
                 out[state.name] = {"error": str(exc)}
         return {"processes": out}
@@ -298,7 +299,7 @@ class Launcher:
         env = dict(os.environ)
         env.update(spec.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        env["SHMPIPE_SERVICE"] = spec.name
+        env["SHMPIPE_SERVICE"] = spec.service
         try:
             log = open(state.log_path, "ab", buffering=0)
         except OSError as exc:
@@ -363,7 +364,7 @@ class Launcher:
         if spec.control and self._control is not None:
             from shmpipe import control
 
-            if control.ping(spec.name, timeout=0.2) is not None:
+            if control.ping(spec.service, timeout=0.2) is not None:
                 return True
         elif waited >= spec.settle_s:
             return True
@@ -568,7 +569,7 @@ class Launcher:
             from shmpipe import control
 
             try:
-                control.request(spec.name, "stop", timeout=1.0)
+                control.request(spec.service, "stop", timeout=1.0)
                 asked = True
             except control.ControlError as exc:
                 self.say(f"{spec.name}: control stop failed ({exc}); sending SIGTERM")
