@@ -1,0 +1,184 @@
+"""``shmpipe bars`` as a real process: a ring the test writes, a SignalSubscriber receiving
+market.bar.* messages, SIGTERM, the control endpoint, bad arguments."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+
+import numpy as np
+import pytest
+from capture_helpers import fixture_lines, run_lines
+from consumer_workers import (
+    receive,
+    run_cli,
+    sigterm_and_counters,
+    spawn_cli,
+    stop,
+    finish,
+    wait_for_heartbeat,
+)
+from shmpipe_services.capture.alpaca import AlpacaParser
+from shmpipe_services.capture.symbol_ids import InMemorySymbolIds
+from shmpipe_services.consumers.bars import NS, BarAggregator, parse_timeframes
+
+import shmpipe
+from shmpipe import control, signals
+from shmpipe import stats as shm_stats
+from shmpipe.records import ORDERBOOK_ENTRY, TICK, TICK_FLAG_QUOTE, TICK_FLAG_TRADE
+
+pytest.importorskip("zmq")
+
+
+@pytest.fixture(autouse=True)
+def private_runtime_dir(monkeypatch):
+    # A short path: ipc:// socket paths are limited to ~107 bytes.
+    path = f"/tmp/shmpipe-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SHMPIPE_RUNTIME_DIR", path)
+    control.runtime_dir()
+    yield path
+    for name in os.listdir(path) if os.path.isdir(path) else []:
+        os.unlink(os.path.join(path, name))
+    if os.path.isdir(path):
+        os.rmdir(path)
+
+
+@pytest.fixture
+def tick_ring(ring_name):
+    ring = shmpipe.Ring.create(ring_name, TICK, 1 << 14, broadcast=True)
+    yield ring
+    ring.close()
+    ring.unlink()
+
+
+def trades(ts_ns, prices, sizes, sid) -> np.ndarray:
+    out = np.zeros(len(prices), TICK)
+    out["timestamp_ns"], out["bid"], out["ask"], out["volume"] = ts_ns, prices, prices, sizes
+    out["symbol_id"], out["flags"] = sid, TICK_FLAG_TRADE
+    return out
+
+
+def test_a_live_bar_closes_on_the_wall_clock_and_sigterm_ends_with_counters(tick_ring, private_runtime_dir):
+    sid = shmpipe.symbols.id_of("test-bars", "AAA")
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    name = f"bars-{uuid.uuid4().hex[:6]}"
+    proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--timeframes", "1s,1m",
+                     "--name", name, "--json")
+    try:
+        with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub, \
+                tick_ring.producer() as out:
+            wait_for_heartbeat(sub, proc, name)
+            second = time.time_ns() // NS * NS
+            batch = trades([second + 10, second + 20, second + 30], [10.5, 12.25, 11.0], [2, 1, 3], sid)
+            quote = batch[:1].copy()
+            quote["flags"], quote["bid"] = TICK_FLAG_QUOTE, 999.0
+            out.write_batch(np.concatenate([batch[:1], quote, batch[1:]]))
+            # no later trade: the bar has to close on the wall clock
+            (bar,) = receive(sub, "market.bar.1s", 1, proc)
+            assert bar.topic == "market.bar.1s" and bar.source == name
+            assert bar.data == {"symbol_id": sid, "exchange": "test-bars", "symbol": "AAA", "timeframe": "1s",
+                                "start_ns": second, "end_ns": second + NS, "open": 10.5, "high": 12.25,
+                                "low": 10.5, "close": 11.0, "volume": 6.0,
+                                "vwap": pytest.approx((10.5 * 2 + 12.25 + 11 * 3) / 6), "trades": 3,
+                                "first_ns": second + 10, "last_ns": second + 30}
+            assert bar.ts_ns >= second + NS            # published after its interval ended
+            status = control.request(name, "status")
+            assert (status["state"], status["consumed"], status["trades"], status["lost"]) == ("running", 4, 3, 0)
+            assert control.request(name, "pause")["state"] == "paused"
+            assert control.request(name, "status")["state"] == "paused"
+            assert control.request(name, "resume")["state"] == "running"
+            live = shm_stats.read(name)
+            assert live["live"] and live["pid"] == proc.pid and live["counters"]["trades"] == 3
+            code, counters, err = sigterm_and_counters(proc)
+        assert code == 0, err
+        assert counters["ended"] == "signal" and counters["consumed"] == 4 and counters["bars"] == 1
+        assert counters["open_bars_at_exit"] == 1          # the 1m bar, not published half-made
+        assert counters["lost"] == 0 and counters["late"] == 0
+    finally:
+        stop(proc)
+    with pytest.raises(FileNotFoundError):     # a clean exit removes the live counters
+        shm_stats.read(name)
+
+
+@pytest.fixture(scope="module")
+def fixture_ticks() -> np.ndarray:
+    return run_lines(AlpacaParser(InMemorySymbolIds()), fixture_lines("alpaca_stream.jsonl")).ticks
+
+
+def test_a_replay_publishes_every_bar_stores_them_and_ends_with_the_producer(tick_ring, private_runtime_dir,
+                                                                            fixture_ticks, tmp_path):
+    expected = BarAggregator(parse_timeframes("1s,1m,5m"), close_on_trade_time=True)
+    want = np.concatenate([expected.add(fixture_ticks), expected.flush()])
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    db = tmp_path / "bars.sqlite"
+    proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--clock", "trades",
+                     "--sqlite", str(db), "--batch", "100", "--json")
+    try:
+        with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
+            wait_for_heartbeat(sub, proc, "bars")
+            with tick_ring.producer() as out:
+                for i in range(0, len(fixture_ticks), 500):
+                    out.write_batch(fixture_ticks[i:i + 500])
+            # the producer has gone: the process drains the ring, closes every bar and ends by itself
+            got = receive(sub, "market.bar.", len(want), proc)
+            code, counters, err = finish(proc)
+    finally:
+        stop(proc)
+    assert code == 0, err
+    assert counters["ended"] == "producer gone" and counters["consumed"] == len(fixture_ticks)
+    assert counters["bars"] == counters["stored"] == counters["published"] == len(want)
+    assert counters["lost"] == 0 and counters["late"] == 0
+    key = lambda d: (d["timeframe"], d["symbol_id"], d["start_ns"])  # noqa: E731
+    got_rows = sorted((m.data for m in got), key=key)
+    labels = {1: "1s", 60: "1m", 300: "5m"}
+    want_rows = sorted(({"timeframe": labels[int(b["timeframe_s"])], "symbol_id": int(b["symbol_id"]),
+                         "start_ns": int(b["start_ns"]), "open": float(b["open"]), "high": float(b["high"]),
+                         "low": float(b["low"]), "close": float(b["close"]), "trades": int(b["trades"]),
+                         "volume": float(b["volume"])} for b in want), key=key)
+    for g, w in zip(got_rows, want_rows):
+        assert {k: g[k] for k in w if k != "volume"} == {k: v for k, v in w.items() if k != "volume"}
+        assert g["volume"] == pytest.approx(w["volume"], rel=1e-12)
+    assert {m.topic for m in got} == {"market.bar.1s", "market.bar.1m", "market.bar.5m"}
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT timeframe, symbol_id, start_ns, open, high, low, close, trades "
+                            "FROM bars ORDER BY timeframe, symbol_id, start_ns").fetchall()
+    assert sorted(rows) == sorted((w["timeframe"], w["symbol_id"], w["start_ns"], w["open"], w["high"], w["low"],
+                                   w["close"], w["trades"]) for w in want_rows)
+
+
+def test_bad_timeframes_is_a_usage_error(tick_ring):
+    code, out, err = run_cli("bars", "--ticks", tick_ring.name, "--timeframes", "1s,5x")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines()[-1] == ("shmpipe bars: error: argument --timeframes: bad timeframe '5x' in '1s,5x': "
+                                    "expected a count and a unit (s, m, h, d), e.g. 1s,1m,5m")
+
+
+def test_missing_ring_is_one_line_and_exit_1(ring_name):
+    code, out, err = run_cli("bars", "--ticks", ring_name, "--pub", "ipc:///tmp/unused-bars.pub")
+    assert code == 1 and out == ""
+    assert err == f"shmpipe bars: ring {ring_name!r} does not exist (start its producer first, e.g. shmpipe capture)\n"
+
+
+def test_ring_of_the_wrong_dtype_is_one_line_and_exit_1(ring_name, private_runtime_dir):
+    with shmpipe.Ring.create(ring_name, ORDERBOOK_ENTRY, 16) as ring:
+        try:
+            code, out, err = run_cli("bars", "--ticks", ring_name, "--pub", f"ipc://{private_runtime_dir}/b.pub")
+        finally:
+            ring.unlink()
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"shmpipe bars: ring {ring_name!r} holds records of dtype") and "itemsize 832" in err
+
+
+def test_bad_endpoint_and_taken_name_are_one_line(tick_ring, private_runtime_dir, tmp_path):
+    code, _, err = run_cli("bars", "--ticks", tick_ring.name, "--pub", "ipc:///no/such/dir/bars.pub")
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("shmpipe bars: cannot bind signals endpoint 'ipc:///no/such/dir/bars.pub': No such file")
+    with control.ControlServer("bars", {}) as server:       # a live service holds the name
+        server.start_thread()
+        code, _, err = run_cli("bars", "--ticks", tick_ring.name, "--pub", f"ipc://{private_runtime_dir}/b.pub")
+    assert code == 1 and len(err.splitlines()) == 1 and "service name 'bars' is taken" in err
+    code, _, err = run_cli("bars", "--ticks", tick_ring.name, "--pub", f"ipc://{private_runtime_dir}/c.pub",
+                           "--sqlite", str(tmp_path))              # a directory, not a database
+    assert code == 1 and err.startswith(f"shmpipe bars: cannot use SQLite database {tmp_path}") \
+        and len(err.splitlines()) == 1
