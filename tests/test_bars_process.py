@@ -182,3 +182,46 @@ def test_bad_endpoint_and_taken_name_are_one_line(tick_ring, private_runtime_dir
                            "--sqlite", str(tmp_path))              # a directory, not a database
     assert code == 1 and err.startswith(f"shmpipe bars: cannot use SQLite database {tmp_path}") \
         and len(err.splitlines()) == 1
+
+
+def test_a_synthetic_capture_into_bars_loses_nothing(ring_name, private_runtime_dir):
+    """Two real processes: ``shmpipe capture --feed synthetic`` writes a broadcast ring, ``shmpipe
+    bars`` reads it; the test reads the same ring as a second consumer and checks every tick was
+    consumed and the published bars are the bars of exactly those ticks."""
+    from shmpipe.records import LEVEL_UPDATE
+    ticks_ring = shmpipe.Ring.create(ring_name + "-t", TICK, 1 << 17, broadcast=True)
+    levels_ring = shmpipe.Ring.create(ring_name + "-l", LEVEL_UPDATE, 1 << 17, broadcast=True)
+    mine = ticks_ring.consumer(start="oldest")
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    bars = spawn_cli("bars", "--ticks", ticks_ring.name, "--pub", pub, "--clock", "trades", "--json")
+    capture = None
+    try:
+        with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
+            wait_for_heartbeat(sub, bars, "bars")
+            capture = spawn_cli("capture", "--feed", "synthetic", "--rate", "20000", "--seconds", "2",
+                                "--symbols", "4", "--seed", "9", "--ticks", ticks_ring.name,
+                                "--levels", levels_ring.name, "--json", "--name", f"cap-{uuid.uuid4().hex[:6]}")
+            cap_code, cap_counters, cap_err = finish(capture)
+            assert cap_code == 0, cap_err
+            code, counters, err = finish(bars)       # capture has gone: bars drains and ends
+            assert code == 0, err
+            written = cap_counters["ticks_written"]
+            assert written > 0
+            seen = mine.read(1 << 17, timeout=0)
+            assert len(seen) == written
+            expected = BarAggregator(parse_timeframes("1s,1m,5m"), close_on_trade_time=True)
+            want = np.concatenate([expected.add(seen), expected.flush()])
+            got = receive(sub, "market.bar.", len(want), bars)
+    finally:
+        for proc in (bars, capture):
+            if proc is not None:
+                stop(proc)
+        mine.close()
+        for ring in (ticks_ring, levels_ring):
+            ring.close()
+            ring.unlink()
+    assert counters["consumed"] == written and counters["lost"] == 0 and counters["late"] == 0
+    assert counters["trades"] == np.count_nonzero(seen["flags"] & TICK_FLAG_TRADE)
+    assert sorted((m.data["timeframe"], m.data["symbol_id"], m.data["start_ns"], m.data["close"]) for m in got) == \
+        sorted(({1: "1s", 60: "1m", 300: "5m"}[int(b["timeframe_s"])], int(b["symbol_id"]), int(b["start_ns"]),
+                float(b["close"])) for b in want)

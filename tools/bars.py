@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
                    help="comma-separated bar lengths, a count and s/m/h/d (default 1s,1m,5m)")
     p.add_argument("--clock", choices=("wall", "trades"), default="wall",
                    help="what closes bars: the wall clock (live) or the latest trade time (replays)")
-    p.add_argument("--grace", type=non_negative_float, default=0.25, metavar="S",
-                   help="seconds a bar stays open after its interval for late trades (default 0.25)")
+    p.add_argument("--grace", type=non_negative_float, default=0.5, metavar="S",
+                   help="seconds a bar stays open after its interval for late trades (default 0.5)")
     p.add_argument("--sqlite", metavar="PATH", help="also append every bar to table 'bars' of this SQLite file")
     add_loop_arguments(p, "bars")
     p.set_defaults(func=run_bars)

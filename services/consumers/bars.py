@@ -66,7 +66,7 @@ class _Timeframe:
 
 
 class BarAggregator:
-    def __init__(self, timeframes: list[tuple[str, int]] | None = None, *, grace_s: float = 0.25,
+    def __init__(self, timeframes: list[tuple[str, int]] | None = None, *, grace_s: float = 0.5,
                  close_on_trade_time: bool = False) -> None:
         if timeframes is None:
             timeframes = parse_timeframes(",".join(DEFAULT_TIMEFRAMES))
