@@ -110,3 +110,12 @@ def sigterm_and_counters(proc: subprocess.Popen) -> tuple[int, dict, str]:
 def finish(proc: subprocess.Popen) -> tuple[int, dict, str]:
     out, err = proc.communicate(timeout=DEADLINE_S)
     return proc.returncode, json.loads(out) if out.strip() else {}, err
+
+
+def produce_forever(name: str) -> None:
+    """Write ticks 0, 1, 2, ... until killed."""
+    with shmpipe.Ring.open(name) as ring, ring.producer() as out:
+        written = 0
+        while True:
+            out.write_batch(make_ticks(written, 500))
+            written += 500

@@ -225,3 +225,38 @@ def test_a_synthetic_capture_into_bars_loses_nothing(ring_name, private_runtime_
     assert sorted((m.data["timeframe"], m.data["symbol_id"], m.data["start_ns"], m.data["close"]) for m in got) == \
         sorted(({1: "1s", 60: "1m", 300: "5m"}[int(b["timeframe_s"])], int(b["symbol_id"]), int(b["start_ns"]),
                 float(b["close"])) for b in want)
+
+
+def test_a_bars_process_killed_by_sigkill_is_replaced_under_its_name(tick_ring, private_runtime_dir):
+    """kill -9 leaves the control socket file and the stats segment behind; the next process of the
+    same name takes both over (nobody answers on the socket, nobody holds the segment's lock), and
+    the lossless ring's producer is not held up by the dead reader's slot."""
+    name = f"bars-{uuid.uuid4().hex[:6]}"
+    first = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", f"ipc://{private_runtime_dir}/a.pub",
+                      "--name", name, "--follow")
+    try:
+        deadline = time.monotonic() + 30
+        while control.ping(name) is None:
+            assert time.monotonic() < deadline and first.poll() is None, "the first process never answered"
+            time.sleep(0.05)
+        first.kill()
+        first.wait(30)
+        with tick_ring.producer() as out:     # 4 rings' worth: the dead slot cannot block the producer
+            for i in range(4):
+                assert out.write_batch(trades(np.arange(1 << 14) + 1_700_000_000 * NS, np.ones(1 << 14),
+                                              np.ones(1 << 14), 1), timeout=30) == 1 << 14
+        second = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", f"ipc://{private_runtime_dir}/b.pub",
+                           "--name", name, "--json", "--start", "newest", "--follow")
+        try:
+            while control.ping(name) is None:
+                assert time.monotonic() < deadline and second.poll() is None, second.communicate()
+                time.sleep(0.05)
+            assert control.request(name, "status")["pid"] == second.pid
+            assert shm_stats.read(name)["pid"] == second.pid
+            assert control.request(name, "stop")["state"] == "stopping"
+            code, counters, err = finish(second)
+            assert code == 0 and counters["ended"] == "stopped", err
+        finally:
+            stop(second)
+    finally:
+        stop(first)

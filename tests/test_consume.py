@@ -245,3 +245,23 @@ def test_symbol_names_looks_each_id_up_once():
 def test_symbol_names_through_the_host_registry():
     sid = shmpipe.symbols.id_of("test-consume", "XYZ")
     assert shmpipe.symbol_names(np.array([sid, sid])).tolist() == ["test-consume:XYZ"] * 2
+
+
+def test_a_producer_killed_by_sigkill_ends_the_stream_after_what_it_wrote(ring):
+    proc = SPAWN.Process(target=__import__("consumer_workers").produce_forever, args=(ring.name,))
+    proc.start()
+    try:
+        got = []
+        stream = shmpipe.batches(ring.name, max_n=700)
+        for batch in stream:
+            got.append(batch)
+            if stream.consumed >= 50_000 and proc.is_alive():
+                proc.kill()                  # mid-stream, without a chance to close anything
+        all_ticks = np.concatenate(got)
+        check_ticks(all_ticks, 0, len(all_ticks))    # every record it published, once, in order
+        assert stream.ended and len(all_ticks) >= 50_000
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
