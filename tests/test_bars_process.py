@@ -260,3 +260,26 @@ def test_a_bars_process_killed_by_sigkill_is_replaced_under_its_name(tick_ring, 
             stop(second)
     finally:
         stop(first)
+
+
+def test_a_store_that_fails_mid_run_is_one_line_and_exit_1(tick_ring, private_runtime_dir, tmp_path):
+    db = tmp_path / "bars.sqlite"
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--clock", "trades", "--timeframes", "1s",
+                     "--sqlite", str(db))
+    try:
+        with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub, \
+                tick_ring.producer() as out:
+            wait_for_heartbeat(sub, proc, "bars")
+            t0 = 1_700_000_000 * NS
+            out.write_batch(trades([t0, t0 + 2 * NS], [1.0, 2.0], [1, 1], 1))
+            receive(sub, "market.bar.1s", 1, proc)                # stored, then published
+            with sqlite3.connect(db) as conn:
+                assert conn.execute("SELECT COUNT(*) FROM bars").fetchone() == (1,)
+                conn.execute("DROP TABLE bars")                    # the store breaks under it
+            out.write_batch(trades([t0 + 4 * NS], [3.0], [1], 1))
+            _out, err = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == 1
+    assert err == f"shmpipe bars: writing 1 bars to SQLite database {db} failed: no such table: bars\n"

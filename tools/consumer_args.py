@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .arg_types import positive_float, positive_int
@@ -52,6 +53,11 @@ def run_service(command: str, service, as_json: bool) -> int:
     except ConsumerError as exc:
         service.close()
         return fail(command, str(exc))
+    except Exception as exc:   # never a traceback for the user; SHMPIPE_DEBUG=1 shows it
+        if os.environ.get("SHMPIPE_DEBUG") == "1":
+            raise
+        service.close()
+        return fail(command, f"stopped by an unexpected error: {type(exc).__name__}: {exc}")
     if as_json:
         print(json.dumps(result, sort_keys=True), flush=True)
     else:

@@ -71,8 +71,11 @@ class SqliteBarStore:
     def append(self, rows: list[tuple]) -> None:
         # INSERT OR REPLACE: a bar is final once published; replaying the same trades writes
         # the same row again instead of failing.
-        self._db.executemany("INSERT OR REPLACE INTO bars VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        self._db.commit()
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO bars VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.commit()
+        except sqlite3.Error as exc:     # disk full, the file replaced by something else, locked
+            raise ConsumerError(f"writing {len(rows)} bars to SQLite database {self.path} failed: {exc}") from None
         self.written += len(rows)
 
     def close(self) -> None:
@@ -100,6 +103,8 @@ class BarService(ConsumerService):
         self.aggregator = aggregator
         self.names = SymbolNames()
         self.store = SqliteBarStore(sqlite) if sqlite else None
+        self.storing = self.store is not None
+        self.stored = 0
         self.bars_published = 0
         self.open_bars_at_exit = 0
 
@@ -119,18 +124,15 @@ class BarService(ConsumerService):
     def _emit(self, bars: np.ndarray) -> None:
         if len(bars) == 0:
             return
-        rows = []
-        for bar in bars:
-            label = self.aggregator.label_of(int(bar["timeframe_s"]))
-            data = bar_payload(bar, label, self.names)
+        labelled = [(self.aggregator.label_of(int(bar["timeframe_s"])), bar) for bar in bars]
+        payloads = [(label, bar_payload(bar, label, self.names)) for label, bar in labelled]
+        if self.store is not None:       # stored before published: a subscriber may read the store
+            self.store.append([(d["symbol_id"], d["exchange"], d["symbol"], label, d["start_ns"], d["end_ns"],
+                                d["open"], d["high"], d["low"], d["close"], d["volume"], d["vwap"], d["trades"])
+                               for label, d in payloads])
+        for label, data in payloads:
             self.publish(TOPIC_PREFIX + label, data)
             self.bars_published += 1
-            if self.store is not None:
-                rows.append((data["symbol_id"], data["exchange"], data["symbol"], label, data["start_ns"],
-                             data["end_ns"], data["open"], data["high"], data["low"], data["close"],
-                             data["volume"], data["vwap"], data["trades"]))
-        if rows:
-            self.store.append(rows)
 
     def counters(self) -> dict[str, Any]:
         agg = self.aggregator
@@ -138,13 +140,15 @@ class BarService(ConsumerService):
                "open_bars": agg.open_bars, "open_bars_at_exit": self.open_bars_at_exit,
                "late": sum(agg.late.values())}
         out.update({f"late_{label}": n for label, n in agg.late.items()})
-        if self.store is not None:
-            out["stored"] = self.store.written
+        if self.storing:
+            out["stored"] = self.stored if self.store is None else self.store.written
         return out
 
     def close(self) -> None:
         if self.store is not None:
+            self.stored = self.store.written
             self.store.close()
+            self.store = None
 
 
 __all__ = ["BAR", "BarService", "SqliteBarStore", "SymbolNames", "TOPIC_PREFIX", "bar_payload"]
