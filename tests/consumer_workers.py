@@ -9,10 +9,9 @@ import sys
 import time
 
 import numpy as np
-
-import shmpipe
 from ring_workers import make_ticks
 
+import shmpipe
 from shmpipe.records import BOOK_FLAG_GAP, BOOK_FLAG_INVALID, ORDERBOOK_ENTRY
 
 

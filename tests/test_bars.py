@@ -30,7 +30,7 @@ def synthetic_ticks(n: int = 200_000) -> np.ndarray:
     return ticks
 
 
-def pandas_bars(ticks: np.ndarray) -> dict[tuple[int, int], "pd.DataFrame"]:
+def pandas_bars(ticks: np.ndarray) -> dict[tuple[int, int], pd.DataFrame]:
     """The reference: trades sorted by time (stably: simultaneous trades keep their order), then
     resample(...).agg per symbol; empty intervals dropped (the aggregator emits no empty bar)."""
     trades = ticks[(ticks["flags"] & TICK_FLAG_TRADE) != 0]

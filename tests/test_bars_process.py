@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from capture_helpers import fixture_lines, run_lines
 from consumer_workers import (
+    finish,
     receive,
     run_cli,
     sigterm_and_counters,
     spawn_cli,
     stop,
-    finish,
     wait_for_heartbeat,
 )
 from shmpipe_services.capture.alpaca import AlpacaParser
@@ -129,7 +129,7 @@ def test_a_replay_publishes_every_bar_stores_them_and_ends_with_the_producer(tic
     assert counters["ended"] == "producer gone" and counters["consumed"] == len(fixture_ticks)
     assert counters["bars"] == counters["stored"] == counters["published"] == len(want)
     assert counters["lost"] == 0 and counters["late"] == 0
-    key = lambda d: (d["timeframe"], d["symbol_id"], d["start_ns"])  # noqa: E731
+    key = lambda d: (d["timeframe"], d["symbol_id"], d["start_ns"])
     got_rows = sorted((m.data for m in got), key=key)
     labels = {1: "1s", 60: "1m", 300: "5m"}
     want_rows = sorted(({"timeframe": labels[int(b["timeframe_s"])], "symbol_id": int(b["symbol_id"]),

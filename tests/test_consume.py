@@ -91,10 +91,9 @@ def test_an_exception_in_the_loop_closes_the_consumer(ring):
     with ring.producer() as out:
         out.write_batch(make_ticks(0, 10))
         stream = shmpipe.batches(ring)
-        with pytest.raises(RuntimeError, match="boom"):
-            with stream:
-                for _batch in stream:
-                    raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"), stream:
+            for _batch in stream:
+                raise RuntimeError("boom")
         assert stream.closed
         with ring.consumer():
             pass

@@ -8,8 +8,16 @@ import uuid
 
 import numpy as np
 import pytest
-from consumer_workers import finish, random_books, receive, run_cli, sigterm_and_counters, spawn_cli, stop, \
-    wait_for_heartbeat
+from consumer_workers import (
+    finish,
+    random_books,
+    receive,
+    run_cli,
+    sigterm_and_counters,
+    spawn_cli,
+    stop,
+    wait_for_heartbeat,
+)
 from shmpipe_services.consumers.features import FeatureEngine
 
 import shmpipe

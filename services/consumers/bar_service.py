@@ -14,6 +14,7 @@ once per group of bars closed together.
 """
 from __future__ import annotations
 
+import math
 import sqlite3
 from typing import Any
 
@@ -90,7 +91,7 @@ def bar_payload(bar: np.void, label: str, names: SymbolNames) -> dict[str, Any]:
             "start_ns": int(bar["start_ns"]), "end_ns": int(bar["end_ns"]),
             "open": float(bar["open"]), "high": float(bar["high"]), "low": float(bar["low"]),
             "close": float(bar["close"]), "volume": float(bar["volume"]),
-            "vwap": vwap if vwap == vwap else None, "trades": int(bar["trades"]),
+            "vwap": None if math.isnan(vwap) else vwap, "trades": int(bar["trades"]),
             "first_ns": int(bar["first_ns"]), "last_ns": int(bar["last_ns"])}
 
 
@@ -151,4 +152,4 @@ class BarService(ConsumerService):
             self.store = None
 
 
-__all__ = ["BAR", "BarService", "SqliteBarStore", "SymbolNames", "TOPIC_PREFIX", "bar_payload"]
+__all__ = ["BAR", "TOPIC_PREFIX", "BarService", "SqliteBarStore", "SymbolNames", "bar_payload"]

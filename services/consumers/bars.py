@@ -205,4 +205,4 @@ class BarAggregator:
         raise KeyError(timeframe_s)
 
 
-__all__ = ["BAR", "BarAggregator", "DEFAULT_TIMEFRAMES", "TimeframeError", "parse_timeframes"]
+__all__ = ["BAR", "DEFAULT_TIMEFRAMES", "BarAggregator", "TimeframeError", "parse_timeframes"]

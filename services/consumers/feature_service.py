@@ -17,6 +17,7 @@ Topic ``signal.features``, in the bus's msgpack envelope (``shmpipe.signals``), 
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -39,7 +40,7 @@ def feature_payload(row: np.void, engine: FeatureEngine, names: SymbolNames, boo
             "sequence": int(row["sequence"]), "mid": float(row["mid"]), "spread": float(row["spread"]),
             "spread_bps": float(row["spread_bps"]), "microprice": float(row["microprice"]),
             "imbalance": float(row["imbalance"]), "top_n": engine.top_n,
-            "volatility": vol if vol == vol else None, "vol_window": engine.vol_window, "books": books}
+            "volatility": None if math.isnan(vol) else vol, "vol_window": engine.vol_window, "books": books}
 
 
 class FeatureService(ConsumerService):
@@ -90,4 +91,4 @@ class FeatureService(ConsumerService):
                 "skipped_empty_side": skipped.empty_side, "messages": self.messages}
 
 
-__all__ = ["FeatureService", "TOPIC", "feature_payload"]
+__all__ = ["TOPIC", "FeatureService", "feature_payload"]

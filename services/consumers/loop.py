@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 import shmpipe
-from shmpipe import control, stats as shm_stats
+from shmpipe import control
+from shmpipe import stats as shm_stats
 from shmpipe.errors import ConsumerEvictedError, InvalidNameError, ShmpipeError
 from shmpipe.signals import SignalPublisher
 

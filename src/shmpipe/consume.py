@@ -291,4 +291,4 @@ def symbol_names(symbol_ids: Iterable[int] | np.ndarray, registry: Any = None, *
     return np.asarray(names, dtype=object)[inverse.reshape(ids.shape)] if names else np.empty(ids.shape, object)
 
 
-__all__ = ["batches", "abatches", "BatchStream", "AsyncBatchStream", "symbol_names", "symbol_table", "WAITS"]
+__all__ = ["WAITS", "AsyncBatchStream", "BatchStream", "abatches", "batches", "symbol_names", "symbol_table"]
