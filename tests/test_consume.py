@@ -154,6 +154,9 @@ def test_bad_arguments(ring, ring_name):
         shmpipe.batches(ring_name + "-missing")
     with pytest.raises(shmpipe.DtypeMismatchError):
         shmpipe.batches(ring.name, dtype=shmpipe.records.ORDERBOOK_ENTRY)
+    with pytest.raises(shmpipe.DtypeMismatchError, match="holds records of dtype"):
+        shmpipe.batches(ring, dtype=shmpipe.records.ORDERBOOK_ENTRY)
+    shmpipe.batches(ring, dtype=TICK).close()
     for bad in (0, -1, 1.5, True):
         with pytest.raises(shmpipe.InvalidArgumentError, match="max_n"):
             shmpipe.batches(ring, max_n=bad)

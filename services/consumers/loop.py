@@ -4,7 +4,7 @@ live counters, signals handling, and a loop that wakes at least every ``idle_s``
 A service subclasses ``ConsumerService`` and fills in ``on_batch`` (a numpy batch), ``on_time``
 (the wall clock, every loop turn), ``on_end`` (how the loop ended) and ``counters``.
 
-Control commands (``shmpipe ctl NAME ...`` or ``shmpipe.control.request(NAME, ...)``): ``status``,
+Control commands (``shmpipe.control.request(NAME, command)`` from any process): ``status``,
 ``stats`` (the counters), ``pause`` (stop reading: records wait in the ring; on a lossless
 broadcast ring the producer waits for this reader, and evicts it after the ring's
 ``consumer_timeout``, which ends the service with an error), ``resume``, ``stop`` (end as on

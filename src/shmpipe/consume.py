@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from . import _ring
-from .errors import InvalidArgumentError, RingClosedError, UnknownSymbolError
+from .dtypes import as_record_dtype
+from .errors import DtypeMismatchError, InvalidArgumentError, RingClosedError, UnknownSymbolError
 from .liveness import process_start_ticks
 from .ring import Ring
 
@@ -82,6 +83,9 @@ class _Stream:
         self.ring: Ring = Ring.open(ring, dtype) if isinstance(ring, str) else ring
         if not isinstance(self.ring, Ring):
             raise InvalidArgumentError(f"ring must be a ring name or a shmpipe.Ring, not {type(ring).__name__}")
+        if dtype is not None and not self._owns_ring and as_record_dtype(dtype) != self.ring.dtype:
+            raise DtypeMismatchError(f"ring {self.ring.name!r} holds records of dtype {self.ring.dtype}, "
+                                     f"but dtype {as_record_dtype(dtype)} was given")
         try:
             self.consumer = _attach_consumer(self.ring, start, wait)
         except BaseException:
