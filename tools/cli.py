@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "replay": "shmpipe_tools.replay",
     "bars": "shmpipe_tools.bars",
     "features": "shmpipe_tools.features",
+    "metrics": "shmpipe_tools.metrics",
 }
 
 
@@ -51,6 +52,7 @@ EXTRA_HINTS = {
     "replay": "pip install 'shmpipe[services]'",
     "bars": "pip install 'shmpipe[services]'",
     "features": "pip install 'shmpipe[services]'",
+    "metrics": "pip install 'shmpipe[services]'",
 }
 
 
