@@ -303,3 +303,25 @@ def test_publishing_through_the_hosts_bus(tick_ring, private_runtime_dir):
     assert code == 0, err
     assert (bar.data["open"], bar.data["volume"], bar.data["trades"]) == (7.0, 2.0, 1)
     assert counters["bars"] == 3      # 1s, 1m and 5m: the producer left, so every open bar is final
+
+
+def test_a_paused_reader_of_a_lossy_ring_counts_what_it_lost(ring_name, private_runtime_dir):
+    name = f"bars-{uuid.uuid4().hex[:6]}"
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    with shmpipe.Ring.create(ring_name, TICK, 1 << 10, broadcast=True, policy="lossy") as ring:
+        proc = spawn_cli("bars", "--ticks", ring_name, "--pub", pub, "--clock", "trades", "--name", name, "--json")
+        try:
+            with signals.SignalSubscriber(pub, topics=["system.heartbeat"]) as sub:
+                wait_for_heartbeat(sub, proc, name)
+            assert control.request(name, "pause")["state"] == "paused"
+            total = 5 * (1 << 10)
+            with ring.producer() as out:    # laps the paused reader: a lossy producer never waits
+                out.write_batch(trades(1_700_000_000 * NS + np.arange(total), np.ones(total), np.ones(total), 1))
+                assert control.request(name, "resume")["state"] == "running"
+            code, counters, err = finish(proc)
+        finally:
+            stop(proc)
+            ring.unlink()
+    assert code == 0, err
+    assert counters["lost"] > 0 and counters["consumed"] + counters["lost"] == total
+    assert counters["trades"] == counters["consumed"]
