@@ -92,22 +92,41 @@ class FeatureEngine:
         return out
 
     def _volatility(self, sids: np.ndarray, log_mid: np.ndarray) -> np.ndarray:
-        vol = np.full(len(sids), np.nan)
+        """Per book, the std of the vol_window returns ending at it, all books in one gather: each
+        symbol's kept log mids and its new ones are laid end to end in one flat array, and every
+        book's window is a row of indices into that array's differences."""
         w = self.vol_window
         order = np.argsort(sids, kind="stable")
         sorted_sids = sids[order]
         heads = np.flatnonzero(np.r_[True, sorted_sids[1:] != sorted_sids[:-1]])
-        for head, tail in zip(heads, np.append(heads[1:], len(order))):
-            rows = order[head:tail]              # this symbol's books, in batch order
+        tails = np.append(heads[1:], len(order))
+        pieces, at, first = [], np.empty(len(order), np.int64), np.empty(len(order), np.int64)
+        flat_len = 0
+        for head, tail in zip(heads.tolist(), tails.tolist()):
             sid = int(sorted_sids[head])
             history = self._log_mids.get(sid)
-            series = log_mid[rows] if history is None else np.concatenate((history, log_mid[rows]))
-            returns = np.diff(series)
-            if len(returns) >= w:
-                stds = sliding_window_view(returns, w).std(axis=1, ddof=1)   # one per window end
-                got = len(stds)
-                vol[rows[len(rows) - min(got, len(rows)):]] = stds[-min(got, len(rows)):]
-            self._log_mids[sid] = series[-w:]
+            kept = 0 if history is None else len(history)
+            new = log_mid[order[head:tail]]       # this symbol's books, in batch order
+            if kept:
+                pieces.append(history)
+            pieces.append(new)
+            at[head:tail] = flat_len + kept + np.arange(tail - head)   # each book's place in the flat array
+            first[head:tail] = flat_len                                # where its symbol's piece starts
+            self._log_mids[sid] = (new if not kept else np.concatenate((history, new)))[-w:]
+            flat_len += kept + tail - head
+        flat = np.concatenate(pieces)
+        returns = np.diff(flat)                   # returns[k] = flat[k + 1] - flat[k]
+        full = at - first >= w                    # w returns, all within the symbol, end at this book
+        vol_sorted = np.full(len(order), np.nan)
+        if full.any():
+            view = sliding_window_view(returns, w)        # row k: returns[k:k + w], no copy
+            rows = at[full] - w
+            # Mostly new books (large batches): the std of every row, then pick. Mostly kept
+            # history (small batches, many symbols): gather only the rows wanted first.
+            vol_sorted[full] = view.std(axis=1, ddof=1)[rows] if 2 * len(rows) >= len(view) \
+                else view[rows].std(axis=1, ddof=1)
+        vol = np.empty(len(order))
+        vol[order] = vol_sorted
         return vol
 
 
