@@ -244,9 +244,17 @@ def test_symbol_names_looks_each_id_up_once():
     assert shmpipe.symbol_names([1, 7], registry, unknown="?").tolist() == ["kraken:BTC/USD", "?"]
 
 
-def test_symbol_names_through_the_host_registry():
+def test_symbol_names_and_ids_through_the_host_registry():
     sid = shmpipe.symbols.id_of("test-consume", "XYZ")
+    other = shmpipe.symbols.id_of("test-consume", "A:B")
     assert shmpipe.symbol_names(np.array([sid, sid])).tolist() == ["test-consume:XYZ"] * 2
+    ids = shmpipe.symbol_ids(["test-consume:XYZ", ("test-consume", "XYZ"), "test-consume:A:B"])
+    assert ids.dtype == np.uint32 and ids.tolist() == [sid, sid, other]
+    with pytest.raises(shmpipe.UnknownSymbolError, match="'NOPE' of exchange 'test-consume'"):
+        shmpipe.symbol_ids(["test-consume:NOPE"])           # looked up, never registered
+    assert shmpipe.symbols.find("test-consume", "NOPE") is None
+    with pytest.raises(shmpipe.InvalidArgumentError, match="exchange:symbol"):
+        shmpipe.symbol_ids(["XYZ"])
 
 
 def test_a_producer_killed_by_sigkill_ends_the_stream_after_what_it_wrote(ring):

@@ -7,6 +7,7 @@
         ...
 
     names = shmpipe.symbol_names(batch["symbol_id"])        # "exchange:symbol" per record
+    mine = batch[np.isin(batch["symbol_id"], shmpipe.symbol_ids(["kraken:BTC/USD"]))]
 
 Batches are copies (``consumer.read``), not zero-copy ``peek`` views: a copy may be kept, stored
 or sent after the loop moves on, works on lossy rings too (where ``peek`` is refused, a view
@@ -295,4 +296,26 @@ def symbol_names(symbol_ids: Iterable[int] | np.ndarray, registry: Any = None, *
     return np.asarray(names, dtype=object)[inverse.reshape(ids.shape)] if names else np.empty(ids.shape, object)
 
 
-__all__ = ["WAITS", "AsyncBatchStream", "BatchStream", "abatches", "batches", "symbol_names", "symbol_table"]
+def symbol_ids(names: Iterable[str | tuple[str, str]], registry: Any = None, *, sep: str = ":") -> np.ndarray:
+    """The other way: u32 ids of "exchange:symbol" names (split at the first ``sep``) or
+    (exchange, symbol) pairs, for filtering a batch (``np.isin(batch["symbol_id"], ids)``).
+    Registers nothing: a name the registry does not hold raises ``UnknownSymbolError``."""
+    if registry is None:
+        from .symbols import default_registry
+        registry = default_registry()
+    out = []
+    for name in names:
+        if isinstance(name, str):
+            exchange, found, symbol = name.partition(sep)
+            if not found:
+                raise InvalidArgumentError(f"symbol name {name!r} is not exchange{sep}symbol")
+        else:
+            exchange, symbol = name
+        sid = registry.find(exchange, symbol)
+        if sid is None:
+            raise UnknownSymbolError(f"symbol {symbol!r} of exchange {exchange!r} is not registered")
+        out.append(sid)
+    return np.asarray(out, dtype=np.uint32)
+
+
+__all__ = ["WAITS", "AsyncBatchStream", "BatchStream", "abatches", "batches", "symbol_ids", "symbol_names", "symbol_table"]
