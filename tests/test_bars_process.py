@@ -52,6 +52,12 @@ def tick_ring(ring_name):
     ring.unlink()
 
 
+def unique_name() -> str:
+    """Stats segments are host-wide (/dev/shm), unlike the private runtime directory: a test's
+    process must never take the default name another bars on this host may hold."""
+    return f"bars-{uuid.uuid4().hex[:6]}"
+
+
 def trades(ts_ns, prices, sizes, sid) -> np.ndarray:
     out = np.zeros(len(prices), TICK)
     out["timestamp_ns"], out["bid"], out["ask"], out["volume"] = ts_ns, prices, prices, sizes
@@ -62,7 +68,7 @@ def trades(ts_ns, prices, sizes, sid) -> np.ndarray:
 def test_a_live_bar_closes_on_the_wall_clock_and_sigterm_ends_with_counters(tick_ring, private_runtime_dir):
     sid = shmpipe.symbols.id_of("test-bars", "AAA")
     pub = f"ipc://{private_runtime_dir}/bars.pub"
-    name = f"bars-{uuid.uuid4().hex[:6]}"
+    name = unique_name()
     proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--timeframes", "1s,1m",
                      "--grace", "2", "--name", name, "--json")
     try:
@@ -114,11 +120,12 @@ def test_a_replay_publishes_every_bar_stores_them_and_ends_with_the_producer(tic
     want = np.concatenate([expected.add(fixture_ticks), expected.flush()])
     pub = f"ipc://{private_runtime_dir}/bars.pub"
     db = tmp_path / "bars.sqlite"
+    name = unique_name()
     proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--clock", "trades",
-                     "--sqlite", str(db), "--batch", "100", "--json")
+                     "--sqlite", str(db), "--batch", "100", "--json", "--name", name)
     try:
         with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
-            wait_for_heartbeat(sub, proc, "bars")
+            wait_for_heartbeat(sub, proc, name)
             with tick_ring.producer() as out:
                 for i in range(0, len(fixture_ticks), 500):
                     out.write_batch(fixture_ticks[i:i + 500])
@@ -195,11 +202,12 @@ def test_a_synthetic_capture_into_bars_loses_nothing(ring_name, private_runtime_
     levels_ring = shmpipe.Ring.create(ring_name + "-l", LEVEL_UPDATE, 1 << 17, broadcast=True)
     mine = ticks_ring.consumer(start="oldest")
     pub = f"ipc://{private_runtime_dir}/bars.pub"
-    bars = spawn_cli("bars", "--ticks", ticks_ring.name, "--pub", pub, "--clock", "trades", "--json")
+    name = unique_name()
+    bars = spawn_cli("bars", "--ticks", ticks_ring.name, "--pub", pub, "--clock", "trades", "--json", "--name", name)
     capture = None
     try:
         with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
-            wait_for_heartbeat(sub, bars, "bars")
+            wait_for_heartbeat(sub, bars, name)
             capture = spawn_cli("capture", "--feed", "synthetic", "--rate", "20000", "--seconds", "2",
                                 "--symbols", "4", "--seed", "9", "--ticks", ticks_ring.name,
                                 "--levels", levels_ring.name, "--json", "--name", f"cap-{uuid.uuid4().hex[:6]}")
@@ -233,7 +241,7 @@ def test_a_bars_process_killed_by_sigkill_is_replaced_under_its_name(tick_ring, 
     """kill -9 leaves the control socket file and the stats segment behind; the next process of the
     same name takes both over (nobody answers on the socket, nobody holds the segment's lock), and
     the lossless ring's producer is not held up by the dead reader's slot."""
-    name = f"bars-{uuid.uuid4().hex[:6]}"
+    name = unique_name()
     first = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", f"ipc://{private_runtime_dir}/a.pub",
                       "--name", name, "--follow")
     try:
@@ -267,12 +275,13 @@ def test_a_bars_process_killed_by_sigkill_is_replaced_under_its_name(tick_ring, 
 def test_a_store_that_fails_mid_run_is_one_line_and_exit_1(tick_ring, private_runtime_dir, tmp_path):
     db = tmp_path / "bars.sqlite"
     pub = f"ipc://{private_runtime_dir}/bars.pub"
+    name = unique_name()
     proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--clock", "trades", "--timeframes", "1s",
-                     "--sqlite", str(db))
+                     "--sqlite", str(db), "--name", name)
     try:
         with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub, \
                 tick_ring.producer() as out:
-            wait_for_heartbeat(sub, proc, "bars")
+            wait_for_heartbeat(sub, proc, name)
             t0 = 1_700_000_000 * NS
             out.write_batch(trades([t0, t0 + 2 * NS], [1.0, 2.0], [1, 1], 1))
             receive(sub, "market.bar.1s", 1, proc)                # stored, then published
@@ -290,10 +299,11 @@ def test_a_store_that_fails_mid_run_is_one_line_and_exit_1(tick_ring, private_ru
 def test_publishing_through_the_hosts_bus(tick_ring, private_runtime_dir):
     """Without --pub, bars connects to the host bus's input (SignalBus); subscribers read the bus."""
     with signals.SignalBus() as bus:
-        proc = spawn_cli("bars", "--ticks", tick_ring.name, "--clock", "trades", "--json")
+        name = unique_name()
+        proc = spawn_cli("bars", "--ticks", tick_ring.name, "--clock", "trades", "--json", "--name", name)
         try:
             with signals.SignalSubscriber(bus.output_endpoint, topics=["market.bar.", "system.heartbeat"]) as sub:
-                wait_for_heartbeat(sub, proc, "bars")
+                wait_for_heartbeat(sub, proc, name)
                 with tick_ring.producer() as out:
                     out.write_batch(trades([1_700_000_000 * NS + 5], [7.0], [2.0], 1))
                 (bar,) = receive(sub, "market.bar.1s", 1, proc)
@@ -306,7 +316,7 @@ def test_publishing_through_the_hosts_bus(tick_ring, private_runtime_dir):
 
 
 def test_a_paused_reader_of_a_lossy_ring_counts_what_it_lost(ring_name, private_runtime_dir):
-    name = f"bars-{uuid.uuid4().hex[:6]}"
+    name = unique_name()
     pub = f"ipc://{private_runtime_dir}/bars.pub"
     with shmpipe.Ring.create(ring_name, TICK, 1 << 10, broadcast=True, policy="lossy") as ring:
         proc = spawn_cli("bars", "--ticks", ring_name, "--pub", pub, "--clock", "trades", "--name", name, "--json")

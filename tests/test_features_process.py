@@ -54,10 +54,12 @@ def test_features_of_every_book_reach_subscribers_and_the_process_ends_with_the_
     engine = FeatureEngine(top_n=5, vol_window=20)
     expected = engine.update(books)
     pub = f"ipc://{private_runtime_dir}/features.pub"
-    proc = spawn_cli("features", "--books", book_ring.name, "--pub", pub, "--vol-window", "20", "--json")
+    name = f"features-{uuid.uuid4().hex[:6]}"   # stats segments are host-wide: never the default name
+    proc = spawn_cli("features", "--books", book_ring.name, "--pub", pub, "--vol-window", "20", "--json",
+                     "--name", name)
     try:
         with signals.SignalSubscriber(pub, topics=["signal.features", "system.heartbeat"]) as sub:
-            wait_for_heartbeat(sub, proc, "features")
+            wait_for_heartbeat(sub, proc, name)
             with book_ring.producer() as out:
                 for i in range(0, len(books), 300):
                     out.write_batch(books[i:i + 300])
@@ -94,16 +96,17 @@ def test_min_interval_holds_messages_back_and_sigterm_flushes_nothing_lost(book_
     books["bids"][:, 0] = np.where(books["bids"][:, 0, :1] > 0, books["bids"][:, 0], 99.0)
     books["asks"][:, 0] = np.where(books["asks"][:, 0, :1] > 0, books["asks"][:, 0], 101.0)
     pub = f"ipc://{private_runtime_dir}/features.pub"
+    name = f"features-{uuid.uuid4().hex[:6]}"
     proc = spawn_cli("features", "--books", book_ring.name, "--pub", pub, "--min-interval", "3600",
-                     "--batch", "50", "--json")
+                     "--batch", "50", "--json", "--name", name)
     try:
         with signals.SignalSubscriber(pub, topics=["signal.features", "system.heartbeat"]) as sub, \
                 book_ring.producer() as out:
-            wait_for_heartbeat(sub, proc, "features")
+            wait_for_heartbeat(sub, proc, name)
             out.write_batch(books)
             (first,) = receive(sub, "signal.features", 1, proc)
             deadline = time.monotonic() + 30
-            while control.request("features", "status")["consumed"] < len(books):
+            while control.request(name, "status")["consumed"] < len(books):
                 assert time.monotonic() < deadline, "the process did not read every book"
                 time.sleep(0.01)
             code, counters, err = sigterm_and_counters(proc)
