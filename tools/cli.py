@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "feed-server": "shmpipe_tools.feed_server",
     "capture": "shmpipe_tools.capture",
     "replay": "shmpipe_tools.replay",
+    "bars": "shmpipe_tools.bars",
+    "features": "shmpipe_tools.features",
     "metrics": "shmpipe_tools.metrics",
     "launch": "shmpipe_tools.launch",
     "ctl": "shmpipe_tools.ctl",
@@ -51,6 +53,8 @@ EXTRA_HINTS = {
     "feed-server": "pip install 'shmpipe[services]'",
     "capture": "pip install 'shmpipe[services]'",
     "replay": "pip install 'shmpipe[services]'",
+    "bars": "pip install 'shmpipe[services]'",
+    "features": "pip install 'shmpipe[services]'",
     "metrics": "pip install 'shmpipe[services]'",
     "ctl": "pip install 'shmpipe[services]'",
 }

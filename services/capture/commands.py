@@ -18,15 +18,12 @@ CommandRefused, which the server turns into an error reply naming what was wrong
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
+from shmpipe.control import CommandRefused
+
 ROLE = "capture"
-
-
-class CommandRefused(ValueError):
-    """A request this capture cannot do (an unknown symbol, bad arguments, no books)."""
 
 
 class CaptureCommands:
@@ -99,13 +96,8 @@ def serve(capture, *, name: str, feed: str, ticks: str, levels: str):
     shmpipe.control's ControlError subclasses (name taken, no pyzmq, an unusable directory) and
     InvalidArgumentError (a name the control plane does not take)."""
     from shmpipe import control
-    # A refusal is the requester's answer, not the capture's fault: no traceback on its stderr.
-    logging.getLogger(control.__name__).addFilter(_not_a_refusal)
     commands = CaptureCommands(capture, name=name, feed=feed, ticks=ticks, levels=levels)
     server = control.ControlServer(name, commands.handlers())
     capture.control = server
     return server
 
-
-def _not_a_refusal(record: logging.LogRecord) -> bool:
-    return not (record.exc_info and isinstance(record.exc_info[1], CommandRefused))
