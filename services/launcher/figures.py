@@ -72,5 +72,7 @@ def stage_figures(name: str, counters: dict[str, Any] | None) -> dict[str, Any]:
         written = [v for k, v in c.items() if k.endswith(("_written", "_published"))]
         records = sum(written) if written else 0
     out = {"records": records, "lost": c.get("lost", 0)}
+    if "published" in c:  # signals sent on the bus (bars, features)
+        out["published"] = c["published"]
     _latency(out, c, "latency_p50_us", "latency_p99_us")
     return out
