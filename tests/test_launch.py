@@ -454,3 +454,35 @@ def test_without_pyzmq_the_launcher_stops_processes_with_signals(tmp_path, ring_
             proc.wait(10)
         for pid in alive(pids):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_dependents_wait_for_a_writer_that_failed_its_first_start(tmp_path, ring_name, runtime_dir):
+    mark = tmp_path / "started-once"
+    toml = _pipeline(tmp_path, f"""\
+        [pipeline]
+        ring_prefix = "{ring_name}."
+        [rings.r]
+        type = "tick"
+        capacity = 64
+        [processes.reader]
+        command = ["sleep", "60"]
+        reads = ["r"]
+        settle_s = 0.1
+        [processes.writer]
+        command = ["sh", "-c", "test -e {mark} || {{ touch {mark}; exit 1; }}; exec sleep 60"]
+        writes = ["r"]
+        restart = "on-failure"
+        backoff_s = 0.1
+        settle_s = 0.3
+        """)
+    launcher = LauncherProcess(toml, tmp_path / "logs")
+    try:
+        st = launcher.wait_running(["writer", "reader"])
+        assert st["processes"]["writer"]["restarts"] == 1
+        launcher.proc.send_signal(signal.SIGTERM)
+        code, _out, err = launcher.finish()
+        assert code == 0, err
+        # the reader started only once its writer was up, after the writer's restart
+        assert err.index("writer: exited with code 1; restarting") < err.index("reader: started")
+    finally:
+        launcher.kill_everything()

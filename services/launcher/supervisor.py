@@ -379,14 +379,13 @@ class Launcher:
         return False
 
     def _wait_ready(self, state: ProcessState) -> None:
+        """Supervise everything started so far until this process is up (its restarts included:
+        one that dies while starting is restarted by its policy, and its dependents wait), or has
+        ended for good."""
         while not self.stop_event.is_set():
-            if state.state == "starting" and self._check_ready(state):
-                state.state = "running"
+            self.supervise_once()
+            if state.state in ("running", "exited", "failed") or self.gave_up:
                 return
-            if state.state != "starting" or not state.alive():
-                self.supervise_once()  # it died while starting: the restart policy decides
-                if state.state in ("exited", "failed") or self.gave_up:
-                    return
             self.stop_event.wait(POLL_S)
 
     # -- supervise -----------------------------------------------------------------------------------
