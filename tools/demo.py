@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
                     "pipeline in reverse order, and prints a summary. Exit 0 only if every stage moved\n"
                     "records, none lost one, every process ended cleanly and no process or segment is left.\n"
                     "--json prints only one JSON object: one key per stage, each with records, lost and,\n"
-                    "where the stage measures latency, p50_us / p99_us.\n\n"
+                    "where the stage measures latency, p50_us / p99_us. The pipeline needs the services\n"
+                    "extra (pip install 'shmpipe[services]'); without it, the ring-only demo runs.\n\n"
                     "--records N instead streams N Ticks from a producer process to this one and checks\n"
                     "every record (the ring alone; --batch, --capacity, --wait apply to it).")
     p.add_argument("--seconds", type=positive_float, default=20.0,
