@@ -1,0 +1,74 @@
+"""What both bridges share while running: the SIGTERM flag, live counters, test crash points."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from shmpipe import stats
+
+COUNTERS = ["records", "entries", "bytes", "retries", "duplicates_dropped", "gap_records",
+            "lag_records", "lag_entries", "pending_entries", "records_per_s", "last_seq"]
+
+# SHMPIPE_BRIDGE_CRASH="point:k" makes the process SIGKILL itself the k-th time it reaches
+# `point` (tests use it to hit one exact window, e.g. between the ring write and the XACK).
+_CRASH_ENV = "SHMPIPE_BRIDGE_CRASH"
+
+
+class Runtime:
+    def __init__(self, stats_name: str | None) -> None:
+        self.stop_requested = False
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self._publisher = stats.publish(stats_name, COUNTERS) if stats_name else None
+        self._last_publish = 0.0
+        self._rate_mark = (time.monotonic(), 0)
+        self._crash_point, self._crash_left = None, 0
+        spec = os.environ.get(_CRASH_ENV)
+        if spec:
+            point, _, count = spec.partition(":")
+            self._crash_point, self._crash_left = point, int(count or 1)
+
+    def install_signal_handlers(self) -> None:
+        def request_stop(_signum, _frame):
+            self.stop_requested = True
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    def stopping(self) -> bool:
+        return self.stop_requested
+
+    def add(self, **deltas: int) -> None:
+        for key, value in deltas.items():
+            self.counters[key] += value
+
+    def set(self, **values: int) -> None:
+        self.counters.update(values)
+
+    def publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_publish < 0.2:
+            return
+        mark_t, mark_records = self._rate_mark
+        if now - mark_t >= 1.0:
+            self.counters["records_per_s"] = int((self.counters["records"] - mark_records) / (now - mark_t))
+            self._rate_mark = (now, self.counters["records"])
+        self._last_publish = now
+        if self._publisher is not None:
+            self._publisher.update(self.counters)
+
+    def crash_point(self, name: str) -> None:
+        if self._crash_point == name:
+            self._crash_left -= 1
+            if self._crash_left <= 0:
+                sys.stderr.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def warn(self, prog: str, message: str) -> None:
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.update(self.counters)
+            self._publisher.close()
+            self._publisher = None
