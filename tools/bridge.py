@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import signal
 import sys
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def add_parser(sub) -> None:
 
 
 def _run(prog: str, make_bridge, stats_name: str) -> int:
+    # A SIGTERM during the imports below still means "stop cleanly": remember it from the start.
+    early_stop = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: early_stop.append(True))
     from shmpipe import ShmpipeError
     from shmpipe_services.bridge.runtime import Runtime
     from shmpipe_services.bridge.wire import BridgeError
@@ -91,6 +96,8 @@ def _run(prog: str, make_bridge, stats_name: str) -> int:
     try:
         runtime = Runtime(stats_name)
         runtime.install_signal_handlers()
+        if early_stop:
+            return 0
         return make_bridge(runtime).run()
     except BridgeError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -104,19 +111,22 @@ def _run(prog: str, make_bridge, stats_name: str) -> int:
 
 
 def run_ring_to_redis(args) -> int:
-    from shmpipe_services.bridge.to_redis import RingToRedis, SenderConfig
-
-    cfg = SenderConfig(ring=args.ring, url=args.redis, stream=args.stream, batch=args.batch,
-                       pipeline=args.pipeline, shards=args.shards, shard_field=args.shard_field,
-                       maxlen=args.maxlen, minid_age_s=args.max_age, allow_gap=args.allow_gap)
-    return _run("shmpipe bridge ring-to-redis", lambda rt: RingToRedis(cfg, rt), args.name or f"{args.ring}.to-redis")
+    def make(runtime):
+        from shmpipe_services.bridge.to_redis import RingToRedis, SenderConfig
+        return RingToRedis(SenderConfig(ring=args.ring, url=args.redis, stream=args.stream, batch=args.batch,
+                                        pipeline=args.pipeline, shards=args.shards, shard_field=args.shard_field,
+                                        maxlen=args.maxlen, minid_age_s=args.max_age, allow_gap=args.allow_gap),
+                           runtime)
+    return _run("shmpipe bridge ring-to-redis", make, args.name or f"{args.ring}.to-redis")
 
 
 def run_redis_to_ring(args) -> int:
-    from shmpipe_services.bridge.from_redis import ReceiverConfig, RedisToRing
-    from shmpipe_services.bridge.ring_state import default_state_dir
+    def make(runtime):
+        from shmpipe_services.bridge.from_redis import ReceiverConfig, RedisToRing
+        from shmpipe_services.bridge.ring_state import default_state_dir
+        return RedisToRing(ReceiverConfig(url=args.redis, stream=args.stream, group=args.group, ring=args.ring,
+                                          consumer=args.consumer, count=args.count, capacity=args.capacity,
+                                          state_dir=args.state_dir or default_state_dir(),
+                                          allow_gap=args.allow_gap), runtime)
+    return _run("shmpipe bridge redis-to-ring", make, args.name or f"{args.ring}.from-redis")
 
-    cfg = ReceiverConfig(url=args.redis, stream=args.stream, group=args.group, ring=args.ring,
-                         consumer=args.consumer, count=args.count, capacity=args.capacity,
-                         state_dir=args.state_dir or default_state_dir(), allow_gap=args.allow_gap)
-    return _run("shmpipe bridge redis-to-ring", lambda rt: RedisToRing(cfg, rt), args.name or f"{args.ring}.from-redis")
