@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,15 +34,26 @@ def ticks(start: int, n: int) -> np.ndarray:
 
 
 def start_sender(ring: str, url: str, stream: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(BRIDGE + ["ring-to-redis", "--ring", ring, "--redis", url, "--stream", stream, *extra],
-                            stderr=subprocess.PIPE, text=True, env=_env(env))
+    return _spawn(["ring-to-redis", "--ring", ring, "--redis", url, "--stream", stream, *extra], env)
 
 
 def start_receiver(ring: str, url: str, stream: str, group: str, state_dir: Path, *extra: str,
                    env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(BRIDGE + ["redis-to-ring", "--ring", ring, "--redis", url, "--stream", stream,
-                                      "--group", group, "--state-dir", str(state_dir), *extra],
-                            stderr=subprocess.PIPE, text=True, env=_env(env))
+    return _spawn(["redis-to-ring", "--ring", ring, "--redis", url, "--stream", stream,
+                   "--group", group, "--state-dir", str(state_dir), *extra], env)
+
+
+def _spawn(args: list[str], env: dict | None) -> subprocess.Popen:
+    # stderr to a file, not a pipe nobody drains: a chatty bridge must never block on it
+    errors = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(BRIDGE + args, stderr=errors, text=True, env=_env(env))
+    proc.errors = errors
+    return proc
+
+
+def stderr_of(proc: subprocess.Popen) -> str:
+    proc.errors.seek(0)
+    return proc.errors.read()
 
 
 def run_bridge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -67,8 +79,6 @@ def stop(proc: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 30)
             proc.kill()
             proc.wait()
             return None
-    if proc.stderr:
-        proc.stderr.close()
     return proc.returncode
 
 
@@ -189,7 +199,7 @@ class Pump:
 def assert_alive(*procs: subprocess.Popen) -> None:
     for proc in procs:
         if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
+            err = stderr_of(proc) if hasattr(proc, "errors") else ""
             raise AssertionError(f"bridge exited with {proc.returncode}: {err[-2000:]}")
 
 

@@ -150,7 +150,6 @@ def test_random_kill9_of_either_bridge_several_times(bridge_env, redis_url, tmp_
     _random_kills(src, dst, stream, redis_url, tmp_path, total=300_000, kills=6, seed=14)
 
 
-@pytest.mark.slow
 def test_five_million_ticks_with_random_kill9s(bridge_env, redis_url, tmp_path):
     src, dst, stream = bridge_env
     _random_kills(src, dst, stream, redis_url, tmp_path, total=5_000_000, kills=12, seed=5)

@@ -68,9 +68,10 @@ def _scrub(exc: BaseException, url: str) -> str:
 class Retrier:
     """Backoff for a run of transient failures; fatal ones (bad credentials after a restart) raise."""
 
-    def __init__(self, url: str, on_retry) -> None:
+    def __init__(self, url: str, on_retry, on_recovered=None) -> None:
         self.url = url
         self._on_retry = on_retry
+        self._on_recovered = on_recovered
         self._delay = BACKOFF_FIRST_S
 
     def failed(self, exc: BaseException, stopping) -> None:
@@ -84,4 +85,6 @@ class Retrier:
         self._delay = min(self._delay * 2, BACKOFF_MAX_S)
 
     def succeeded(self) -> None:
+        if self._delay != BACKOFF_FIRST_S and self._on_recovered is not None:
+            self._on_recovered()
         self._delay = BACKOFF_FIRST_S

@@ -94,8 +94,8 @@ class RedisToRing:
         self.ring_id = ring_identity(self.ring)
         self.anchors = AnchorFile(cfg.state_dir, cfg.ring)
         self.anchor = self.anchors.load(self.ring_id, cfg.stream)
-        retrier = Retrier(cfg.url, lambda exc: (rt.add(retries=1), rt.warn(
-            PROG, f"Redis at {connection.redact(cfg.url)}: {str(exc).splitlines()[0] if str(exc) else exc}; retrying")))
+        retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
+                          lambda: rt.recovered(PROG))
         replay_pending = True
         try:
             while not rt.stopping():

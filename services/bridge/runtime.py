@@ -24,6 +24,7 @@ class Runtime:
         self._last_publish = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._crash_point, self._crash_left = None, 0
+        self._failing = False
         spec = os.environ.get(_CRASH_ENV)
         if spec:
             point, _, count = spec.partition(":")
@@ -63,6 +64,20 @@ class Runtime:
             if self._crash_left <= 0:
                 sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
+
+    def retrying(self, prog: str, shown_url: str, exc: BaseException) -> None:
+        """Count a transient Redis failure; say so once per run of failures, not per attempt."""
+        self.counters["retries"] += 1
+        if not self._failing:
+            self._failing = True
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.warn(prog, f"Redis at {shown_url}: {text}; reconnecting")
+        self.publish(force=True)
+
+    def recovered(self, prog: str) -> None:
+        if self._failing:
+            self._failing = False
+            self.warn(prog, "Redis is back; resumed")
 
     def warn(self, prog: str, message: str) -> None:
         print(f"{prog}: {message}", file=sys.stderr, flush=True)

@@ -125,8 +125,8 @@ class RingToRedis:
         except BaseException:
             self.client.close()
             raise
-        retrier = Retrier(cfg.url, lambda exc: (rt.add(retries=1), rt.warn(
-            PROG, f"Redis at {connection.redact(cfg.url)}: {str(exc).splitlines()[0] if str(exc) else exc}; retrying")))
+        retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
+                          lambda: rt.recovered(PROG))
         self._resync()
         max_records = cfg.batch * cfg.pipeline
         try:
