@@ -103,14 +103,17 @@ class PrivateRedis:
     """A redis-server of this test's own (AOF, fsync on every write), so it can be killed and
     restarted without touching the machine's Redis."""
 
-    def __init__(self, binary: str, directory: Path, password: str | None = None) -> None:
+    def __init__(self, binary: str, directory: Path, password: str | None = None, tls: bool = False) -> None:
         self.binary, self.dir, self.password = binary, directory, password
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.ca = make_tls_files(directory) if tls else None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.ca:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
@@ -119,8 +122,12 @@ class PrivateRedis:
                 "--logfile", str(self.dir / "redis.log")]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.ca:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", str(self.dir / "server.pem"), "--tls-key-file", str(self.dir / "server.key"),
+                     "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -143,14 +150,34 @@ class PrivateRedis:
             self.proc.wait()
 
 
+def make_tls_files(directory: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI); returns the CA's path."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("openssl is not installed, and SHMPIPE_REQUIRE_SERVICES=1 requires the TLS test")
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*args):
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=shmpipe-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
+    return directory / "ca.pem"
+
+
 @contextmanager
-def private_redis(tmp_path: Path, password: str | None = None):
+def private_redis(tmp_path: Path, password: str | None = None, tls: bool = False):
     binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
     if binary is None:
         if REQUIRE_SERVICES:
             pytest.fail("redis-server is not installed, and SHMPIPE_REQUIRE_SERVICES=1 requires it")
         pytest.skip("redis-server is not installed (a private server is needed to restart Redis mid-run)")
-    server = PrivateRedis(binary, tmp_path, password)
+    server = PrivateRedis(binary, tmp_path, password, tls)
     server.start()
     try:
         yield server

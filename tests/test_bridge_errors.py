@@ -260,3 +260,36 @@ def test_broadcast_source_overwritten_while_the_sender_was_down_is_a_named_gap(r
         stop(sender)
         ring.close()
         ring.unlink()
+
+
+def test_tls_with_password_round_trip_and_an_untrusted_certificate_in_one_line(ring_name, tmp_path):
+    src = shmpipe.Ring.create(f"{ring_name}-src", TICK, 1 << 12)
+    dst = shmpipe.Ring.create(f"{ring_name}-dst", TICK, 1 << 12)
+    sender = receiver = None
+    (tmp_path / "redis").mkdir()
+    try:
+        with private_redis(tmp_path / "redis", password="hunter2", tls=True) as server, \
+                src.producer() as producer, dst.consumer() as consumer:
+            assert server.url.startswith("rediss://")
+            no_ca = server.url.split("?")[0]      # the system's CAs do not know this test's CA
+            result = run_bridge("ring-to-redis", "--ring", src.name, "--redis", no_ca, "--stream", "s")
+            one_line(result, 1, "cannot reach Redis", f"rediss://:***@127.0.0.1:{server.port}/0")
+            data = ticks(0, 3000)
+            producer.write_batch(data)
+            sender = start_sender(src.name, server.url, "tls-stream", "--batch", "64")
+            receiver = start_receiver(dst.name, server.url, "tls-stream", "g", tmp_path / "state")
+            got = []
+            deadline = time.monotonic() + 30
+            while sum(map(len, got)) < len(data):
+                got.append(consumer.read(4096, timeout=0.05))
+                assert_alive(sender, receiver)
+                assert time.monotonic() < deadline
+            assert np.array_equal(np.concatenate(got), data)
+            assert stop(sender) == 0 and stop(receiver) == 0
+            assert "hunter2" not in stderr_of(sender) + stderr_of(receiver)
+    finally:
+        stop(sender)
+        stop(receiver)
+        for ring in (src, dst):
+            ring.close()
+            ring.unlink()
