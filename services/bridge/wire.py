@@ -11,6 +11,7 @@ Fields (bytes keys, one entry per batch of up to N records of one ring):
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,9 +83,14 @@ def decode_entry(entry_id: bytes, fields: dict, stream: str) -> Entry:
                                f"(fields {sorted(k.decode(errors='replace') for k in fields)})") from None
 
 
+@functools.lru_cache(maxsize=16)
+def _fingerprint(dt: np.dtype) -> int:
+    return fingerprint(dt)        # a hash of the dtype's text: worth keeping per entry
+
+
 def check_entry(entry: Entry, dt: np.dtype, ring_name: str, stream: str) -> None:
     """A mismatch is refused, never reinterpreted as the local ring's type."""
-    ours = fingerprint(dt)
+    ours = _fingerprint(dt)
     if entry.fp != ours:
         raise RecordTypeMismatchError(
             f"stream {stream!r} carries {entry.type_name} records (dtype fingerprint {entry.fp:#x}) but ring "
