@@ -22,9 +22,12 @@ Exit status 1 when any run failed (a bridge exited, a record was wrong, a deadli
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -217,8 +220,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="runs of each measurement (default 3)")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--private-aof", action="store_true",
+                   help="start a redis-server of the bench's own (temp dir, a free port) with appendonly yes "
+                        "and appendfsync always, and bridge through it instead of --redis")
     p.add_argument("--json", metavar="PATH", help="write every run and the summaries here")
     args = p.parse_args(argv)
+    if args.private_aof:
+        with _private_aof_redis() as url:
+            args.redis = url
+            return _measure(args)
+    return _measure(args)
+
+
+@contextlib.contextmanager
+def _private_aof_redis():
+    import redis
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with tempfile.TemporaryDirectory(prefix="bridge-bench-redis-") as directory:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+                                 "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            client = redis.Redis.from_url(url)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.exceptions.ConnectionError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise SystemExit(f"bridge_bench: the private redis-server did not start on port {port}")
+                    time.sleep(0.05)
+            client.close()
+            yield url
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def _measure(args) -> int:
 
     from shmpipe_bench import machine
 
