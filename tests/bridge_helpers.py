@@ -246,3 +246,56 @@ def wait_started(procs, *stats_names: str, timeout: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name}: no live counters within {timeout} s")
             time.sleep(0.02)
+
+
+@contextmanager
+def private_cluster(tmp_path: Path, nodes: int = 3):
+    """A Redis Cluster of `nodes` masters of this test's own (no replicas), slots split evenly."""
+    binary = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if binary is None or cli is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server/redis-cli are not installed, and SHMPIPE_REQUIRE_SERVICES=1 requires them")
+        pytest.skip("redis-server/redis-cli are not installed (a private cluster is needed)")
+    procs, ports = [], []
+    try:
+        for i in range(nodes):
+            port = free_port()
+            node_dir = tmp_path / f"node{i}"
+            node_dir.mkdir(parents=True)
+            procs.append(subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir), "--cluster-enabled",
+                 "yes", "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            ports.append(port)
+        for port in ports:
+            _wait_ping(f"redis://127.0.0.1:{port}/0")
+        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
+                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        for port in ports:
+            client = redis.Redis(port=port)
+            while client.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the private cluster did not reach cluster_state:ok in 30 s")
+                time.sleep(0.05)
+            client.close()
+        yield [f"redis://127.0.0.1:{p}/0" for p in ports]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ping(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within 30 s")
+            time.sleep(0.05)
+    client.close()

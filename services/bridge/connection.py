@@ -6,6 +6,7 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.cluster
 
 from .wire import BridgeError, BridgeInputError
 
@@ -16,7 +17,9 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 1.0
 
 # Errors that mean "the server went away or is restarting": wait, reconnect, resync, go on.
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-             redis.exceptions.BusyLoadingError, redis.exceptions.TryAgainError)
+             redis.exceptions.BusyLoadingError, redis.exceptions.TryAgainError,
+             redis.exceptions.ClusterDownError, redis.exceptions.ClusterError,
+             redis.exceptions.SlotNotCoveredError)
 
 
 def redact(url: str) -> str:
@@ -41,17 +44,24 @@ def _is_auth_failure(exc: BaseException) -> bool:
         or "noauth" in text or "invalid password" in text or "invalid username-password" in text
 
 
-def connect(url: str) -> redis.Redis:
-    """A client that has answered PING, or BridgeError/BridgeInputError in one line naming the URL."""
+def connect(url: str):
+    """A client that has answered PING, or BridgeError/BridgeInputError in one line naming the URL.
+    A server in cluster mode gets a cluster client (keys routed to their nodes, MOVED followed)."""
     shown = redact(url)
+    options = dict(socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
+                   decode_responses=False)
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                      socket_timeout=SOCKET_TIMEOUT_S, decode_responses=False)
+        client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
         raise BridgeInputError(f"bad Redis URL {shown}: {_scrub(exc, url)}") from None
     try:
         client.ping()
-    except redis.exceptions.RedisError as exc:
+        cluster = client.info("cluster").get("cluster_enabled") == 1
+        if cluster:
+            client.close()
+            client = redis.cluster.RedisCluster.from_url(url, **options)
+            client.ping()
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
         client.close()
         if _is_auth_failure(exc):
             raise BridgeInputError(f"Redis at {shown} refused the credentials: {_scrub(exc, url)}") from None
