@@ -260,7 +260,7 @@ def private_cluster(tmp_path: Path, nodes: int = 3):
     procs, ports = [], []
     try:
         for i in range(nodes):
-            port = free_port()
+            port = _free_cluster_port()
             node_dir = tmp_path / f"node{i}"
             node_dir.mkdir(parents=True)
             procs.append(subprocess.Popen(
@@ -285,6 +285,22 @@ def private_cluster(tmp_path: Path, nodes: int = 3):
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, and below 65536."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _wait_ping(url: str) -> None:
