@@ -113,7 +113,7 @@ def test_record_type_mismatch_is_refused_at_start(ring_name, redis_url, tmp_path
 
 def test_record_type_mismatch_in_an_entry_is_refused_not_reinterpreted(ring_name, redis_url, tmp_path, stream_key):
     client = redis.Redis.from_url(redis_url)
-    client.xadd(stream_key, encode_entry(ticks(0, 4).tobytes(), 4, 0, "tick", fingerprint(TICK), "x@1.1", 4))
+    client.xadd(stream_key, encode_entry(ticks(0, 4).tobytes(), 4, 0, "tick", fingerprint(TICK), "x@1.1", 4, "e1"))
     client.close()
     with shmpipe.Ring.create(ring_name, LEVEL_UPDATE, 64) as ring:
         try:

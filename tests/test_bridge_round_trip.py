@@ -13,7 +13,7 @@ from shmpipe import stats
 from shmpipe.dtypes import fingerprint
 from shmpipe.records import TICK
 
-from bridge_helpers import (Pump, assert_alive, delete_keys, start_receiver, start_sender, stop, ticks,
+from bridge_helpers import (Pump, assert_alive, delete_keys, start_receiver, start_sender, stderr_of, stop, ticks,
                             wait_started)
 
 pytestmark = pytest.mark.services
@@ -195,3 +195,28 @@ def test_shards_spread_by_symbol_and_keep_each_shards_order(ring_name, redis_url
             ring.close()
             ring.unlink()
         delete_keys(redis_url, f"{stream}*")
+
+
+def test_a_stream_deleted_and_made_again_is_a_new_numbering_not_duplicates(bridge_env, redis_url, tmp_path):
+    """The sender restarts seq at 0 on an empty stream: the receiver must not take those for the
+    records 0.. it already wrote (it would drop them silently)."""
+    src, dst, stream = bridge_env
+    sender = receiver = None
+    client = redis.Redis.from_url(redis_url)
+    with src.producer() as producer, dst.consumer() as consumer:
+        try:
+            for round_ in range(2):
+                sender = start_sender(src.name, redis_url, stream, "--batch", "10")
+                receiver = start_receiver(dst.name, redis_url, stream, "g", tmp_path)
+                producer.write_batch(ticks(100 * round_, 100))
+                got = []
+                wait_for(lambda: (got.append(consumer.read(100, timeout=0.05)), sum(map(len, got)) >= 100)[1],
+                         30, "100 records", [sender, receiver])
+                assert np.array_equal(np.concatenate(got), ticks(100 * round_, 100))
+                assert stop(sender) == 0 and stop(receiver) == 0
+                client.delete(stream)          # the group goes with it
+            assert "started afresh" in stderr_of(receiver)
+        finally:
+            client.close()
+            stop(sender)
+            stop(receiver)

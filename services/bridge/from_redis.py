@@ -161,8 +161,12 @@ class RedisToRing:
 
     def _write(self, entry) -> bool:
         position = self.producer.position
+        if self.anchor is not None and self.anchor.epoch != entry.epoch:
+            self.rt.warn(PROG, f"stream {self.cfg.stream!r} was started afresh (the sender found it empty; "
+                               f"epoch {self.anchor.epoch} -> {entry.epoch}): continuing from its seq {entry.seq}")
+            self.anchor = None
         if self.anchor is None:
-            self.anchor = SeqAnchor(self.ring_id, self.cfg.stream, entry.seq, position)
+            self.anchor = SeqAnchor(self.ring_id, self.cfg.stream, entry.epoch, entry.seq, position)
             self.anchors.save(self.anchor)       # before the first record: no record without its seq
         expected = self.anchor.next_seq(position)
         if entry.seq + entry.n <= expected:
@@ -176,7 +180,7 @@ class RedisToRing:
                 raise GapError(message + "; --allow-gap skips them")
             self.rt.warn(PROG, message + "; skipped (--allow-gap)")
             self.rt.add(gap_records=entry.seq - expected)
-            self.anchor = SeqAnchor(self.ring_id, self.cfg.stream, entry.seq, position)
+            self.anchor = SeqAnchor(self.ring_id, self.cfg.stream, entry.epoch, entry.seq, position)
             self.anchors.save(self.anchor)
             expected = entry.seq
         skip = expected - entry.seq

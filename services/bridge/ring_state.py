@@ -23,6 +23,7 @@ def default_state_dir() -> Path:
 class SeqAnchor:
     ring_id: str
     stream: str
+    epoch: str
     base_seq: int
     base_pos: int
 
@@ -39,8 +40,8 @@ class AnchorFile:
         about another incarnation of the ring or another stream is about records not in it)."""
         try:
             data = json.loads(self.path.read_text())
-            anchor = SeqAnchor(str(data["ring_id"]), str(data["stream"]), int(data["base_seq"]),
-                               int(data["base_pos"]))
+            anchor = SeqAnchor(str(data["ring_id"]), str(data["stream"]), str(data["epoch"]),
+                               int(data["base_seq"]), int(data["base_pos"]))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError, OSError) as exc:

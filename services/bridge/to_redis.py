@@ -14,7 +14,7 @@ from . import connection
 from .connection import TRANSIENT, Retrier
 from .runtime import Runtime
 from .wire import (BridgeError, BridgeInputError, GapError, decode_entry, dtype_key, encode_entry,
-                   record_type_name, ring_identity)
+                   new_epoch, record_type_name, ring_identity)
 
 PROG = "shmpipe bridge ring-to-redis"
 SHARD_PLACEHOLDER = "{shard}"
@@ -64,6 +64,7 @@ class RingToRedis:
         self.next_seq = [0] * len(self.keys)
         # per stream: ring positions below this are in the stream already (or belong to another shard)
         self.covered = [0] * len(self.keys)
+        self.epochs = [""] * len(self.keys)
 
     # -- setup -----------------------------------------------------------------------------
     def _open(self) -> None:
@@ -93,7 +94,7 @@ class RingToRedis:
         replies = pipe.execute()[1::2]
         for j, (key, last) in enumerate(zip(self.keys, replies)):
             if not last:
-                self.next_seq[j], self.covered[j] = 0, 0
+                self.next_seq[j], self.covered[j], self.epochs[j] = 0, 0, new_epoch()
                 continue
             entry = decode_entry(*last[0], key)
             if entry.fp != self.fp:
@@ -101,6 +102,7 @@ class RingToRedis:
                                        f"{entry.fp:#x}), ring {self.cfg.ring!r} holds {self.type_name} "
                                        f"(fingerprint {self.fp:#x}): use another stream key")
             self.next_seq[j] = entry.seq + entry.n
+            self.epochs[j] = entry.epoch
             # a new incarnation of the ring (re-created under its name): none of it is in Redis yet
             self.covered[j] = entry.pos if entry.ring_id == self.ring_id else 0
         position = self.consumer.position
@@ -208,6 +210,7 @@ class RingToRedis:
                 else:
                     data = view[chunk].tobytes()
                 pos = end if last_chunk else base + int(chunk[-1]) + 1
-                plan.append((j, encode_entry(data, len(chunk), seq, self.type_name, self.fp, self.ring_id, pos)))
+                plan.append((j, encode_entry(data, len(chunk), seq, self.type_name, self.fp, self.ring_id, pos,
+                                             self.epochs[j])))
                 seq += len(chunk)
         return plan

@@ -8,10 +8,15 @@ Fields (bytes keys, one entry per batch of up to N records of one ring):
   fp    the dtype fingerprint (shmpipe.dtypes.fingerprint), decimal
   ring  the source ring's identity ("<name>@<created_unix_ns>.<creator_pid>")
   pos   the source ring position this entry covers up to (exclusive)
+  epoch which numbering the seq belongs to: a sender that finds the stream empty (new, or deleted
+        and re-made) starts seq at 0 under a new epoch, so a receiver never takes the new
+        numbering's low seqs for records it already has
 """
 from __future__ import annotations
 
 import functools
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,8 +63,14 @@ def dtype_key(stream: str) -> str:
     return f"{stream}:dtype"
 
 
-def encode_entry(data: bytes, n: int, seq: int, type_name: str, fp: int, ring_id: str, pos: int) -> dict:
-    return {b"data": data, b"n": n, b"seq": seq, b"type": type_name, b"fp": fp, b"ring": ring_id, b"pos": pos}
+def new_epoch() -> str:
+    return f"{time.time_ns():x}.{os.getpid()}"
+
+
+def encode_entry(data: bytes, n: int, seq: int, type_name: str, fp: int, ring_id: str, pos: int,
+                 epoch: str) -> dict:
+    return {b"data": data, b"n": n, b"seq": seq, b"type": type_name, b"fp": fp, b"ring": ring_id, b"pos": pos,
+            b"epoch": epoch}
 
 
 @dataclass(frozen=True)
@@ -71,13 +82,15 @@ class Entry:
     fp: int
     ring_id: str
     pos: int
+    epoch: str
     data: bytes
 
 
 def decode_entry(entry_id: bytes, fields: dict, stream: str) -> Entry:
     try:
         return Entry(entry_id, int(fields[b"n"]), int(fields[b"seq"]), fields[b"type"].decode(),
-                     int(fields[b"fp"]), fields[b"ring"].decode(), int(fields[b"pos"]), fields[b"data"])
+                     int(fields[b"fp"]), fields[b"ring"].decode(), int(fields[b"pos"]), fields[b"epoch"].decode(),
+                     fields[b"data"])
     except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
         raise BridgeInputError(f"stream {stream!r}: entry {entry_id.decode()} is not a shmpipe bridge entry "
                                f"(fields {sorted(k.decode(errors='replace') for k in fields)})") from None
