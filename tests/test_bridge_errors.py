@@ -293,3 +293,18 @@ def test_tls_with_password_round_trip_and_an_untrusted_certificate_in_one_line(r
         for ring in (src, dst):
             ring.close()
             ring.unlink()
+
+
+def test_a_stream_key_of_another_type_is_named(ring_name, redis_url, tmp_path, stream_key):
+    client = redis.Redis.from_url(redis_url)
+    client.set(stream_key, "not a stream")
+    client.close()
+    with shmpipe.Ring.create(ring_name, TICK, 64) as ring:
+        try:
+            result = run_bridge("ring-to-redis", "--ring", ring_name, "--redis", redis_url, "--stream", stream_key)
+            one_line(result, 2, stream_key, "another Redis type")
+            result = run_bridge("redis-to-ring", "--redis", redis_url, "--stream", stream_key, "--group", "g",
+                                "--ring", ring_name, "--state-dir", str(tmp_path))
+            one_line(result, 2, stream_key, "another Redis type")
+        finally:
+            ring.unlink()

@@ -83,12 +83,15 @@ def add_parser(sub) -> None:
     inp.set_defaults(func=run_redis_to_ring)
 
 
-def _run(prog: str, make_bridge, stats_name: str) -> int:
+def _run(prog: str, make_bridge, stats_name: str, args_url: str) -> int:
     # A SIGTERM during the imports below still means "stop cleanly": remember it from the start.
     early_stop = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: early_stop.append(True))
+    import redis
+
     from shmpipe import ShmpipeError
+    from shmpipe_services.bridge.connection import redact
     from shmpipe_services.bridge.runtime import Runtime
     from shmpipe_services.bridge.wire import BridgeError
 
@@ -105,6 +108,10 @@ def _run(prog: str, make_bridge, stats_name: str) -> int:
     except (ShmpipeError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
+    except redis.exceptions.RedisError as exc:      # what Redis refused (out of memory, ...): one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"{prog}: Redis at {redact(args_url)}: {first}", file=sys.stderr)
+        return 1
     finally:
         if runtime is not None:
             runtime.close()
@@ -117,7 +124,7 @@ def run_ring_to_redis(args) -> int:
                                         pipeline=args.pipeline, shards=args.shards, shard_field=args.shard_field,
                                         maxlen=args.maxlen, minid_age_s=args.max_age, allow_gap=args.allow_gap),
                            runtime)
-    return _run("shmpipe bridge ring-to-redis", make, args.name or f"{args.ring}.to-redis")
+    return _run("shmpipe bridge ring-to-redis", make, args.name or f"{args.ring}.to-redis", args.redis)
 
 
 def run_redis_to_ring(args) -> int:
@@ -128,5 +135,5 @@ def run_redis_to_ring(args) -> int:
                                           consumer=args.consumer, count=args.count, capacity=args.capacity,
                                           state_dir=args.state_dir or default_state_dir(),
                                           allow_gap=args.allow_gap), runtime)
-    return _run("shmpipe bridge redis-to-ring", make, args.name or f"{args.ring}.from-redis")
+    return _run("shmpipe bridge redis-to-ring", make, args.name or f"{args.ring}.from-redis", args.redis)
 

@@ -52,6 +52,8 @@ class RedisToRing:
             # id 0: entries written before the first reader started are delivered too
             self.client.xgroup_create(self.cfg.stream, self.cfg.group, id="0", mkstream=True)
         except redis.exceptions.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise BridgeInputError(f"key {self.cfg.stream!r} holds another Redis type than a stream") from None
             if "BUSYGROUP" not in str(exc):
                 raise BridgeError(f"stream {self.cfg.stream!r}: cannot create group {self.cfg.group!r}: {exc}") from None
 

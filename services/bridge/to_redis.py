@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import redis
 
 import shmpipe
 from shmpipe.dtypes import describe, fingerprint
@@ -91,7 +92,13 @@ class RingToRedis:
         for key in self.keys:
             pipe.set(dtype_key(key), self.descr)
             pipe.xrevrange(key, "+", "-", count=1)
-        replies = pipe.execute()[1::2]
+        try:
+            replies = pipe.execute()[1::2]
+        except redis.exceptions.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise BridgeInputError(f"a key among {', '.join(map(repr, self.keys))} (or its ':dtype' key) "
+                                       f"holds another Redis type than a stream: use another stream key") from None
+            raise
         for j, (key, last) in enumerate(zip(self.keys, replies)):
             if not last:
                 self.next_seq[j], self.covered[j], self.epochs[j] = 0, 0, new_epoch()
