@@ -90,14 +90,13 @@ class RingToRedis:
         client = self.client
         pipe = client.pipeline(transaction=False)
         for key in self.keys:
-            pipe.set(dtype_key(key), self.descr)
             pipe.xrevrange(key, "+", "-", count=1)
         try:
-            replies = pipe.execute()[1::2]
+            replies = pipe.execute()
         except redis.exceptions.ResponseError as exc:
             if "WRONGTYPE" in str(exc):
-                raise BridgeInputError(f"a key among {', '.join(map(repr, self.keys))} (or its ':dtype' key) "
-                                       f"holds another Redis type than a stream: use another stream key") from None
+                raise BridgeInputError(f"a key among {', '.join(map(repr, self.keys))} holds another Redis type "
+                                       f"than a stream: use another stream key") from None
             raise
         for j, (key, last) in enumerate(zip(self.keys, replies)):
             if not last:
@@ -112,6 +111,17 @@ class RingToRedis:
             self.epochs[j] = entry.epoch
             # a new incarnation of the ring (re-created under its name): none of it is in Redis yet
             self.covered[j] = entry.pos if entry.ring_id == self.ring_id else 0
+        # only once every stream is known to carry our type: a receiver creates its ring from this
+        pipe = client.pipeline(transaction=False)
+        for key in self.keys:
+            pipe.set(dtype_key(key), self.descr)
+        try:
+            pipe.execute()
+        except redis.exceptions.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise BridgeInputError(f"a ':dtype' key of {', '.join(map(repr, self.keys))} holds another Redis "
+                                       f"type than a string: use another stream key") from None
+            raise
         position = self.consumer.position
         top = max(self.covered)
         if top and position > top:
@@ -136,9 +146,9 @@ class RingToRedis:
             raise
         retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
                           lambda: rt.recovered(PROG))
-        self._resync()
         max_records = cfg.batch * cfg.pipeline
         try:
+            self._resync_until_up(retrier)
             while not rt.stopping():
                 try:
                     self._step(max_records)
