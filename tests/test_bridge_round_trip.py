@@ -220,3 +220,31 @@ def test_a_stream_deleted_and_made_again_is_a_new_numbering_not_duplicates(bridg
             client.close()
             stop(sender)
             stop(receiver)
+
+
+@pytest.mark.parametrize("retention", [["--maxlen", "100"], ["--max-age", "1"]])
+def test_retention_trims_old_entries(bridge_env, redis_url, retention):
+    src, _dst, stream = bridge_env
+    client = redis.Redis.from_url(redis_url)
+    sender = None
+    try:
+        with src.producer() as producer:
+            sender = start_sender(src.name, redis_url, stream, "--batch", "1", *retention)
+            producer.write_batch(ticks(0, 1000))
+            wait_for(lambda: int((client.xrevrange(stream, count=1) or [(0, {b"seq": b"-1"})])[0][1][b"seq"]) == 999,
+                     30, "1000 entries sent", [sender])
+            first_sent = time.monotonic()
+            if retention[0] == "--max-age":
+                assert client.xlen(stream) == 1000       # nothing is a second old yet
+                while time.monotonic() - first_sent < 1.5:
+                    time.sleep(0.05)
+                producer.write_batch(ticks(1000, 1))   # the XADD that trims by age
+                wait_for(lambda: client.xlen(stream) < 1000, 30, "trimmed by age", [sender])
+            # MAXLEN/MINID ~ trim whole nodes of 100 entries: about the limit is kept, never the newest
+            assert client.xlen(stream) <= 200
+            last = client.xrevrange(stream, count=1)[0][1]
+            assert int(last[b"seq"]) + int(last[b"n"]) == (1001 if retention[0] == "--max-age" else 1000)
+            assert stop(sender) == 0
+    finally:
+        client.close()
+        stop(sender)
