@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "feed-server": "shmpipe_tools.feed_server",
     "capture": "shmpipe_tools.capture",
     "replay": "shmpipe_tools.replay",
+    "metrics": "shmpipe_tools.metrics",
     "bridge": "shmpipe_tools.bridge",
 }
 
@@ -48,6 +49,7 @@ EXTRA_HINTS = {
     "feed-server": "pip install 'shmpipe[services]'",
     "capture": "pip install 'shmpipe[services]'",
     "replay": "pip install 'shmpipe[services]'",
+    "metrics": "pip install 'shmpipe[services]'",
     "bridge": "pip install 'shmpipe[services]'",
 }
 

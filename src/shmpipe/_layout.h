@@ -45,8 +45,18 @@ typedef struct SHMPIPE_PACKED {
     float bids[SHMPIPE_ORDERBOOK_DEPTH][2];   /* (price, size), best first, unused levels 0 */
     float asks[SHMPIPE_ORDERBOOK_DEPTH][2];
     uint32_t sequence;
-    uint8_t padding[12];     /* 820 -> 832 bytes: 13 whole cache lines */
+    uint8_t flags;           /* SHMPIPE_BOOK_FLAG_*: bit0 invalid, bit1 crossed, bit2 checksum failed, bit3 gap */
+    uint8_t bid_count;       /* levels filled in bids[] (the rest are 0) */
+    uint8_t ask_count;
+    uint8_t padding[9];      /* 823 -> 832 bytes: 13 whole cache lines */
 } shmpipe_orderbook_entry;
+
+/* OrderbookEntry.flags. INVALID: do not trade on this book; it is being rebuilt (a resnapshot was
+ * asked for). The other bits say why; they stay set until the next valid snapshot. */
+#define SHMPIPE_BOOK_FLAG_INVALID 1
+#define SHMPIPE_BOOK_FLAG_CROSSED 2
+#define SHMPIPE_BOOK_FLAG_CHECKSUM_FAILED 4
+#define SHMPIPE_BOOK_FLAG_GAP 8
 
 typedef struct SHMPIPE_PACKED {
     uint8_t id[16];          /* raw UUID bytes */

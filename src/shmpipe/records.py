@@ -47,13 +47,20 @@ LEVEL_FLAG_GAP_BEFORE = TICK_FLAG_GAP_BEFORE
 ORDERBOOK_DEPTH = 50
 ORDERBOOK_ENTRY = np.dtype(
     {
-        "names": ["timestamp_ns", "symbol_id", "exchange_id", "bids", "asks", "sequence"],
-        "formats": ["<u8", "<u4", "<u4", ("<f4", (ORDERBOOK_DEPTH, 2)), ("<f4", (ORDERBOOK_DEPTH, 2)), "<u4"],
-        "offsets": [0, 8, 12, 16, 416, 816],
-        # 820 bytes of fields padded to 13 cache lines (DESIGN.md).
+        "names": ["timestamp_ns", "symbol_id", "exchange_id", "bids", "asks", "sequence",
+                  "flags", "bid_count", "ask_count"],
+        "formats": ["<u8", "<u4", "<u4", ("<f4", (ORDERBOOK_DEPTH, 2)), ("<f4", (ORDERBOOK_DEPTH, 2)), "<u4",
+                    "u1", "u1", "u1"],
+        "offsets": [0, 8, 12, 16, 416, 816, 820, 821, 822],
+        # DESIGN.md's 820 bytes of fields, plus flags and level counts in what was padding, padded to
+        # 13 cache lines. bids/asks are (price, size), best first; unused levels are 0.
         "itemsize": 832,
     }
 )
+# OrderbookEntry.flags. INVALID: the book is not to be trusted (a checksum failed, it crossed, or a
+# sequence gap hit it) and a fresh snapshot has been asked for; the other bits say why and stay set
+# until the next complete snapshot makes the book valid again.
+BOOK_FLAG_INVALID, BOOK_FLAG_CROSSED, BOOK_FLAG_CHECKSUM_FAILED, BOOK_FLAG_GAP = 1, 2, 4, 8
 
 ASSET_SYMBOL_BYTES = 16
 ASSET_NAME_BYTES = 64
