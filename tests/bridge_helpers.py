@@ -2,6 +2,7 @@
 feeds a source ring and checks the destination ring record by record."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -60,8 +61,14 @@ def run_bridge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(BRIDGE + list(args), capture_output=True, text=True, timeout=timeout)
 
 
+# The bridges' control sockets go to a directory of this test run (short: ipc paths max ~107 bytes).
+RUNTIME_DIR = tempfile.mkdtemp(prefix="shmpipe-bt-", dir="/tmp")
+atexit.register(shutil.rmtree, RUNTIME_DIR, True)
+
+
 def _env(extra: dict | None) -> dict:
     env = dict(os.environ)
+    env["SHMPIPE_RUNTIME_DIR"] = RUNTIME_DIR
     env.pop("SHMPIPE_BRIDGE_CRASH", None)
     env.update(extra or {})
     return env

@@ -35,7 +35,6 @@ class ReceiverConfig:
     capacity: int = 1 << 16          # when the bridge has to create the ring
     state_dir: Path = field(default_factory=default_state_dir)
     allow_gap: bool = False
-    stats_name: str | None = None
 
 
 class RedisToRing:
@@ -99,8 +98,15 @@ class RedisToRing:
         retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
                           lambda: rt.recovered(PROG))
         replay_pending = True
+        rt.serve_control(lambda: {
+            "mode": "redis-to-ring", "ring": cfg.ring, "stream": cfg.stream, "group": cfg.group,
+            "consumer": self.consumer_name, "redis": connection.redact(cfg.url)}, PROG)
         try:
             while not rt.stopping():
+                if rt.holding():         # entries wait in Redis, delivered to nobody
+                    time.sleep(0.02)
+                    rt.publish()
+                    continue
                 try:
                     if replay_pending:
                         self._ensure_group()      # a Redis restarted without persistence lost it

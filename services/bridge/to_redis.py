@@ -33,7 +33,6 @@ class SenderConfig:
     maxlen: int | None = None        # XADD MAXLEN ~ this many entries
     minid_age_s: float | None = None  # XADD MINID ~ (now - this): entries older than this go
     allow_gap: bool = False
-    stats_name: str | None = None
 
     def stream_keys(self) -> list[str]:
         if self.shards == 1:
@@ -147,6 +146,9 @@ class RingToRedis:
         retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
                           lambda: rt.recovered(PROG))
         max_records = cfg.batch * cfg.pipeline
+        rt.serve_control(lambda: {
+            "mode": "ring-to-redis", "ring": cfg.ring, "streams": self.keys, "redis": connection.redact(cfg.url),
+            "batch": cfg.batch, "next_seq": list(self.next_seq)}, PROG)
         try:
             self._resync_until_up(retrier)
             while not rt.stopping():
@@ -174,6 +176,10 @@ class RingToRedis:
                 retrier.failed(exc, self.rt.stopping)
 
     def _step(self, max_records: int) -> None:
+        if self.rt.holding():        # records wait in the ring (a lossless producer waits for room)
+            self.rt.set(lag_records=self.consumer.available)
+            time.sleep(0.02)
+            return
         view = self.consumer.peek(max_records, timeout=0.1)
         n = len(view)
         self.rt.set(lag_records=self.consumer.available)
