@@ -143,8 +143,9 @@ def throughput_run(url: str, batch: int, records: int) -> dict:
 
 
 def latency_run(url: str, batch: int, rate: float, seconds: float) -> dict:
-    from shmpipe.records import TICK
     from shmpipe_bench import stats as hstats
+
+    from shmpipe.records import TICK
 
     setup = _Setup(url, batch, 1 << 16)
     total = int(rate * seconds)

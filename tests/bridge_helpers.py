@@ -46,7 +46,7 @@ def start_receiver(ring: str, url: str, stream: str, group: str, state_dir: Path
 
 def _spawn(args: list[str], env: dict | None) -> subprocess.Popen:
     # stderr to a file, not a pipe nobody drains: a chatty bridge must never block on it
-    errors = tempfile.TemporaryFile(mode="w+")
+    errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- lives as long as the process
     proc = subprocess.Popen(BRIDGE + args, stderr=errors, text=True, env=_env(env))
     proc.errors = errors
     return proc
@@ -58,7 +58,7 @@ def stderr_of(proc: subprocess.Popen) -> str:
 
 
 def run_bridge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(BRIDGE + list(args), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(BRIDGE + list(args), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # The bridges' control sockets go to a directory of this test run (short: ipc paths max ~107 bytes).

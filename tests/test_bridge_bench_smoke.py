@@ -16,7 +16,7 @@ def test_bridge_bench_runs_and_verifies_every_record(tmp_path, redis_url):
     cmd = [sys.executable, "-m", "shmpipe_bench.bridge_bench", "--redis", redis_url, "--runs", "1",
            "--batches", "1,64", "--records", "20000", "--records-batch-1", "500", "--rate", "2000",
            "--latency-seconds", "1", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["failures"] == []

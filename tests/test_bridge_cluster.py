@@ -7,11 +7,10 @@ import time
 import numpy as np
 import pytest
 import redis.cluster
+from bridge_helpers import assert_alive, private_cluster, start_receiver, start_sender, stop, ticks
 
 import shmpipe
 from shmpipe.records import TICK
-
-from bridge_helpers import assert_alive, private_cluster, start_receiver, start_sender, stop, ticks
 
 pytestmark = pytest.mark.services
 

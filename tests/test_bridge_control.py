@@ -7,11 +7,10 @@ import time
 import numpy as np
 import pytest
 import redis
+from bridge_helpers import RUNTIME_DIR, assert_alive, delete_keys, start_receiver, start_sender, stop, ticks
 
 import shmpipe
 from shmpipe.records import TICK
-
-from bridge_helpers import RUNTIME_DIR, assert_alive, delete_keys, start_receiver, start_sender, stop, ticks
 
 pytestmark = pytest.mark.services
 control = pytest.importorskip("shmpipe.control")

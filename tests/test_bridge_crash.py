@@ -8,13 +8,19 @@ import time
 import numpy as np
 import pytest
 import redis
+from bridge_helpers import (
+    Pump,
+    assert_alive,
+    delete_keys,
+    start_receiver,
+    start_sender,
+    stop,
+    wait_started,
+)
 
 import shmpipe
 from shmpipe import stats
 from shmpipe.records import TICK
-
-from bridge_helpers import (Pump, assert_alive, delete_keys, start_receiver, start_sender, stop, ticks,
-                            wait_started)
 
 pytestmark = pytest.mark.services
 
@@ -118,8 +124,8 @@ def _random_kills(src, dst, stream, redis_url, tmp_path, total: int, kills: int,
             kill_points = sorted(rng.sample(range(total // 20, total - total // 20), kills))
             killed = {"sender": 0, "receiver": 0}
             for i, point in enumerate(kill_points):
-                pump.run_until(lambda: (assert_alive(sender, receiver), pump.received >= point)[1], 300,
-                               f"kill point {point}")
+                pump.run_until(lambda s=sender, r=receiver, p=point: (assert_alive(s, r), pump.received >= p)[1],
+                               300, f"kill point {point}")
                 # also in the middle of a batch: a short random delay past the point
                 deadline = time.monotonic() + rng.uniform(0, 0.05)
                 while time.monotonic() < deadline:

@@ -7,15 +7,25 @@ import time
 import numpy as np
 import pytest
 import redis
+from bridge_helpers import (
+    assert_alive,
+    delete_keys,
+    free_port,
+    private_redis,
+    run_bridge,
+    start_receiver,
+    start_sender,
+    stderr_of,
+    stop,
+    ticks,
+    wait_started,
+)
+from shmpipe_services.bridge.wire import encode_entry
 
 import shmpipe
 from shmpipe import stats
 from shmpipe.dtypes import describe, fingerprint
 from shmpipe.records import LEVEL_UPDATE, TICK
-from shmpipe_services.bridge.wire import encode_entry
-
-from bridge_helpers import (assert_alive, delete_keys, free_port, private_redis, run_bridge, start_receiver,
-                            start_sender, stderr_of, stop, ticks, wait_started)
 
 pytestmark = pytest.mark.services
 

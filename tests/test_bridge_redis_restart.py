@@ -3,12 +3,11 @@ reconnect and resume, and nothing Redis acknowledged is lost or delivered twice.
 from __future__ import annotations
 
 import pytest
+from bridge_helpers import Pump, assert_alive, private_redis, start_receiver, start_sender, stop, wait_started
 
 import shmpipe
 from shmpipe import stats
 from shmpipe.records import TICK
-
-from bridge_helpers import Pump, assert_alive, private_redis, start_receiver, start_sender, stop, wait_started
 
 pytestmark = pytest.mark.services
 
@@ -27,7 +26,7 @@ def test_redis_killed_and_restarted_twice_loses_nothing(ring_name, tmp_path):
             receiver = start_receiver(dst.name, server.url, stream, "g", tmp_path / "state")
             pump = Pump(producer, consumer, total, chunk=4096)
             for restart_at in (50_000, 120_000):
-                pump.run_until(lambda: (assert_alive(sender, receiver), pump.received >= restart_at)[1], 120,
+                pump.run_until(lambda at=restart_at: (assert_alive(sender, receiver), pump.received >= at)[1], 120,
                                f"{restart_at} records")
                 server.kill()
                 # while Redis is down the bridges retry; the pipeline keeps flowing into the source

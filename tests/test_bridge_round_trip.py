@@ -7,14 +7,22 @@ import time
 import numpy as np
 import pytest
 import redis
+from bridge_helpers import (
+    Pump,
+    assert_alive,
+    delete_keys,
+    start_receiver,
+    start_sender,
+    stderr_of,
+    stop,
+    ticks,
+    wait_started,
+)
 
 import shmpipe
 from shmpipe import stats
 from shmpipe.dtypes import fingerprint
 from shmpipe.records import TICK
-
-from bridge_helpers import (Pump, assert_alive, delete_keys, start_receiver, start_sender, stderr_of, stop, ticks,
-                            wait_started)
 
 pytestmark = pytest.mark.services
 
@@ -111,8 +119,8 @@ def test_sigterm_both_then_restart_resumes_without_gap_or_duplicate(bridge_env, 
                 sender = start_sender(src.name, redis_url, stream, "--batch", "256")
                 receiver = start_receiver(dst.name, redis_url, stream, "g", tmp_path)
                 wait_started([sender, receiver], f"{src.name}.to-redis", f"{dst.name}.from-redis")
-                pump.run_until(lambda: (assert_alive(sender, receiver), pump.received >= stop_at)[1], 120,
-                               f"{stop_at} records")
+                pump.run_until(lambda s=sender, r=receiver, at=stop_at: (assert_alive(s, r), pump.received >= at)[1],
+                               120, f"{stop_at} records")
                 assert stop(sender) == 0, "SIGTERM: exit 0"
                 assert stop(receiver) == 0, "SIGTERM: exit 0"
             assert pump.received == total
@@ -210,7 +218,7 @@ def test_a_stream_deleted_and_made_again_is_a_new_numbering_not_duplicates(bridg
                 receiver = start_receiver(dst.name, redis_url, stream, "g", tmp_path)
                 producer.write_batch(ticks(100 * round_, 100))
                 got = []
-                wait_for(lambda: (got.append(consumer.read(100, timeout=0.05)), sum(map(len, got)) >= 100)[1],
+                wait_for(lambda g=got: (g.append(consumer.read(100, timeout=0.05)), sum(map(len, g)) >= 100)[1],
                          30, "100 records", [sender, receiver])
                 assert np.array_equal(np.concatenate(got), ticks(100 * round_, 100))
                 assert stop(sender) == 0 and stop(receiver) == 0

@@ -89,11 +89,11 @@ def _run(prog: str, make_bridge, stats_name: str, args_url: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: early_stop.append(True))
     import redis
-
-    from shmpipe import ShmpipeError
     from shmpipe_services.bridge.connection import redact
     from shmpipe_services.bridge.runtime import Runtime
     from shmpipe_services.bridge.wire import BridgeError
+
+    from shmpipe import ShmpipeError
 
     runtime = None
     try:

@@ -48,8 +48,8 @@ def connect(url: str):
     """A client that has answered PING, or BridgeError/BridgeInputError in one line naming the URL.
     A server in cluster mode gets a cluster client (keys routed to their nodes, MOVED followed)."""
     shown = redact(url)
-    options = dict(socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
-                   decode_responses=False)
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S,
+               "decode_responses": False}
     try:
         client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:

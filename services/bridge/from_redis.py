@@ -18,8 +18,17 @@ from . import connection
 from .connection import TRANSIENT, Retrier
 from .ring_state import AnchorFile, SeqAnchor, default_state_dir
 from .runtime import Runtime
-from .wire import (BridgeError, BridgeInputError, GapError, RecordTypeMismatchError, check_entry, decode_entry,
-                   dtype_key, record_type_name, ring_identity)
+from .wire import (
+    BridgeError,
+    BridgeInputError,
+    GapError,
+    RecordTypeMismatchError,
+    check_entry,
+    decode_entry,
+    dtype_key,
+    record_type_name,
+    ring_identity,
+)
 
 PROG = "shmpipe bridge redis-to-ring"
 

@@ -75,7 +75,7 @@ class Runtime:
                 "status": status, "stats": lambda _args: dict(self.counters),
                 "pause": pause, "resume": resume, "stop": stop})
             self._control.start_thread()
-        except Exception as exc:     # no pyzmq, a name too long for a socket, an unusable directory
+        except Exception as exc:  # noqa: BLE001 -- no pyzmq, a name too long for a socket, an unusable directory
             self.warn(prog, f"no control endpoint for {service!r}: {exc}")
 
     def holding(self) -> bool:

@@ -14,8 +14,17 @@ from shmpipe.dtypes import describe, fingerprint
 from . import connection
 from .connection import TRANSIENT, Retrier
 from .runtime import Runtime
-from .wire import (BridgeError, BridgeInputError, GapError, decode_entry, dtype_key, encode_entry,
-                   new_epoch, record_type_name, ring_identity)
+from .wire import (
+    BridgeError,
+    BridgeInputError,
+    GapError,
+    decode_entry,
+    dtype_key,
+    encode_entry,
+    new_epoch,
+    record_type_name,
+    ring_identity,
+)
 
 PROG = "shmpipe bridge ring-to-redis"
 SHARD_PLACEHOLDER = "{shard}"
