@@ -86,6 +86,12 @@ def test_missing_ring_lossy_ring_and_shards_without_placeholder(ring_name, redis
             result = run_bridge("ring-to-redis", "--ring", ring_name, "--redis", redis_url, "--stream", "s",
                                 "--shards", "4")
             one_line(result, 2, "{shard}")
+            result = run_bridge("ring-to-redis", "--ring", ring_name, "--redis", redis_url, "--stream", "s",
+                                "--batch", "10000000")
+            one_line(result, 2, "--batch 10000000", "at most")
+            result = run_bridge("ring-to-redis", "--ring", ring_name, "--redis", redis_url, "--stream", "s",
+                                "--shards", "2", "--stream", "s:{shard}", "--shard-field", "bid")
+            one_line(result, 2, "no integer field 'bid'")
         finally:
             ring.unlink()
 

@@ -28,6 +28,9 @@ from .wire import (
 
 PROG = "shmpipe bridge ring-to-redis"
 SHARD_PLACEHOLDER = "{shard}"
+# One stream entry's data field: Redis refuses bulk strings past 512 MB, and a reader holds
+# --count entries at once; past a few MB per entry nothing gets faster (bench/README.md).
+MAX_ENTRY_BYTES = 64 << 20
 
 
 @dataclass
@@ -84,6 +87,10 @@ class RingToRedis:
                                or dt[cfg.shard_field].kind not in "iu"):
             raise BridgeInputError(f"ring {cfg.ring!r} ({record_type_name(dt)}) has no integer field "
                                    f"{cfg.shard_field!r} to shard by")
+        if cfg.batch * dt.itemsize > MAX_ENTRY_BYTES:
+            raise BridgeInputError(f"--batch {cfg.batch} of {dt.itemsize}-byte records makes entries of "
+                                   f"{cfg.batch * dt.itemsize:,} bytes; keep them under {MAX_ENTRY_BYTES:,} "
+                                   f"(--batch {MAX_ENTRY_BYTES // dt.itemsize} at most)")
         self.ring_id = ring_identity(self.ring)
         self.type_name = record_type_name(dt)
         self.fp = fingerprint(dt)
