@@ -3,7 +3,16 @@ reconnect and resume, and nothing Redis acknowledged is lost or delivered twice.
 from __future__ import annotations
 
 import pytest
-from bridge_helpers import Pump, assert_alive, private_redis, start_receiver, start_sender, stop, wait_started
+from bridge_helpers import (
+    Pump,
+    assert_alive,
+    private_redis,
+    start_receiver,
+    start_sender,
+    stderr_of,
+    stop,
+    wait_started,
+)
 
 import shmpipe
 from shmpipe import stats
@@ -36,6 +45,38 @@ def test_redis_killed_and_restarted_twice_loses_nothing(ring_name, tmp_path):
             pump.run_until(lambda: (assert_alive(sender, receiver), pump.done)[1], 120, "all records")
             wait_started([sender, receiver], f"{src.name}.to-redis", f"{dst.name}.from-redis")
             assert stats.read(f"{dst.name}.from-redis")["counters"]["retries"] > 0
+            assert stop(sender) == 0 and stop(receiver) == 0
+            assert len(consumer.read(10, timeout=0.2)) == 0
+    finally:
+        stop(sender)
+        stop(receiver)
+        for ring in (src, dst):
+            ring.close()
+            ring.unlink()
+
+
+def test_sigterm_while_redis_is_down_exits_0_and_loses_nothing(ring_name, tmp_path):
+    src = shmpipe.Ring.create(f"{ring_name}-src", TICK, 1 << 12)
+    dst = shmpipe.Ring.create(f"{ring_name}-dst", TICK, 1 << 12)
+    sender = receiver = None
+    (tmp_path / "redis").mkdir()
+    try:
+        with private_redis(tmp_path / "redis") as server, src.producer() as producer, \
+                dst.consumer() as consumer:
+            sender = start_sender(src.name, server.url, "s", "--batch", "100")
+            receiver = start_receiver(dst.name, server.url, "s", "g", tmp_path / "state")
+            pump = Pump(producer, consumer, 3000, chunk=1000)
+            pump.run_until(lambda: (assert_alive(sender, receiver), pump.received >= 1000)[1], 60, "1000 records")
+            server.kill()
+            pump.run_until(lambda: stats.read(f"{src.name}.to-redis")["counters"]["retries"] > 0
+                           and stats.read(f"{dst.name}.from-redis")["counters"]["retries"] > 0, 30,
+                           "both bridges retrying")
+            assert stop(sender, timeout=10) == 0 and stop(receiver, timeout=10) == 0
+            assert "reconnecting" in stderr_of(sender)
+            server.start()
+            sender = start_sender(src.name, server.url, "s", "--batch", "100")
+            receiver = start_receiver(dst.name, server.url, "s", "g", tmp_path / "state")
+            pump.run_until(lambda: (assert_alive(sender, receiver), pump.done)[1], 60, "all records")
             assert stop(sender) == 0 and stop(receiver) == 0
             assert len(consumer.read(10, timeout=0.2)) == 0
     finally:
