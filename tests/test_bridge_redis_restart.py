@@ -65,7 +65,8 @@ def test_sigterm_while_redis_is_down_exits_0_and_loses_nothing(ring_name, tmp_pa
                 dst.consumer() as consumer:
             sender = start_sender(src.name, server.url, "s", "--batch", "100")
             receiver = start_receiver(dst.name, server.url, "s", "g", tmp_path / "state")
-            pump = Pump(producer, consumer, 3000, chunk=1000)
+            # more than the rings hold: records are waiting for the sender whenever Redis goes away
+            pump = Pump(producer, consumer, 30_000, chunk=1000)
             pump.run_until(lambda: (assert_alive(sender, receiver), pump.received >= 1000)[1], 60, "1000 records")
             server.kill()
             pump.run_until(lambda: stats.read(f"{src.name}.to-redis")["counters"]["retries"] > 0
