@@ -2,6 +2,8 @@
 reconnect and resume, and nothing Redis acknowledged is lost or delivered twice."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from bridge_helpers import (
     Pump,
@@ -72,6 +74,7 @@ def test_sigterm_while_redis_is_down_exits_0_and_loses_nothing(ring_name, tmp_pa
             pump.run_until(lambda: stats.read(f"{src.name}.to-redis")["counters"]["retries"] > 0
                            and stats.read(f"{dst.name}.from-redis")["counters"]["retries"] > 0, 30,
                            "both bridges retrying")
+            assert stats.read(f"{src.name}.to-redis")["counters"]["redis_up"] == 0
             assert stop(sender, timeout=10) == 0 and stop(receiver, timeout=10) == 0
             assert "reconnecting" in stderr_of(sender)
             server.start()
@@ -86,3 +89,32 @@ def test_sigterm_while_redis_is_down_exits_0_and_loses_nothing(ring_name, tmp_pa
         for ring in (src, dst):
             ring.close()
             ring.unlink()
+
+
+def test_an_idle_sender_notices_redis_going_away_and_coming_back(ring_name, tmp_path):
+    with shmpipe.Ring.create(ring_name, TICK, 64) as ring, private_redis(tmp_path) as server:
+        sender = None
+        try:
+            sender = start_sender(ring_name, server.url, "idle")
+            name = f"{ring_name}.to-redis"
+
+            def counters():
+                assert_alive(sender)
+                return stats.read(name)["counters"]
+            wait_started([sender], name)
+            until(lambda: counters()["redis_up"] == 1, 30, "up")
+            server.kill()
+            until(lambda: counters()["redis_up"] == 0 and counters()["retries"] > 0, 30, "down noticed")
+            server.start()
+            until(lambda: counters()["redis_up"] == 1, 30, "up again")
+            assert stop(sender) == 0
+        finally:
+            stop(sender)
+            ring.unlink()
+
+
+def until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.02)

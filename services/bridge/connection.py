@@ -95,6 +95,6 @@ class Retrier:
         self._delay = min(self._delay * 2, BACKOFF_MAX_S)
 
     def succeeded(self) -> None:
-        if self._delay != BACKOFF_FIRST_S and self._on_recovered is not None:
+        if self._on_recovered is not None:
             self._on_recovered()
         self._delay = BACKOFF_FIRST_S

@@ -11,7 +11,7 @@ import time
 
 from shmpipe import stats
 
-COUNTERS = ["records", "entries", "bytes", "retries", "duplicates_dropped", "gap_records",
+COUNTERS = ["redis_up", "records", "entries", "bytes", "retries", "duplicates_dropped", "gap_records",
             "lag_records", "lag_entries", "pending_entries", "records_per_s", "last_seq"]
 
 # A pause request waits this long for the batch in flight (shorter than control's 2 s default).
@@ -117,6 +117,7 @@ class Runtime:
     def retrying(self, prog: str, shown_url: str, exc: BaseException) -> None:
         """Count a transient Redis failure; say so once per run of failures, not per attempt."""
         self.counters["retries"] += 1
+        self.counters["redis_up"] = 0
         if not self._failing:
             self._failing = True
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -124,6 +125,8 @@ class Runtime:
         self.publish(force=True)
 
     def recovered(self, prog: str) -> None:
+        """After every successful exchange with Redis (cheap: says something only after failures)."""
+        self.counters["redis_up"] = 1
         if self._failing:
             self._failing = False
             self.warn(prog, "Redis is back; resumed")

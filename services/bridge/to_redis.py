@@ -31,6 +31,7 @@ SHARD_PLACEHOLDER = "{shard}"
 # One stream entry's data field: Redis refuses bulk strings past 512 MB, and a reader holds
 # --count entries at once; past a few MB per entry nothing gets faster (bench/README.md).
 MAX_ENTRY_BYTES = 64 << 20
+IDLE_PING_S = 1.0
 
 
 @dataclass
@@ -77,6 +78,7 @@ class RingToRedis:
         # per stream: ring positions below this are in the stream already (or belong to another shard)
         self.covered = [0] * len(self.keys)
         self.epochs = [""] * len(self.keys)
+        self._last_contact = 0.0
 
     # -- setup -----------------------------------------------------------------------------
     def _open(self) -> None:
@@ -200,6 +202,9 @@ class RingToRedis:
         n = len(view)
         self.rt.set(lag_records=self.consumer.available)
         if n == 0:
+            if time.monotonic() - self._last_contact > IDLE_PING_S:
+                self.client.ping()       # an idle sender still notices (and reports) a Redis gone away
+                self._last_contact = time.monotonic()
             return
         base = self.consumer.position
         plan = self._plan(view, base)
@@ -209,6 +214,7 @@ class RingToRedis:
             for j, fields in plan:
                 pipe.xadd(self.keys[j], fields, **retention)
             pipe.execute()
+            self._last_contact = time.monotonic()
         self.rt.crash_point("after_xadd")
         records = 0
         for j, fields in plan:
