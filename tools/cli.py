@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "bars": "shmpipe_tools.bars",
     "features": "shmpipe_tools.features",
     "metrics": "shmpipe_tools.metrics",
+    "bridge": "shmpipe_tools.bridge",
 }
 
 
@@ -53,6 +54,7 @@ EXTRA_HINTS = {
     "bars": "pip install 'shmpipe[services]'",
     "features": "pip install 'shmpipe[services]'",
     "metrics": "pip install 'shmpipe[services]'",
+    "bridge": "pip install 'shmpipe[services]'",
 }
 
 
