@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "bars": "shmpipe_tools.bars",
     "features": "shmpipe_tools.features",
     "metrics": "shmpipe_tools.metrics",
+    "bridge": "shmpipe_tools.bridge",
     "launch": "shmpipe_tools.launch",
     "ctl": "shmpipe_tools.ctl",
     "verify": "shmpipe_tools.verify",
@@ -56,6 +57,7 @@ EXTRA_HINTS = {
     "bars": "pip install 'shmpipe[services]'",
     "features": "pip install 'shmpipe[services]'",
     "metrics": "pip install 'shmpipe[services]'",
+    "bridge": "pip install 'shmpipe[services]'",
     "ctl": "pip install 'shmpipe[services]'",
 }
 
