@@ -11,9 +11,21 @@ ring = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
+# The order book's hot path: cimports shmpipe.ring_api (the ring's C-level API, found under src/)
+# and links zlib for Kraken's CRC32.
+orderbook = Extension(
+    "shmpipe_services.orderbook._book",
+    sources=["services/orderbook/_book.pyx"],
+    include_dirs=["src/shmpipe", numpy.get_include()],
+    libraries=["z"],
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+
 setup(
     ext_modules=cythonize(
-        [ring],
+        [ring, orderbook],
+        include_path=["src"],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     ),
