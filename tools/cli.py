@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "feed-server": "shmpipe_tools.feed_server",
     "capture": "shmpipe_tools.capture",
     "replay": "shmpipe_tools.replay",
+    "orderbook": "shmpipe_tools.orderbook",
 }
 
 
@@ -47,6 +48,7 @@ EXTRA_HINTS = {
     "feed-server": "pip install 'shmpipe[services]'",
     "capture": "pip install 'shmpipe[services]'",
     "replay": "pip install 'shmpipe[services]'",
+    "orderbook": "pip install 'shmpipe[services]'",
 }
 
 

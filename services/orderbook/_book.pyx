@@ -30,7 +30,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memmove, memset
 from libc.stdlib cimport malloc, realloc, free, calloc
 from libc.stdio cimport snprintf
-from libc.math cimport llround, fabs, isfinite
+from libc.math cimport llround, fabs, isfinite, signbit
 
 cimport shmpipe.ring_api as ring_api
 
@@ -187,17 +187,13 @@ cdef inline int _put_checksum_number(char *buf, int pos, double x, int decimals)
     cdef int n = 0, i, length
     cdef double scaled
     cdef long long k
-    if decimals < 16 and isfinite(x):
+    if decimals < 16 and isfinite(x) and not signbit(x):
         scaled = x * POW10[decimals]
-        if fabs(scaled) < EXACT_INTEGER_LIMIT:
+        if scaled < EXACT_INTEGER_LIMIT:
             k = llround(scaled)
             # Far from a tie: the text Python's f"{x:.{decimals}f}" writes has these digits. Near a
             # tie (a value with more decimals than the registry says) printf rounds it exactly instead.
             if fabs(scaled - <double>k) < 0.25:
-                if k < 0:
-                    buf[pos] = 45
-                    pos += 1
-                    k = -k
                 while k > 0:
                     digits[n] = <char>(48 + k % 10)
                     k //= 10
@@ -205,16 +201,15 @@ cdef inline int _put_checksum_number(char *buf, int pos, double x, int decimals)
                 for i in range(n):
                     buf[pos + i] = digits[n - 1 - i]
                 return pos + n
+    # printf's "%.*f" rounds the exact binary value half-to-even, as Python's formatting does. The
+    # rule strips leading zeros from the text, so a negative number (its "-" first) keeps them.
     length = snprintf(text, sizeof(text), "%.*f", decimals, x)
     if length < 0 or length >= <int>sizeof(text):
         return pos
     i = 0
-    if text[0] == 45:
-        buf[pos] = 45
-        pos += 1
-        i = 1
-    while i < length and (text[i] == 48 or text[i] == 46):
-        i += 1
+    if text[0] != 45:
+        while i < length and (text[i] == 48 or text[i] == 46):   # "." goes anyway
+            i += 1
     while i < length:
         if text[i] != 46:
             buf[pos] = text[i]
@@ -547,8 +542,8 @@ cdef class BookEngine:
                 self.entries_dropped_at_stop += 1
                 return 0
 
-    def flush_due(self):
-        """Conflated entries whose interval has passed are written now; returns how many."""
+    def flush_due(self, bint force=False):
+        """Conflated entries whose interval has passed (force: all owed) are written now; how many."""
         cdef Py_ssize_t i, kept = 0, written = 0
         cdef uint64_t now
         cdef uint32_t sid
@@ -561,7 +556,7 @@ cdef class BookEngine:
             b = self.books[sid]
             if not b.dirty:
                 continue
-            if now - b.written_mono_ns >= self.conflate_ns:
+            if force or now - b.written_mono_ns >= self.conflate_ns:
                 b.dirty = 0
                 b.written_mono_ns = now
                 self._write_entry(b, sid)
