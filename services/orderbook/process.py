@@ -140,14 +140,22 @@ class OrderbookProcess:
                 publisher = shm_stats.publish(o.name, STATS_FIELDS)
             except (shm_stats.StatsBusyError, shmpipe.ShmpipeError) as exc:
                 raise OrderbookError(str(exc)) from None
-            levels, _ = _open_or_create(o.levels, LEVEL_UPDATE, LEVELS_CAPACITY, "levels")
-            rings.append(levels)
-            books, _ = _open_or_create(o.books, ORDERBOOK_ENTRY, BOOKS_CAPACITY, "books")
-            rings.append(books)
+            created = []
             try:
-                producer = books.producer()
-            except shmpipe.RoleTakenError as exc:
-                raise OrderbookError(f"books ring {o.books!r}: {exc}") from None
+                levels, made = _open_or_create(o.levels, LEVEL_UPDATE, LEVELS_CAPACITY, "levels")
+                rings.append(levels)
+                created += [levels] if made else []
+                books, made = _open_or_create(o.books, ORDERBOOK_ENTRY, BOOKS_CAPACITY, "books")
+                rings.append(books)
+                created += [books] if made else []
+                try:
+                    producer = books.producer()
+                except shmpipe.RoleTakenError as exc:
+                    raise OrderbookError(f"books ring {o.books!r}: {exc}") from None
+            except OrderbookError:
+                for ring in created:     # made for this run alone, which did not run: no litter
+                    ring.unlink()
+                raise
             consumer = levels.consumer(start="oldest")
             with producer, consumer:
                 self.engine = BookEngine(consumer, producer, conflate_ms=o.conflate_ms, facts=o.facts)
@@ -198,6 +206,7 @@ class OrderbookProcess:
                 self.stop.wait(WAIT_SLICE_S)
                 continue
             if engine.pump(PUMP_BATCH):
+                self.seen_producer = True     # records mean a producer was here, however briefly
                 continue
             if conflating:
                 engine.flush_due()
