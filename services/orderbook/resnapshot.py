@@ -24,6 +24,7 @@ MAX_INTERVAL_S = 30.0
 REQUEST_TIMEOUT_S = 2.0
 DISCOVERY_TIMEOUT_S = 0.5
 DISCOVERY_TTL_S = 10.0
+NOT_FOUND_TTL_S = 1.0
 
 
 class Resnapshotter:
@@ -118,13 +119,16 @@ class Resnapshotter:
             self.resnapshots += 1
         else:
             self.failures += 1
-            self._discovered_at = -1e18        # look again next time: capture may have restarted
+            if self._discovered:
+                self._discovered_at = -1e18    # look again next time: capture may have restarted
 
     def _targets(self) -> list[str]:
         if self.explicit:
             return self.explicit
         now = self._clock()
-        if self._discovered and now - self._discovered_at < DISCOVERY_TTL_S:
+        # Found: trusted for a while. None found: looked for again soon, but not per request (asking
+        # every service on the host its status costs up to a timeout each).
+        if now - self._discovered_at < (DISCOVERY_TTL_S if self._discovered else NOT_FOUND_TTL_S):
             return self._discovered
         found = []
         for name in self._list_services():
