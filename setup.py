@@ -22,9 +22,17 @@ orderbook = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
+# Capture's per-level normaliser (services/capture/_levels.pyx): the loops a book message runs once
+# per level, which Python cannot afford within a few µs per message.
+capture_levels = Extension(
+    "shmpipe_services.capture._levels",
+    sources=["services/capture/_levels.pyx"],
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
+)
+
 setup(
     ext_modules=cythonize(
-        [ring, orderbook],
+        [ring, orderbook, capture_levels],
         include_path=["src"],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},

@@ -25,12 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # published bench results (data for the README, not for building or testing).
 SDIST_LEAVES_OUT = (".ci/", ".gitignore", "bench/results/")
 # Files tracked inside package directories that are not installed, and why.
+# (Every tracked .pyx is compiled into an extension module of its package: the install must hold
+# that .so instead; see compiled_modules().)
 NOT_INSTALLED = {
-    "src/shmpipe/_ring.pyx": "compiled into shmpipe/_ring.*.so",
     "bench/README.md": "documentation of the bench, in the sdist",
     "bench/micro/": "pytest-benchmark micro benchmarks, run from a checkout",
 }
-GENERATED = re.compile(r"(\.so|\.pyc|/_ring\.c)$")
+GENERATED = re.compile(r"(\.so|\.pyc)$")
+
+
+def generated(names: set[str]) -> list[str]:
+    """Build products in a source archive: compiled modules, bytecode, and C generated from a .pyx."""
+    return sorted(n for n in names if GENERATED.search(n) or (n.endswith(".c") and n[:-2] + ".pyx" in names))
 
 
 def tracked() -> list[str]:
@@ -49,12 +55,13 @@ def check_sdist(path: Path) -> None:
         names = {PurePosixPath(*PurePosixPath(m.name).parts[1:]).as_posix() for m in tar.getmembers()}
     missing = [f for f in tracked() if not f.startswith(SDIST_LEAVES_OUT) and f not in names]
     fail(missing, f"{path.name} lacks tracked files (add them to MANIFEST.in, or to SDIST_LEAVES_OUT)")
-    fail(sorted(n for n in names if GENERATED.search(n)), f"{path.name} ships generated files")
+    fail(generated(names), f"{path.name} ships generated files")
     print(f"check_dist: {path.name}: every tracked file is in it ({len(names)} entries), nothing generated")
 
 
 def expected_install() -> tuple[set[str], dict[str, str], list[str]]:
-    """(files every install must hold, console scripts, problems in the declaration itself)."""
+    """(files every install must hold, console scripts, problems in the declaration itself); a
+    compiled module is named by a pattern, ``pkg/stem.*.so``."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     st = config["tool"]["setuptools"]
     package_dir, packages, package_data = st["package-dir"], st["packages"], st.get("package-data", {})
@@ -73,7 +80,9 @@ def expected_install() -> tuple[set[str], dict[str, str], list[str]]:
             if PurePosixPath(f).parent.as_posix() != src or skipped(f):
                 continue
             name = PurePosixPath(f).name
-            if f.endswith(".py") or any(fnmatch.fnmatch(name, pat) for pat in package_data.get(pkg, [])):
+            if f.endswith(".pyx"):
+                expected.add(f"{pkg.replace('.', '/')}/{name[:-4]}.*.so")
+            elif f.endswith(".py") or any(fnmatch.fnmatch(name, pat) for pat in package_data.get(pkg, [])):
                 expected.add(f"{pkg.replace('.', '/')}/{name}")
             else:
                 expected.add(f"UNDECLARED {f}")  # neither a module nor declared package data
@@ -92,15 +101,16 @@ def expected_install() -> tuple[set[str], dict[str, str], list[str]]:
 def check_files(files: set[str], entry_points: str, where: str) -> None:
     expected, scripts, problems = expected_install()
     fail(problems, "pyproject.toml does not declare everything tracked")
-    missing = sorted(expected - files)
-    if not any(re.fullmatch(r"shmpipe/_ring\..*\.so", f) for f in files):
-        missing.append("shmpipe/_ring.*.so (the compiled ring)")
+    compiled = {e for e in expected if e.endswith(".*.so")}
+    missing = sorted(expected - compiled - files)
+    missing += sorted(f"{pattern} (compiled from its .pyx)" for pattern in compiled
+                      if not any(fnmatch.fnmatch(f, pattern) for f in files))
     fail(missing, f"{where} lacks")
     parser = configparser.ConfigParser()
     parser.read_string(entry_points)
     have = dict(parser["console_scripts"]) if parser.has_section("console_scripts") else {}
     fail([f"{k} = {v}" for k, v in scripts.items() if have.get(k) != v], f"{where} lacks the console scripts")
-    print(f"check_dist: {where}: all {len(expected)} module/data files, the compiled ring and "
+    print(f"check_dist: {where}: all {len(expected)} module/data files ({len(compiled)} compiled) and "
           f"{', '.join(scripts)} are there")
 
 

@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             if reasons.get(name):
                 cell["skipped"] = reasons[name]
-            elif name == "c-floor" and sc.layout != "pingpong":
-                cell["skipped"] = "the C floor is a ping-pong of one cache line only"
+            elif name == "c-floor" and sc.layout not in ("pingpong", "throughput"):
+                cell["skipped"] = "the C floors are a cache-line ping-pong and an SPSC ring's throughput"
             elif sc.layout == "broadcast" and name != "c-floor":
                 if name not in bcast_reason:
                     try:
@@ -179,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
                     try:
                         if name in broken:
                             raise RunError(broken[name])
-                        if name == "c-floor":
+                        if name == "c-floor" and sc.layout == "throughput":
+                            fig = _floor_throughput(cfloor, floor_bin, sc, (cores[0], cores[1 % len(cores)]))
+                            pinned_all.append(bool(fig.pop("pinned")))
+                        elif name == "c-floor":
                             p = sc.params
                             out = cfloor.run(floor_bin, (cores[0], cores[1 % len(cores)]),
                                              max(p.messages * 20, 200_000), max(p.warmup * 20, 20_000),
@@ -206,6 +209,11 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _log("interrupted: writing what was measured so far")
 
+    if floor_bin is not None:
+        try:
+            mach["memcpy"] = cfloor.run_memcpy(floor_bin)
+        except (RuntimeError, OSError, ValueError) as exc:
+            mach["memcpy"] = {"error": str(exc)}
     mach["loadavg_after"] = machine.loadavg()
     mach["pinning_granted"] = bool(pinned_all) and all(pinned_all)
     mach["pinning_detail"] = {"granted": sum(pinned_all), "requested": len(pinned_all)}
@@ -248,6 +256,22 @@ def _term_as_interrupt() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+
+
+def _floor_throughput(cfloor: Any, binary: Any, sc: Scenario, cores: tuple[int, int]) -> dict:
+    """One run of the C SPSC ring at this scenario's batch size (1 for throughput-single), the same
+    record size and capacity as the shmpipe ring of the bench; ~20x the records, since it is ~20x
+    faster and a too-short run measures the fork."""
+    from .transports.base import RECORD_SIZE
+    from .transports.shmpipe_ring import CAPACITY
+
+    p = sc.params
+    batch = 1 if p.extra.get("single") else p.batch
+    records = max(20 * (p.messages + p.warmup), 2_000_000)
+    out = cfloor.run_throughput(binary, cores, records, batch, CAPACITY, RECORD_SIZE, timeout=p.timeout_s)
+    fig: dict[str, Any] = {k: None for k in LAT_KEYS}
+    fig.update(messages=out["timed_records"], msgs_per_s=out["records_per_s"], pinned=out["pinned"])
+    return fig
 
 
 def _figures(sc: Scenario, reports: list[dict], stats: Any) -> dict:
@@ -313,6 +337,11 @@ def _rows(scenarios: list[Scenario], wanted: list[str], cells: dict, runs: int) 
                     row[k] = med
                 if spread:
                     row["spread"][k] = spread
+            floor_tp = cells.get(("c-floor", sc.name))
+            if (sc.layout == "throughput" and name != "c-floor" and row["msgs_per_s"] and floor_tp
+                    and floor_tp["runs"]):
+                floor_rate = median_spread([f["msgs_per_s"] for f in floor_tp["runs"]])[0]
+                row["ratio_to_floor"] = row["msgs_per_s"] / floor_rate if floor_rate else None
             if sc.layout == "pingpong" and row["p50_us"] is not None and floor_p50:
                 row["ratio_to_floor_p50"] = row["p50_us"] / floor_p50
                 row["ratio_to_floor_p99"] = row["p99_us"] / floor_p99 if floor_p99 else None

@@ -1,4 +1,5 @@
-"""Build (once, cached by source hash) and run bench/floor.c: the cache-line ping-pong floor."""
+"""Build (once, cached by source hash) and run bench/floor.c: the cache-line ping-pong floor, the
+two-process C SPSC ring throughput floor and the memcpy bandwidth of a core."""
 from __future__ import annotations
 
 import hashlib
@@ -50,3 +51,22 @@ def run(binary: Path, cores: tuple[int, int], iterations: int, warmup: int, time
     if proc.returncode != 0:
         raise RuntimeError(f"floor exited {proc.returncode}: {proc.stderr.strip()[:300]}")
     return json.loads(proc.stdout)
+
+
+def _run_json(args: list[str], timeout: float) -> dict:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"floor exited {proc.returncode}: {proc.stderr.strip()[:300]}")
+    return json.loads(proc.stdout)
+
+
+def run_throughput(binary: Path, cores: tuple[int, int], records: int, batch: int, capacity: int,
+                   record_size: int, timeout: float) -> dict:
+    """The C SPSC ring between two pinned processes: records/s at this batch size."""
+    return _run_json([str(binary), "throughput", str(cores[0]), str(cores[1]), str(records), str(batch),
+                      str(capacity), str(record_size)], timeout)
+
+
+def run_memcpy(binary: Path, nbytes: int = 64 << 20, repeats: int = 10, timeout: float = 60.0) -> dict:
+    """Best-of-``repeats`` memcpy of ``nbytes`` on one core, GB/s."""
+    return _run_json([str(binary), "memcpy", str(nbytes), str(repeats)], timeout)

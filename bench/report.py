@@ -62,12 +62,19 @@ def table(result: dict) -> str:
             note = []
             if r.get("ratio_to_floor_p50"):
                 note.append(f"{r['ratio_to_floor_p50']:.1f}x floor")
+            if r.get("ratio_to_floor"):
+                note.append(f"{100 * r['ratio_to_floor']:.0f}% of the C ring")
             if r.get("error"):
                 note.append(f"errors: {r['error'][:60]}")
             lines.append(
                 f"{r['transport']:<14} {_fmt(r.get('p50_us')):>9} {_fmt(r.get('p99_us')):>9} "
                 f"{_fmt(r.get('p999_us')):>9} {_fmt(r.get('max_us')):>9} "
                 f"{_fmt(r.get('msgs_per_s'), 'rate'):>8} {r['runs']:>4}  {spread:<28} {' '.join(note)}")
+        lines.append("")
+    memcpy = result.get("machine", {}).get("memcpy") or {}
+    if memcpy.get("gb_per_s"):
+        lines.append(f"memcpy on one core: {memcpy['gb_per_s']:.1f} GB/s (best of {memcpy['repeats']} copies of "
+                     f"{memcpy['bytes'] >> 20} MiB): the ceiling of every batched row")
         lines.append("")
     if result.get("comparisons"):
         lines.append("== shmpipe vs peers (peer figure / shmpipe figure; >1 means shmpipe is better) ==")

@@ -20,4 +20,5 @@ def test_parse_bench_quick(tmp_path):
     assert ("coinbase", "l2_data update (book)", "msgspec") in rows
     assert {r["feed"] for r in result["rows"]} == {"coinbase", "kraken", "alpaca"}
     assert all(r["us_per_msg"] > 0 and len(r["per_run"]) == 1 for r in result["rows"])
+    assert all(0 < r["cpu_us_per_msg"] and len(r["cpu_per_run"]) == 1 for r in result["rows"])
     assert result["machine"]["runs"] == 1

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "capture": "shmpipe_tools.capture",
     "replay": "shmpipe_tools.replay",
     "orderbook": "shmpipe_tools.orderbook",
+    "metrics": "shmpipe_tools.metrics",
 }
 
 
@@ -49,6 +50,7 @@ EXTRA_HINTS = {
     "capture": "pip install 'shmpipe[services]'",
     "replay": "pip install 'shmpipe[services]'",
     "orderbook": "pip install 'shmpipe[services]'",
+    "metrics": "pip install 'shmpipe[services]'",
 }
 
 

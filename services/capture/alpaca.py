@@ -24,7 +24,7 @@ from shmpipe.records import SOURCE_ALPACA, TICK_FLAG_QUOTE, TICK_FLAG_TRADE
 from . import bad_input as bad
 from .feed_parser import TICKS, FeedParser, check_quote, non_negative, positive
 from .record_batch import U32_MASK, RecordBatch, pack_tick, spread_tenth_bps
-from .timestamps import rfc3339_ns
+from ._levels import rfc3339_ns
 
 EXCHANGE = "alpaca"
 STOCKS_URL = "wss://stream.data.alpaca.markets/v2/sip"

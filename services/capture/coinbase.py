@@ -43,8 +43,8 @@ from .feed_parser import (
     non_negative,
     positive,
 )
+from ._levels import append_coinbase_updates, rfc3339_ns
 from .record_batch import U32_MASK, RecordBatch, pack_level, pack_tick, spread_tenth_bps
-from .timestamps import rfc3339_ns
 
 EXCHANGE = "coinbase"
 DEFAULT_URL = "wss://advanced-trade-ws.coinbase.com"
@@ -218,18 +218,9 @@ class CoinbaseParser(FeedParser):
                 if self.watchdog is not None:
                     self._touch("l2_data", symbol)
                 flags = self._gap_flag(symbol, LEVELS) if self._gaps_pending else 0
-                sid = inst.symbol_id
-                buf = out.levels
-                time_text, ts = "", 0
-                for u in event.updates:
-                    if u.event_time != time_text:   # the levels of one update usually share it
-                        time_text = u.event_time
-                        ts = rfc3339_ns(time_text)
-                    price, size = u.price_level, u.new_quantity
-                    check_level(price, size)
-                    buf += pack_level(ts, price, size, sid, SIDES[u.side], ACTION_SET, SOURCE_COINBASE, flags)
-                    flags = 0
-                self._last_exchange_ns = ts
+                # one SET per level, compiled (_levels.pyx); returns the last level's time
+                self._last_exchange_ns = append_coinbase_updates(out.levels, event.updates, inst.symbol_id,
+                                                                 SOURCE_COINBASE, flags)
             else:
                 messages["l2_data.snapshot"] += 1
                 self._symbol_in_progress = symbol

@@ -22,10 +22,6 @@ from typing import Any, Literal
 import msgspec
 
 from shmpipe.records import (
-    ACTION_CHECKSUM,
-    ACTION_SET,
-    ACTION_SNAPSHOT_BEGIN,
-    ACTION_SNAPSHOT_END,
     ACTION_TRADE,
     SIDE_ASK,
     SIDE_BID,
@@ -39,14 +35,13 @@ from .feed_parser import (
     LEVELS,
     TICKS,
     FeedParser,
-    check_level,
     check_quote,
     decimals_of,
     non_negative,
     positive,
 )
+from ._levels import append_kraken_book, rfc3339_ns
 from .record_batch import U32_MASK, RecordBatch, pack_level, pack_tick, spread_tenth_bps
-from .timestamps import rfc3339_ns
 
 EXCHANGE = "kraken"
 DEFAULT_URL = "wss://ws.kraken.com/v2"
@@ -189,26 +184,15 @@ class KrakenParser(FeedParser):
         else:
             ts = recv_ns or self._last_exchange_ns
         flags = self._gap_flag(symbol, LEVELS) if self._gaps_pending else 0
-        records = []
+        # [snapshot-begin,] the levels [, snapshot-end], the checksum record: compiled (_levels.pyx)
+        append_kraken_book(out.levels, data.bids, data.asks, ts, sid, SOURCE_KRAKEN, flags, snapshot,
+                           data.checksum)
         if snapshot:
-            records.append(pack_level(ts, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_BEGIN, SOURCE_KRAKEN, flags))
-            flags = 0
-        for side, levels in ((SIDE_BID, data.bids), (SIDE_ASK, data.asks)):
-            for level in levels:
-                price, size = float(level.price), float(level.qty)   # float() reads the raw JSON text
-                check_level(price, size)
-                records.append(pack_level(ts, price, size, sid, side, ACTION_SET, SOURCE_KRAKEN, flags))
-                flags = 0
-        if snapshot:
-            records.append(pack_level(ts, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_END, SOURCE_KRAKEN, 0))
             first = data.bids[0] if data.bids else (data.asks[0] if data.asks else None)
             if first is not None:
                 self._learn(inst, price_decimals=decimals_of(bytes(first.price)),
                             size_decimals=decimals_of(bytes(first.qty)))
             inst.has_book = True
-        records.append(pack_level(ts, float(data.checksum & U32_MASK), 0.0, sid, 0, ACTION_CHECKSUM,
-                                  SOURCE_KRAKEN, flags))
-        out.levels += b"".join(records)
 
     def _on_ticker(self, data: TickerData, out: RecordBatch) -> None:
         symbol = data.symbol
