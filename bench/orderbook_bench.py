@@ -6,7 +6,9 @@ latency across processes, and the three stages (capture -> orderbook -> consumer
   random side, as real feeds concentrate there): apply only (no books ring), and apply + the
   50-level OrderbookEntry built and written to a books ring (one entry per update). A Python
   bisect-based book (ccxt's way: a sorted price list + a dict) runs the same stream as the
-  reference the issue names. Figures are the median of --runs, with [min, max].
+  reference the issue names, and a C++ std::map (red-black tree) per side with the top 50 read
+  after each change (``bench/orderbook_tree.pyx``, built on demand) is the tree the arrays are
+  chosen over. Figures are the median of --runs, with [min, max].
 * ``checksum``: µs per Kraken CRC32 check (top 10 per side, formatted by the registry's decimals)
   of the compiled book, called from Python (that call's ~50 ns included), against the Python
   reference (``services/capture/kraken_checksum.py``).
@@ -139,10 +141,51 @@ def bench_inprocess(args) -> dict:
     finally:
         ring.unlink()
         ring.close()
+    # The same stream on arrays with the entry built but no ring, and on a tree (std::map) per side.
+    built, tree_apply, tree_top = [], [], []
+    tree = _tree_module()
+    for _ in range(args.runs):
+        engine = BookEngine(facts=facts)
+        engine.build_without_ring = True
+        engine.apply(head)
+        t0 = time.perf_counter_ns()
+        engine.apply(body)
+        built.append((time.perf_counter_ns() - t0) / len(body))
+        if tree is not None:
+            stream = np.concatenate([head, body])
+            tree_apply.append(tree.apply(stream, args.symbols, False)[0] * len(stream) / len(body))
+            tree_top.append(tree.apply(stream, args.symbols, True)[0] * len(stream) / len(body))
+    trees = ({"tree_apply_ns": _summary(tree_apply), "tree_apply_and_top50_ns": _summary(tree_top)}
+             if tree is not None else {"tree": "not built (needs Cython and a C++ compiler)"})
     return {"updates": len(body), "symbols": args.symbols,
             "apply_ns": _summary(apply_only), "apply_and_entry_ns": _summary(with_entries),
+            "apply_and_entry_built_no_ring_ns": _summary(built), **trees,
             "python_bisect_ns": _summary(python_bisect),
             "updates_per_s_per_core": round(1e9 / statistics.median(with_entries))}
+
+
+def _tree_module():
+    """bench/orderbook_tree.pyx (std::map per side), built once into ~/.cache/shmpipe-bench."""
+    import importlib
+    from pathlib import Path
+    cache = Path.home() / ".cache" / "shmpipe-bench" / "orderbook_tree"
+    cache.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(cache))
+    try:
+        return importlib.import_module("orderbook_tree")
+    except ImportError:
+        pass
+    source = Path(__file__).with_name("orderbook_tree.pyx")
+    (cache / "orderbook_tree.pyx").write_text(source.read_text())
+    setup = ("from Cython.Build import cythonize\nfrom setuptools import setup\n"
+             "setup(ext_modules=cythonize(['orderbook_tree.pyx'], quiet=True), "
+             "script_args=['build_ext', '--inplace', '-q'])\n")
+    built = subprocess.run([sys.executable, "-c", setup], cwd=cache, capture_output=True, text=True)
+    if built.returncode != 0:
+        print(f"orderbook_bench: the std::map comparison did not build: {built.stderr[-500:]}", file=sys.stderr)
+        return None
+    importlib.invalidate_caches()
+    return importlib.import_module("orderbook_tree")
 
 
 def bench_checksum(args) -> dict:
