@@ -51,6 +51,15 @@ MODULE = textwrap.dedent('''
                 raise RuntimeError(f"write {i} failed: {w}")
         return n
 
+    def edges(consumer, producer):
+        """What the nogil calls answer to misuse: -1, never a crash or an exception."""
+        cdef shmpipe_consumer *c = consumer_handle(consumer)
+        cdef shmpipe_producer *p = producer_handle(producer)
+        cdef const void *first
+        cdef char rec[32]
+        return (consumer_commit(c, 5), consumer_peek(c, &first, 0), consumer_read(c, rec, 0),
+                producer_write(p, rec, -1), consumer_peek(c, &first, 8), itemsize(consumer))
+
     def read_ticks(consumer, Py_ssize_t n):
         """Read n Ticks (waiting when empty) and return their sequence numbers as a list."""
         cdef shmpipe_consumer *c = consumer_handle(consumer)
@@ -109,6 +118,25 @@ USE = textwrap.dedent('''
             ring_copy.write_ticks(pc, 1000)                     # 64 slots: the C write waits for room
             reader.join(30)
             assert seen == list(range(1000)), seen[:10]
+            # misuse: commit more than shown, zero-sized calls, a negative count, peek on a lossy ring
+            lossy = shmpipe.Ring.create(name + "-d", TICK, 64, broadcast=True, policy="lossy")
+            try:
+                with lossy.consumer() as cd, lossy.producer() as pd:
+                    assert ring_copy.edges(cd, pd) == (-1, -1, -1, -1, -1, 32), ring_copy.edges(cd, pd)
+                    cd.close()
+                    try:
+                        ring_copy.edges(cd, pd)
+                        raise AssertionError("a closed consumer gave a handle")
+                    except shmpipe.RingClosedError:
+                        pass
+                    try:
+                        ring_copy.forward("not a consumer", pd)
+                        raise AssertionError("a str gave a handle")
+                    except TypeError:
+                        pass
+            finally:
+                lossy.unlink()
+                lossy.close()
         print("ok")
     finally:
         for r in (a, b, c):

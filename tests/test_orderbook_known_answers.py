@@ -181,3 +181,14 @@ def test_capture_then_orderbook_processes_give_the_known_books(feed, fixture, ri
         assert counters["gaps"] == 1 and counters["invalid_books"] == 1
         # no capture answers resnapshot here: the requests fail, are counted, and nothing crashes
         assert counters["resnapshot_requests"] == counters["resnapshot_failures"]
+
+
+def test_capture_then_orderbook_flag_the_one_bad_kraken_checksum(ring_name, registry):  # noqa: F811
+    bad = KNOWN["bad"]["kraken_bad_checksum.jsonl"]
+    counters, entries = run_pipeline(str(bad_fixture("kraken_bad_checksum.jsonl")), "kraken", ring_name)
+    sid = registry.find("kraken", bad["symbol"])
+    assert counters["checksum_failures"] == 1 and counters["invalid_books"] == 1
+    assert counters["checksums_verified"] >= 1 and counters["repaired"] == 0
+    last = last_per_symbol(entries)
+    assert last[sid]["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_CHECKSUM_FAILED
+    assert not entries[entries["symbol_id"] != sid]["flags"].any()
