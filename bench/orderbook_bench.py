@@ -59,8 +59,14 @@ def _machine() -> dict:
 def book_stream(symbols: int, updates: int, seed: int = 1, levels: int = 100, top: int = 50):
     """K snapshots of `levels` per side around 100.00 + 10k, then `updates` sets/deletes landing on
     one of the top `top` price steps of a random side (deletes 20 %), never crossing."""
-    from shmpipe.records import (ACTION_SET, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, LEVEL_UPDATE,
-                                 SIDE_ASK, SIDE_BID)
+    from shmpipe.records import (
+        ACTION_SET,
+        ACTION_SNAPSHOT_BEGIN,
+        ACTION_SNAPSHOT_END,
+        LEVEL_UPDATE,
+        SIDE_ASK,
+        SIDE_BID,
+    )
     rng = np.random.default_rng(seed)
     snap = []
     for s in range(symbols):
@@ -106,11 +112,12 @@ class BisectBook:
 
 
 def bench_inprocess(args) -> dict:
+    from shmpipe_services.orderbook._book import BookEngine
+
     import shmpipe
     from shmpipe.records import ORDERBOOK_ENTRY
-    from shmpipe_services.orderbook._book import BookEngine
     head, body = book_stream(args.symbols, args.updates)
-    facts = lambda sid: (2, 4, 0)   # noqa: E731
+    facts = lambda sid: (2, 4, 0)
     apply_only, with_entries, python_bisect = [], [], []
     name = f"obbench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ring = shmpipe.Ring.create(name, ORDERBOOK_ENTRY, 1 << 12, broadcast=True)
@@ -180,7 +187,7 @@ def _tree_module():
     setup = ("from Cython.Build import cythonize\nfrom setuptools import setup\n"
              "setup(ext_modules=cythonize(['orderbook_tree.pyx'], quiet=True), "
              "script_args=['build_ext', '--inplace', '-q'])\n")
-    built = subprocess.run([sys.executable, "-c", setup], cwd=cache, capture_output=True, text=True)
+    built = subprocess.run([sys.executable, "-c", setup], cwd=cache, capture_output=True, text=True, check=False)
     if built.returncode != 0:
         print(f"orderbook_bench: the std::map comparison did not build: {built.stderr[-500:]}", file=sys.stderr)
         return None
@@ -189,9 +196,10 @@ def _tree_module():
 
 
 def bench_checksum(args) -> dict:
-    from shmpipe.records import ACTION_SET, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, LEVEL_UPDATE
     from shmpipe_services.capture.kraken_checksum import checksum_of_book
     from shmpipe_services.orderbook._book import BookEngine
+
+    from shmpipe.records import ACTION_SET, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, LEVEL_UPDATE
     rows = [(0, 0.0, 0.0, 1, 0, ACTION_SNAPSHOT_BEGIN, 5, 0)]
     bids = {round(67000.0 - 0.1 * k, 1): round(0.12345678 + k * 0.01, 8) for k in range(10)}
     asks = {round(67000.1 + 0.1 * k, 1): round(0.87654321 + k * 0.01, 8) for k in range(10)}
@@ -251,8 +259,9 @@ def latency_producer(args) -> int:
 
 
 def latency_consumer(args) -> int:
-    import shmpipe
     from hdrh.histogram import HdrHistogram
+
+    import shmpipe
     from shmpipe.records import ORDERBOOK_ENTRY
     _pin(args.core)
     ring = shmpipe.Ring.open(args.books, ORDERBOOK_ENTRY)

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from capture_helpers import KNOWN
 from orderbook_helpers import checksum_record, level, levels, snapshot
 from shmpipe_services.capture.kraken_checksum import checksum_field, checksum_of_book, checksum_of_text
 from shmpipe_services.orderbook._book import BookEngine, checksum_text_digits
@@ -29,7 +30,6 @@ from shmpipe.records import (
     SIDE_BID,
     TICK,
 )
-from capture_helpers import KNOWN
 
 
 def facts(price_decimals=2, size_decimals=8, depth=0):

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import time
-from decimal import Decimal
 
 import numpy as np
 import pytest
 from capture_helpers import KNOWN, as_decimal_pairs, float_pairs_as_decimals
 from orderbook_helpers import ParsedFixture, bad_fixture
 from shmpipe_services.orderbook._book import BookEngine
-from test_asset_sync import LineReader, _stop, spawn_cli
+from test_asset_sync import _stop, spawn_cli
 from test_capture_process import registry, start_feed_server  # noqa: F401 (a fixture)
 
 import shmpipe
-from shmpipe import symbols
 from shmpipe.records import (
     BOOK_FLAG_CHECKSUM_FAILED,
     BOOK_FLAG_GAP,

@@ -332,6 +332,25 @@ cdef class BookEngine:
         free(self.read_buffer)
         free(self.staged)
 
+    def replace_levels_consumer(self, consumer):
+        """Read from this consumer from now on (the process rejoined after an eviction): records
+        were missed, so every book is marked invalid (BOOK_FLAG_GAP) until its next snapshot."""
+        cdef Py_ssize_t i
+        if ring_api.itemsize(consumer) != LEVEL_UPDATE.itemsize or consumer.dtype != LEVEL_UPDATE:
+            raise TypeError(f"the levels ring must hold LEVEL_UPDATE records, not {consumer.dtype}")
+        if consumer.lossy != (not self.peekable):
+            raise ValueError("the new levels consumer must be of a ring with the same policy")
+        self.levels = ring_api.consumer_handle(consumer)
+        self.consumer = consumer
+        for i in range(self.books_capacity):
+            if self.books[i] != NULL:
+                self.books[i].in_snapshot = 0
+                self.gaps += 1
+                self._invalidate(self.books[i], SHMPIPE_BOOK_FLAG_GAP)
+                self._changed(self.books[i], <uint32_t>i)
+        if self.nstaged:
+            self._publish_staged()
+
     # -- books ----------------------------------------------------------------------------------
     cdef Book *_book(self, uint32_t sid) except NULL:
         cdef Py_ssize_t cap

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import shmpipe
@@ -29,7 +29,7 @@ STATS_INTERVAL_S = 0.5
 PUMP_BATCH = 4096
 REPORTED = ("updates", "snapshots_written", "checksum_failures", "resnapshots", "invalid_books")
 STATS_FIELDS = list(COUNTER_NAMES) + ["books", "books_invalid_now", "resnapshots", "resnapshot_requests",
-                                      "resnapshot_failures", "paused"]
+                                      "resnapshot_failures", "paused", "rejoins"]
 
 
 class OrderbookError(Exception):
@@ -46,7 +46,7 @@ def registry_facts(symbol_id: int) -> tuple[int | None, int | None, int] | None:
     return info.price_decimals, info.size_decimals, info.depth
 
 
-def _open_or_create(name: str, dtype, capacity: int, what: str, wait: Callable[[], bool] | None = None):
+def _open_or_create(name: str, dtype, capacity: int, what: str):
     """(ring, created here). The ring must hold `dtype`."""
     try:
         try:
@@ -82,6 +82,8 @@ class OrderbookProcess:
         self.engine: BookEngine | None = None
         self.resnapshotter: Resnapshotter | None = None
         self.started = time.monotonic()
+        self.rejoins = 0
+        self.consumer = self.levels_ring = None
 
     # -- control --------------------------------------------------------------------------------
     def handlers(self) -> dict[str, Callable[[dict], dict | None]]:
@@ -120,6 +122,7 @@ class OrderbookProcess:
         else:
             c.update({"resnapshots": 0, "resnapshot_requests": 0, "resnapshot_failures": 0})
         c["paused"] = int(self.paused.is_set())
+        c["rejoins"] = self.rejoins
         return c
 
     # -- the loop -------------------------------------------------------------------------------
@@ -156,16 +159,20 @@ class OrderbookProcess:
                 for ring in created:     # made for this run alone, which did not run: no litter
                     ring.unlink()
                 raise
-            consumer = levels.consumer(start="oldest")
-            with producer, consumer:
-                self.engine = BookEngine(consumer, producer, conflate_ms=o.conflate_ms, facts=o.facts)
+            self.levels_ring = levels
+            self.consumer = levels.consumer(start="oldest")
+            try:
+                self.engine = BookEngine(self.consumer, producer, conflate_ms=o.conflate_ms, facts=o.facts)
                 if self.stop.is_set():
                     self.engine.stop_requested = True
                 self.resnapshotter = Resnapshotter(o.levels, o.captures, own_name=o.name)
                 try:
-                    self._loop(consumer, publisher)
+                    self._loop(publisher)
                 finally:
                     self.resnapshotter.close()
+            finally:
+                self.consumer.close()
+                producer.close()
             result = self.counters()
             result["ended"] = self.ended
             if publisher is not None:
@@ -179,13 +186,23 @@ class OrderbookProcess:
             if server is not None:
                 server.close()
 
-    def _loop(self, consumer, publisher) -> None:
+    def _rejoin(self) -> None:
+        """Evicted from the levels ring (silent past its consumer timeout, e.g. held up by a full
+        books ring): join again from the oldest record still there. Records were missed or may have
+        been overwritten under us, so every book is invalid until its next snapshot."""
+        self.consumer.close()
+        self.consumer = self.levels_ring.consumer(start="oldest")
+        self.engine.replace_levels_consumer(self.consumer)
+        self.rejoins += 1
+
+    def _loop(self, publisher) -> None:
         engine = self.engine
         deadline = None if self.options.seconds is None else time.monotonic() + self.options.seconds
         next_housekeeping = next_stats = 0.0
         conflating = self.options.conflate_ms > 0
         while True:
             now = time.monotonic()
+            consumer = self.consumer
             if self.stop.is_set():
                 self.ended = self.ended or "stop"
                 return
@@ -202,29 +219,41 @@ class OrderbookProcess:
                     next_stats = now + STATS_INTERVAL_S
                     c = self.counters()
                     publisher.update({k: v for k, v in c.items() if k in STATS_FIELDS})
-            if self.paused.is_set():
-                self.stop.wait(WAIT_SLICE_S)
-                continue
-            if engine.pump(PUMP_BATCH):
-                self.seen_producer = True     # records mean a producer was here, however briefly
-                continue
-            if conflating:
-                engine.flush_due()
-            # Empty. A producer we saw and that is gone now, with nothing left: the feed ended.
-            if self.seen_producer and not consumer.producer_alive and engine.wait(0) == 0:
-                engine.flush_due(force=True)     # the last conflated entries are owed now
-                self.ended = "producer_gone"
-                return
-            slice_s = WAIT_SLICE_S
-            if conflating:
-                slice_s = min(slice_s, self.options.conflate_ms / 1000.0)
-            if deadline is not None:
-                slice_s = max(0.0, min(slice_s, deadline - now))
-            engine.wait(slice_s)
+            try:
+                if self._step(consumer, deadline, now, conflating):
+                    return
+            except shmpipe.ConsumerEvictedError:
+                self._rejoin()
+
+    def _step(self, consumer, deadline, now, conflating) -> bool:
+        """Apply what is there, or wait a slice for more; True when the feed has ended."""
+        engine = self.engine
+        if self.paused.is_set():
+            if not consumer.lossy:
+                consumer.peek(1, 0)   # a sign of life, so a lossless producer does not evict us
+            self.stop.wait(WAIT_SLICE_S)
+            return False
+        if engine.pump(PUMP_BATCH):
+            self.seen_producer = True     # records mean a producer was here, however briefly
+            return False
+        if conflating:
+            engine.flush_due()
+        # Empty. A producer we saw and that is gone now, with nothing left: the feed ended.
+        if self.seen_producer and not consumer.producer_alive and engine.wait(0) == 0:
+            engine.flush_due(force=True)     # the last conflated entries are owed now
+            self.ended = "producer_gone"
+            return True
+        slice_s = WAIT_SLICE_S
+        if conflating:
+            slice_s = min(slice_s, self.options.conflate_ms / 1000.0)
+        if deadline is not None:
+            slice_s = max(0.0, min(slice_s, deadline - now))
+        engine.wait(slice_s)
+        return False
 
 
 def run(options: Options) -> dict:
     return OrderbookProcess(options).run()
 
 
-__all__ = ["Options", "OrderbookError", "OrderbookProcess", "REPORTED", "registry_facts", "run"]
+__all__ = ["REPORTED", "Options", "OrderbookError", "OrderbookProcess", "registry_facts", "run"]

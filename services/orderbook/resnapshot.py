@@ -94,7 +94,7 @@ class Resnapshotter:
                 return
             try:
                 self._ask(sid)
-            except Exception as exc:   # never let the worker die: count it, try again later
+            except Exception as exc:  # noqa: BLE001 (never let the worker die: count it, try again later)
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
