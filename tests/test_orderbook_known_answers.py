@@ -120,7 +120,7 @@ def test_one_wrong_kraken_checksum_is_counted_and_marks_only_that_book(ring_name
 
 
 # -- as processes: feed server -> capture -> orderbook ----------------------------------------------
-def run_pipeline(fixture_path: str, feed: str, ring_name: str) -> tuple[dict, np.ndarray]:
+def run_pipeline(fixture_path: str, feed: str, ring_name: str, *server_options: str) -> tuple[dict, np.ndarray]:
     ticks = shmpipe.Ring.create(ring_name + "-t", TICK, 1 << 16, broadcast=True)
     levels = shmpipe.Ring.create(ring_name + "-l", LEVEL_UPDATE, 1 << 18, broadcast=True)
     books = shmpipe.Ring.create(ring_name + "-b", ORDERBOOK_ENTRY, 1 << 12, broadcast=True)
@@ -136,7 +136,7 @@ def run_pipeline(fixture_path: str, feed: str, ring_name: str) -> tuple[dict, np
             assert book.poll() is None, book.stderr.read()
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        server, url = start_feed_server(fixture_path, "--exit-after", "1")
+        server, url = start_feed_server(fixture_path, "--exit-after", "1", *server_options)
         procs.append(server)
         cap = spawn_cli("capture", "--feed", feed, "--url", url, "--ticks", ring_name + "-t",
                         "--levels", ring_name + "-l", "--json", "--name", ring_name + "-cap")
@@ -190,3 +190,31 @@ def test_capture_then_orderbook_flag_the_one_bad_kraken_checksum(ring_name, regi
     last = last_per_symbol(entries)
     assert last[sid]["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_CHECKSUM_FAILED
     assert not entries[entries["symbol_id"] != sid]["flags"].any()
+
+
+def _feed_server_corrupts() -> bool:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "feed-server", "--help"],
+                         capture_output=True, text=True, check=False).stdout
+    return "--corrupt" in out
+
+
+@pytest.mark.skipif(not _feed_server_corrupts(),
+                    reason="needs the feed server's --corrupt and capture's resnapshot (branch capture-resync)")
+def test_a_corrupted_update_from_the_feed_server_is_flagged_and_repaired_by_capture(ring_name, registry):  # noqa: F811
+    """The feed server sends book line 20 (BTC/USD) with one size off by a unit in its last digit: the
+    order book's checksum fails, it marks the book invalid and asks capture (found by its status)
+    for a resnapshot; capture resubscribes, the venue's snapshot rebuilds the book."""
+    known = KNOWN["kraken_v2.jsonl"]
+    counters, entries = run_pipeline("kraken_v2.jsonl", "kraken", ring_name, "--speed", "6", "--corrupt", "20")
+    sid = registry.find("kraken", "BTC/USD")
+    assert counters["checksum_failures"] >= 1 and counters["invalid_books"] == 1
+    assert counters["resnapshots"] >= 1 and counters["repaired"] == 1
+    mine = entries[entries["symbol_id"] == sid]
+    bad = np.flatnonzero(mine["flags"] & BOOK_FLAG_CHECKSUM_FAILED)
+    assert len(bad) and not mine["flags"][bad[-1] + 1:].any()      # flagged, then valid again
+    last = last_per_symbol(entries)
+    for symbol, book in known["books"].items():
+        assert_entry_top(last[registry.find("kraken", symbol)], book["top5_bids"], book["top5_asks"])
+        assert last[registry.find("kraken", symbol)]["flags"] == 0
