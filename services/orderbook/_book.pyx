@@ -119,6 +119,27 @@ cdef struct Book:
     uint8_t facts_known
 
 
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #define ENTRY_BIDS_OFFSET offsetof(shmpipe_orderbook_entry, bids)
+    #define ENTRY_ASKS_OFFSET offsetof(shmpipe_orderbook_entry, asks)
+    /* Best first from arrays kept best last: (price, size) pairs as f32. Plain pointers (not the
+     * packed struct's fields) and restrict let the compiler vectorise the conversion. */
+    static inline void _fill_levels(float *restrict dst, const double *restrict best_key,
+                                    const double *restrict best_size, Py_ssize_t n, double sign) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            dst[2 * j] = (float)(sign * best_key[-j]);
+            dst[2 * j + 1] = (float)best_size[-j];
+        }
+    }
+    """
+    size_t ENTRY_BIDS_OFFSET
+    size_t ENTRY_ASKS_OFFSET
+    void _fill_levels(float *dst, const double *best_key, const double *best_size, Py_ssize_t n,
+                      double sign) noexcept nogil
+
+
 cdef inline Py_ssize_t _lower_bound(const double *a, Py_ssize_t n, double k) noexcept nogil:
     cdef Py_ssize_t lo = 0, hi = n, mid
     # Most changes hit the top (the end): a new best, or the best itself, costs two compares.
@@ -529,7 +550,6 @@ cdef class BookEngine:
         cdef shmpipe_orderbook_entry *e = &self.staged[self.nstaged]
         cdef Py_ssize_t limit = self.max_levels
         cdef Py_ssize_t nb, na, old_b = e.bid_count, old_a = e.ask_count
-        cdef Py_ssize_t j, top
         if b.depth > 0 and b.depth < limit:
             limit = b.depth
         nb = min(b.bids.count, limit)
@@ -542,14 +562,10 @@ cdef class BookEngine:
         e.flags = b.flags
         e.bid_count = <uint8_t>nb
         e.ask_count = <uint8_t>na
-        top = b.bids.count - 1
-        for j in range(nb):
-            e.bids[j][0] = <float>b.bids.key[top - j]
-            e.bids[j][1] = <float>b.bids.size[top - j]
-        top = b.asks.count - 1
-        for j in range(na):
-            e.asks[j][0] = <float>(-b.asks.key[top - j])
-            e.asks[j][1] = <float>b.asks.size[top - j]
+        _fill_levels(<float *>(<char *>e + ENTRY_BIDS_OFFSET), b.bids.key + b.bids.count - 1,
+                     b.bids.size + b.bids.count - 1, nb, 1.0)
+        _fill_levels(<float *>(<char *>e + ENTRY_ASKS_OFFSET), b.asks.key + b.asks.count - 1,
+                     b.asks.size + b.asks.count - 1, na, -1.0)
         if old_b > nb:
             memset(&e.bids[nb][0], 0, (old_b - nb) * 2 * sizeof(float))
         if old_a > na:
