@@ -405,3 +405,15 @@ def test_evicted_while_held_up_by_a_full_books_ring_it_rejoins_and_marks_books_i
     assert counters["rejoins"] >= 1 and counters["gaps"] >= 1 and counters["invalid_books"] >= 1
     assert counters["repaired"] >= 1 and entries[-1]["flags"] == 0
     assert (entries["flags"] & BOOK_FLAG_INVALID).any()
+
+
+def test_a_levels_ring_with_every_consumer_slot_held_is_refused_in_one_line(ring_name):
+    with shmpipe.Ring.create(ring_name + "-l", LEVEL_UPDATE, 64, broadcast=True, max_consumers=1) as full, \
+            full.consumer():
+        proc = spawn_cli("orderbook", "--levels", ring_name + "-l", "--books", ring_name + "-b",
+                         "--name", ring_name + "-ob")
+        _, err = proc.communicate(timeout=DEADLINE)
+        full.unlink()
+    assert proc.returncode == 1 and err.startswith("shmpipe orderbook: levels ring")
+    assert "consumer slots" in err and len(err.strip().splitlines()) == 1
+    assert not Path(f"/dev/shm/shmpipe.{ring_name}-b").exists()      # the books ring it made is gone

@@ -155,12 +155,16 @@ class OrderbookProcess:
                     producer = books.producer()
                 except shmpipe.RoleTakenError as exc:
                     raise OrderbookError(f"books ring {o.books!r}: {exc}") from None
+                try:
+                    self.consumer = levels.consumer(start="oldest")
+                except shmpipe.RoleTakenError as exc:   # every consumer slot is held
+                    producer.close()
+                    raise OrderbookError(f"levels ring {o.levels!r}: {exc}") from None
             except OrderbookError:
                 for ring in created:     # made for this run alone, which did not run: no litter
                     ring.unlink()
                 raise
             self.levels_ring = levels
-            self.consumer = levels.consumer(start="oldest")
             try:
                 self.engine = BookEngine(self.consumer, producer, conflate_ms=o.conflate_ms, facts=o.facts)
                 if self.stop.is_set():
