@@ -11,7 +11,7 @@ by price ascending, asks by -price ascending (negation is exact), so one code pa
 Most changes land at or near the top of the book, which is then the cheap end of every memmove,
 and the top N are the last N entries, read backwards with no search. Against a std::map per side
 (bench/orderbook_bench.py): a change costs about the same, a change plus the top-50 read an entry
-needs is ~6x cheaper here.
+needs is ~7x cheaper here.
 
 Integrity, per DESIGN.md's LevelUpdate rules:
   - a checksum record (action 4) is verified: the book is truncated to the registry's depth (Kraken
