@@ -69,6 +69,25 @@ def private_symbol_registry(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir():
+    """The suite's own directory of control and signal sockets (``shmpipe.control.runtime_dir``),
+    so a service a test kills with SIGKILL leaves its socket file there, not in the user's; removed at
+    the end. Short: an ipc:// path must fit in ~107 bytes."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="shmpipe-rt-", dir="/tmp")
+    saved = os.environ.get("SHMPIPE_RUNTIME_DIR")
+    os.environ["SHMPIPE_RUNTIME_DIR"] = path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+    if saved is None:
+        os.environ.pop("SHMPIPE_RUNTIME_DIR", None)
+    else:
+        os.environ["SHMPIPE_RUNTIME_DIR"] = saved
+
+
 @pytest.fixture
 def ring_name(request) -> str:
     """A ring name unique to this test. A segment left under it afterwards is removed and fails

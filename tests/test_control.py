@@ -245,3 +245,15 @@ def test_a_runtime_dir_others_can_write_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("SHMPIPE_RUNTIME_DIR", str(open_dir))
     with pytest.raises(control.ControlError, match="closed to others"):
         control.endpoint_for("svc")
+
+
+def test_a_refused_command_is_an_error_reply_without_a_traceback(caplog):
+    def pick(args):
+        raise control.CommandRefused(f"no symbol {args.get('symbol')!r} here")
+
+    with control.ControlServer("svc", {"pick": pick}) as server:
+        server.start_thread()
+        with caplog.at_level("DEBUG", logger="shmpipe.control"):
+            with pytest.raises(control.ControlError, match="refused 'pick': pick: no symbol 'X' here"):
+                control.request("svc", "pick", {"symbol": "X"})
+        assert not [r for r in caplog.records if r.exc_info]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -9,9 +10,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from capture_helpers import CAPTURE_FIXTURES, KNOWN, fixture_lines
+from capture_helpers import CAPTURE_FIXTURES, KNOWN, SIDE_BID, WireBooks, fixture_lines, match_file_lines
 from shmpipe_services.capture import bad_input as bad
+from shmpipe_services.capture import process as capture_process
 from shmpipe_services.capture.coinbase import CoinbaseParser
+from shmpipe_services.capture.feed_books import corrupt_level
 from shmpipe_services.capture.feed_server import (
     Faults,
     FeedServer,
@@ -283,3 +286,156 @@ def test_frames_from_the_server_reach_rings_exactly_as_parsed_from_the_file(ring
         levels_ring.unlink()
     assert parser.errors == Counter() and len(levels) == len(expected_levels) == 6322
     assert ticks.tobytes() == expected_ticks.tobytes() and levels.tobytes() == expected_levels.tobytes()
+
+
+# -- mid-stream resubscribes: a fresh snapshot from the book as played so far ------------------------
+
+
+async def resubscribing_client(url, feed: str, symbol: str, after: int, subscribe_first: list[str]):
+    """Subscribes like capture does, sends capture's resubscribe frames for ``symbol`` once ``after``
+    frames arrived, and returns every frame and the index of the first frame after the request."""
+    frames, asked_at = [], None
+    async with connect(url, max_size=None, compression=None) as ws:
+        for frame in subscribe_first:
+            await ws.send(frame)
+        try:
+            while True:
+                message = await asyncio.wait_for(ws.recv(), DEADLINE)
+                frames.append(message.encode() if isinstance(message, str) else message)
+                if len(frames) == after:
+                    asked_at = len(frames)
+                    for out in capture_process.resubscribe_frames(feed, [symbol]):
+                        await ws.send(out)
+        except ConnectionClosedOK:
+            pass
+    return frames, asked_at
+
+
+def play_resubscribe(fixture, feed, symbol, after, speed=20.0, faults=None):
+    subscribe = capture_process.subscribe_frames(feed, capture_process.DEFAULT_SYMBOLS[feed])
+    (frames, asked_at), server = serve_and(
+        [fixture], lambda url: resubscribing_client(url, feed, symbol, after, subscribe), speed=speed,
+        faults=faults or Faults())
+    return frames, asked_at, server
+
+
+def book_after(venue, lines, position, symbol):
+    books = WireBooks(venue)
+    for line in lines[:position]:
+        books.apply(line)
+    return books.as_decimals(symbol)
+
+
+def test_kraken_resubscribe_gets_acks_and_a_snapshot_equal_to_the_book_so_far():
+    frames, asked_at, server = play_resubscribe(KRAKEN, "kraken", "BTC/USD", after=200)
+    lines = fixture_lines("kraken_v2.jsonl")
+    indexes, withheld = match_file_lines(frames, lines)
+    extra = [f for f, i in zip(frames, indexes) if i is None]
+    assert len(extra) == 3
+    unsub, sub, snapshot = (json.loads(f) for f in extra)
+    assert (unsub["method"], unsub["result"], unsub["success"]) == \
+        ("unsubscribe", {"channel": "book", "depth": 10, "symbol": "BTC/USD"}, True)
+    assert (sub["method"], sub["result"]) == \
+        ("subscribe", {"channel": "book", "depth": 10, "snapshot": True, "symbol": "BTC/USD"})
+    assert snapshot["channel"] == "book" and snapshot["type"] == "snapshot"
+    assert [d["symbol"] for d in snapshot["data"]] == ["BTC/USD"]
+    assert server.reports[0].snapshots_sent == 1
+    # lines withheld: only BTC/USD book lines, only between the unsubscribe and the subscribe
+    first_answer, at = frames.index(extra[0]), frames.index(extra[2])
+    assert at >= asked_at
+    assert all(b'"channel":"book"' in lines[i] and b'"BTC/USD"' in lines[i] for i in withheld)
+    assert all(indexes[first_answer - 1] < i < next(j for j in indexes[at:] if j is not None) for i in withheld)
+
+    books = WireBooks("kraken")
+    for frame in frames[:at]:
+        books.apply(frame)
+    eth_before = books.as_decimals("ETH/USD")
+    # the snapshot: the book after every file line played before it (sent or withheld), with a
+    # checksum that verifies, written with the file's decimals (trailing zeros kept: the checksum
+    # depends on them), and the other symbol untouched
+    assert books.apply(frames[at]) == [("BTC/USD", "snapshot", True)]
+    position = next(j for j in indexes[at:] if j is not None)
+    assert books.as_decimals("BTC/USD") == book_after("kraken", lines, position, "BTC/USD")
+    assert books.as_decimals("ETH/USD") == eth_before
+    assert b'"qty":0.' in frames[at] and len(books.top("BTC/USD", SIDE_BID)) == 10
+    # every later book message still verifies: the stream goes on from the same book
+    results = [r for frame in frames[at + 1:] for r in books.apply(frame)]
+    assert results and all(ok for _s, _t, ok in results)
+
+
+def test_kraken_corrupt_line_breaks_the_checksum_until_a_resubscribe_repairs_it():
+    lines = fixture_lines("kraken_v2.jsonl")
+    # a BTC/USD update with a non-zero level early in the file
+    n = next(i for i, line in enumerate(lines, 1) if i > 20 and b'"BTC/USD"' in line
+             and b'"type":"update"' in line and b'"channel":"book"' in line and b'"qty":0.0000' not in line)
+    frames, _asked, _ = play_resubscribe(KRAKEN, "kraken", "BTC/USD", after=n + 50,
+                                         faults=Faults(corrupt=frozenset({n})))
+    assert frames[n - 1] == corrupt_level(lines[n - 1]) != lines[n - 1]
+    books = WireBooks("kraken")
+    verdicts = [(i, r) for i, frame in enumerate(frames, 1) for r in books.apply(frame)]
+    btc = [(i, t, ok) for i, (s, t, ok) in verdicts if s == "BTC/USD"]
+    assert all(ok for i, t, ok in btc if i < n)
+    assert [ok for i, t, ok in btc if i == n] == [False]       # the altered size fails at once
+    snapshot_at = next(i for i, t, ok in btc if t == "snapshot" and i > n)
+    assert all(ok for i, t, ok in btc if i >= snapshot_at)     # repaired from the server's true book
+    assert all(ok for i, (s, t, ok) in verdicts if s == "ETH/USD")
+
+
+def test_coinbase_resubscribe_snapshot_takes_the_next_sequence_num():
+    frames, asked_at, server = play_resubscribe(COINBASE, "coinbase", "ETH-USD", after=300, speed=30.0)
+    lines = fixture_lines("coinbase_advanced.jsonl")
+    msgs = [json.loads(f) for f in frames]
+    seqs = [m["sequence_num"] for m in msgs]
+    # consecutive on the connection except the fixture's own gap (2600 never sent)
+    jumps = [(a, b) for a, b in itertools.pairwise(seqs) if b != a + 1]
+    assert len(jumps) == 1 and jumps[0][1] - jumps[0][0] == 2
+    indexes, withheld = match_file_lines(frames, lines)
+    ours = [i for i, j in enumerate(indexes) if j is None]
+    assert [msgs[i]["channel"] for i in ours] == ["subscriptions", "l2_data", "subscriptions"]
+    unsub_ack, snap_at, sub_ack = ours
+    assert snap_at >= asked_at
+    # the acks: unsubscribe (ETH-USD out of level2), then subscribe (back in)
+    assert [("ETH-USD" in msgs[i]["events"][0]["subscriptions"].get("level2", [])) for i in (unsub_ack, sub_ack)] \
+        == [False, True]
+    snapshot = msgs[snap_at]
+    assert snapshot["events"][0]["type"] == "snapshot" and snapshot["events"][0]["product_id"] == "ETH-USD"
+    assert snapshot["client_id"] == ""
+    assert all(u["event_time"] == "1970-01-01T00:00:00Z" for u in snapshot["events"][0]["updates"])
+    sides = [u["side"] for u in snapshot["events"][0]["updates"]]
+    assert sides == sorted(sides)   # bids then offers, as Coinbase sends them
+    # withheld: only ETH-USD l2 lines, between the unsubscribe and the subscribe
+    position = next(j for j in indexes[snap_at:] if j is not None)
+    assert all(b'"l2_data"' in lines[i] and b'"ETH-USD"' in lines[i] and indexes[unsub_ack - 1] < i < position
+               for i in withheld)
+    books = WireBooks("coinbase")
+    for frame in frames[:snap_at + 1]:
+        books.apply(frame)
+    assert books.as_decimals("ETH-USD") == book_after("coinbase", lines, position, "ETH-USD")
+    # the capture parser sees the fixture's gap and nothing else
+    parser = CoinbaseParser()
+    for frame in frames:
+        parser.parse(frame)
+    assert [g.kind for g in parser.gaps] == ["sequence"] and parser.errors == Counter()
+    assert server.reports[0].snapshots_sent == 1
+
+
+def test_first_subscribes_are_answered_by_the_recording_alone():
+    """capture sends several subscribes on connect: none of them is a resubscribe."""
+    async def client(url):
+        frames = []
+        async with connect(url, max_size=None) as ws:
+            for out in capture_process.subscribe_frames("coinbase", ["BTC-USD", "ETH-USD"]):
+                await ws.send(out)
+            async for message in ws:
+                frames.append(message.encode())
+        return frames
+    frames, server = serve_and([COINBASE], client, speed=0)
+    assert frames == fixture_lines("coinbase_advanced.jsonl") and server.reports[0].snapshots_sent == 0
+
+
+def test_cli_corrupt_of_a_line_without_levels_is_one_line_and_exit_2():
+    proc = spawn_cli("feed-server", "--port", "0", "--corrupt", "1", str(KRAKEN))
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 2 and out == ""
+    assert err == "shmpipe feed-server: --corrupt 1: line 1 of kraken_v2.jsonl is not a book message " \
+                  "with a level to alter\n"

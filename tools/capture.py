@@ -19,7 +19,13 @@ def add_parser(sub) -> None:
         "LevelUpdates and writes them to two broadcast rings (attached if they exist, else created\n"
         "lossless: ticks 65536 records, levels 262144). Reconnects with backoff and jitter on a dropped\n"
         "connection; ends when the feed closes normally, reconnects are exhausted, --seconds pass or on\n"
-        "SIGTERM/SIGINT, then prints its counters.")
+        "SIGTERM/SIGINT, then prints its counters.\n\n"
+        "Control plane (shmpipe.control, service name = --name): status, stats, pause, resume, stop\n"
+        "(like SIGTERM) and resnapshot {\"symbol_id\": ID} or {\"exchange\": EX, \"symbol\": SYM}, which\n"
+        "resubscribes that one symbol's book channel for a fresh snapshot (synthetic: writes one). E.g.\n"
+        "  python -c 'from shmpipe import control; print(control.request(\"ticks.kraken\", \"status\"))'\n"
+        "Paused, a websocket capture stops reading the socket (TCP backpressure: nothing dropped; a\n"
+        "long pause may make the venue drop the connection, then capture reconnects and flags the gap).")
     p.add_argument("--feed", required=True, choices=("coinbase", "kraken", "alpaca", "synthetic"))
     p.add_argument("--url", help="websocket URL (not for --feed synthetic)")
     p.add_argument("--ticks", required=True, metavar="RING", help="ring of shmpipe.records.TICK")
@@ -32,8 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=positive_float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print the counters as one JSON object")
     p.add_argument("--name", help="publish live counters to /dev/shm/shmpipe-stats.NAME, read with "
-                                  "shmpipe.stats.read(NAME) (default: TICKS.FEED, e.g. ticks.kraken: "
-                                  "captures of several venues may share the rings)")
+                                  "shmpipe.stats.read(NAME), and answer the control plane as service NAME "
+                                  "(default: TICKS.FEED, e.g. ticks.kraken: captures of several venues may "
+                                  "share the rings; at most 64 of A-Z a-z 0-9 _ . -)")
     p.add_argument("--max-attempts", type=positive_int, default=10,
                    help="reconnect attempts in a row before giving up (default 10)")
     p.add_argument("--backoff", type=positive_float, default=0.5,
@@ -117,6 +124,8 @@ def run_capture(args: argparse.Namespace) -> int:
             ring.close()
         return _fail("capture", str(exc))
     stats_feed = cp.StatsFeed(publisher, counters)
+    name = args.name or f"{args.ticks}.{args.feed}"
+    server = None
     try:
         if args.journal_dir:
             from shmpipe.journal import TickJournal
@@ -129,8 +138,10 @@ def run_capture(args: argparse.Namespace) -> int:
                 stop[0] = True
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
-            cp.run_synthetic(writer, rate=args.rate, symbols=n_symbols, seed=args.seed,
-                             seconds=args.seconds, stop_flag=stop, stats=stats_feed)
+            synthetic = cp.SyntheticCapture(writer, rate=args.rate, symbols=n_symbols, seed=args.seed,
+                                            seconds=args.seconds, stop_flag=stop, stats=stats_feed)
+            server = _serve_control(synthetic, name, args)
+            synthetic.run()
             result = counters.as_dict()
         else:
             if args.raw_dir:
@@ -139,27 +150,31 @@ def run_capture(args: argparse.Namespace) -> int:
             options = cp.CaptureOptions(args.feed, args.url, symbols, seconds=args.seconds,
                                         max_attempts=args.max_attempts, backoff_s=args.backoff)
             capture = cp.Capture(options, writer, wslog, stats=stats_feed)
+            server = _serve_control(capture, name, args)
 
             async def main() -> None:
                 task = asyncio.current_task()
                 cp.install_stop_signals(asyncio.get_running_loop(), task)
                 try:
                     await capture.run()
-                except asyncio.CancelledError:   # SIGTERM / SIGINT: a normal end
-                    capture.ended = "signal"
+                except asyncio.CancelledError:   # SIGTERM / SIGINT / the stop command: a normal end
+                    capture.ended = capture.ended or "signal"
             asyncio.run(main())
             result = counters.as_dict()
             result["ended"] = capture.ended
             result["connections"] = capture.connections
-    except cp.CaptureError as exc:
+    except (cp.CaptureError, ControlUnavailable) as exc:
         # nothing ran: rings made for this run alone would only be litter in /dev/shm
         for ring in (ticks_ring, levels_ring):
             if ring.name in _created:
                 ring.unlink()
-        return _fail("capture", str(exc))
+        print(f"shmpipe capture: {exc}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, ControlUnavailable) else 1
     except OSError as exc:   # a raw or journal directory we cannot write
         return _fail("capture", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     finally:
+        if server is not None:
+            server.close()   # the endpoint goes with the capture
         publisher.close()   # a clean end removes the segment; only a killed capture leaves one
         if writer is not None:
             writer.close()
@@ -171,6 +186,27 @@ def run_capture(args: argparse.Namespace) -> int:
         levels_ring.close()
     _print_counters(result, args.json)
     return 0
+
+
+class ControlUnavailable(Exception):
+    """The control endpoint cannot be served: the name is taken (exit 1) or not a service name (2)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _serve_control(capture, name: str, args: argparse.Namespace):
+    from shmpipe_services.capture.commands import serve
+
+    from shmpipe.control import ControlError
+    from shmpipe.errors import InvalidArgumentError
+    try:
+        return serve(capture, name=name, feed=args.feed, ticks=args.ticks, levels=args.levels)
+    except InvalidArgumentError as exc:
+        raise ControlUnavailable(f"--name: {exc}", 2) from None
+    except ControlError as exc:
+        raise ControlUnavailable(str(exc), 1) from None
 
 
 def run_replay(args: argparse.Namespace) -> int:

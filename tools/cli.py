@@ -21,7 +21,10 @@ SUBCOMMANDS = {
     "capture": "shmpipe_tools.capture",
     "replay": "shmpipe_tools.replay",
     "orderbook": "shmpipe_tools.orderbook",
+    "bars": "shmpipe_tools.bars",
+    "features": "shmpipe_tools.features",
     "metrics": "shmpipe_tools.metrics",
+    "bridge": "shmpipe_tools.bridge",
 }
 
 
@@ -50,7 +53,10 @@ EXTRA_HINTS = {
     "capture": "pip install 'shmpipe[services]'",
     "replay": "pip install 'shmpipe[services]'",
     "orderbook": "pip install 'shmpipe[services]'",
+    "bars": "pip install 'shmpipe[services]'",
+    "features": "pip install 'shmpipe[services]'",
     "metrics": "pip install 'shmpipe[services]'",
+    "bridge": "pip install 'shmpipe[services]'",
 }
 
 

@@ -20,6 +20,10 @@ def add_parser(sub) -> None:
         "--speed 1 keeps the recorded pace (each line's first RFC 3339 timestamp), 0 sends as fast as\n"
         "possible. With several files, path /1, /2, ... (or /NAME, the file name without extension)\n"
         "picks the file and / the first one. Frame numbers N are 1-based line numbers.\n"
+        "Kraken and Coinbase recordings: a client that subscribes a symbol's book again mid-stream\n"
+        "(after an unsubscribe or not) gets the venue's ack and a fresh snapshot of that book as\n"
+        "played so far (Kraken: with its CRC32 checksum; Coinbase: the connection's next sequence_num,\n"
+        "later lines renumbered); the first subscribe is answered by the recording itself.\n"
         "Prints 'listening on ws://HOST:PORT/' once ready (port 0 picks a free port).",
     )
     p.add_argument("files", nargs="+", metavar="FILE.jsonl", help="recordings, one raw frame per line")
@@ -33,6 +37,10 @@ def add_parser(sub) -> None:
                    help="fault: never send line N, a gap (repeatable)")
     p.add_argument("--malformed", type=positive_int, action="append", default=[], metavar="N",
                    help="fault: send line N cut in half, invalid JSON (repeatable)")
+    p.add_argument("--corrupt", type=positive_int, action="append", default=[], metavar="N",
+                   help="fault: send book line N with one level's size altered (a Kraken checksum no "
+                        "longer matches); the server's own book keeps the true size, so a resubscribe "
+                        "repairs the client's (repeatable)")
     p.add_argument("--stall-after", type=positive_int, metavar="N",
                    help="fault: after N frames send nothing more but keep the connection open")
     p.add_argument("--faulty-connections", type=int, default=0, metavar="K",
@@ -53,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     faults = Faults(disconnect_after=args.disconnect_after, drop=frozenset(args.drop),
                     malformed=frozenset(args.malformed), stall_after=args.stall_after,
+                    corrupt=frozenset(args.corrupt),
                     connections=args.faulty_connections)
 
     def ready(server) -> None:

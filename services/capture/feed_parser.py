@@ -185,6 +185,16 @@ class FeedParser:
             inst.last_trade_id = None
         self._raise_gap("reconnect", ALL_SYMBOLS, "new connection", resync=False)
 
+    def request_resync(self, symbol: str) -> None:
+        """Someone outside asked for a fresh snapshot of this symbol's book (an order book whose
+        checksum failed, an operator): it joins the symbols ``take_resync`` hands out."""
+        self._instrument(symbol)
+        self.resync_needed.add(symbol)
+
+    def instrument(self, symbol: str) -> Instrument:
+        """The symbol's facts on this connection (made, and its id taken, on first use)."""
+        return self._instrument(symbol)
+
     def take_resync(self) -> set[str]:
         """Symbols whose books need a fresh snapshot (resubscribe them); the set is emptied."""
         symbols, self.resync_needed = self.resync_needed, set()

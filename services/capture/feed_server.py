@@ -13,6 +13,14 @@ Frame i is sent (t_i - t_first) / speed after the subscribe arrived; ``speed`` 0
 
 Several files: ``/1``, ``/2``, ... serve the files in command-line order, ``/<name>`` the file whose
 name without extension is <name> (``/kraken_v2``), and ``/`` the first one.
+
+Resubscribes (Kraken and Coinbase recordings): the server reads what the client sends while it
+plays. A client's first subscribe of a book channel is answered by the recording itself (its acks and
+snapshots); a later subscribe of a symbol's book (after an unsubscribe or not) is answered as the
+venue would, from the book as the recording has been played so far: the ack and a fresh snapshot
+(see ``feed_books``); between an unsubscribe and the subscribe, that symbol's book lines are
+withheld. Coinbase lines after an inserted or withheld message go out renumbered, so the
+connection's ``sequence_num`` stays consecutive.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, serve
 
+from . import feed_books
+from .feed_books import corrupt_level, detect_venue
 from .timestamps import rfc3339_ns
 
 log = logging.getLogger("shmpipe.feed_server")
@@ -44,9 +54,10 @@ class Faults:
     malformed: frozenset[int] = frozenset()  # these lines are sent cut in half: invalid JSON
     stall_after: int | None = None        # after N frames sent, go silent with the socket left open
     connections: int = 0                  # faults apply to the first K connections per file; 0 = all
+    corrupt: frozenset[int] = frozenset()  # these book lines are sent with one level's size altered
 
     def any(self) -> bool:
-        return bool(self.disconnect_after or self.drop or self.malformed or self.stall_after)
+        return bool(self.disconnect_after or self.drop or self.malformed or self.stall_after or self.corrupt)
 
 
 @dataclass
@@ -56,6 +67,7 @@ class Recording:
     times_ns: list[int | None]           # each frame's recorded time, None where the line has none
     binary: frozenset[int] = frozenset()  # 0-based frames that are not UTF-8: sent as binary frames
     connections: int = 0
+    venue: str | None = None              # "kraken", "coinbase", "alpaca": how resubscribes are answered
 
     @property
     def name(self) -> str:
@@ -91,7 +103,18 @@ def load_recording(path: str | Path) -> Recording:
             frame.decode("utf-8")
         except UnicodeDecodeError:
             binary.add(index)   # a text frame cannot carry it; replaying it as bytes keeps the fault
-    return Recording(path, frames, [frame_time_ns(f) for f in frames], frozenset(binary))
+    return Recording(path, frames, [frame_time_ns(f) for f in frames], frozenset(binary),
+                     venue=detect_venue(frames))
+
+
+def check_corruptible(recordings: list[Recording], lines: frozenset[int]) -> None:
+    """Each --corrupt line must be a book message with a level in at least one recording."""
+    for number in sorted(lines):
+        if not any(number <= len(r.frames) and corrupt_level(r.frames[number - 1]) is not None
+                   for r in recordings):
+            names = ", ".join(r.path.name for r in recordings)
+            raise FeedFileError(f"--corrupt {number}: line {number} of {names} is not a book message "
+                                "with a level to alter")
 
 
 def cut_in_half(frame: bytes) -> bytes:
@@ -105,6 +128,7 @@ class ConnectionReport:
     recording: str
     frames_sent: int
     ended: str           # "complete", "disconnect fault", "stalled", "client closed"
+    snapshots_sent: int = 0   # fresh snapshots answering mid-stream resubscribes
 
 
 @dataclass
@@ -168,22 +192,56 @@ class FeedServer:
         faulty = self.faults.any() and (not self.faults.connections or rec.connections <= self.faults.connections)
         faults = self.faults if faulty else Faults()
         report = ConnectionReport(path, rec.path.name, 0, "complete")
+        session = None
+        if rec.venue in ("kraken", "coinbase"):
+            session = feed_books.Resubscriptions(rec.frames, rec.times_ns, rec.venue)
+        inbox: asyncio.Queue = asyncio.Queue()
+        reader = None
         try:
-            await ws.recv()   # the subscribe; its content does not matter here
-            await self._play(ws, rec, faults, report)
+            first = await ws.recv()   # the subscribe: playing starts once it arrived
+            if session is not None:
+                session.answer(first, 0)   # notes what it subscribed; the recording answers it
+            reader = asyncio.create_task(self._read_client(ws, inbox))
+            await self._play(ws, rec, faults, report, session, inbox)
         except Exception as exc:  # noqa: BLE001 -- the client left (closed, reset): report, keep serving
             report.ended = f"client closed ({type(exc).__name__})"
         finally:
+            if reader is not None:
+                reader.cancel()
+            if session is not None:
+                report.snapshots_sent = session.snapshots_sent
             self.reports.append(report)
-            log.info("%s %s: %d frames sent, %s", path, rec.path.name, report.frames_sent, report.ended)
+            answered = f", {report.snapshots_sent} resubscribe snapshot(s)" if report.snapshots_sent else ""
+            log.info("%s %s: %d frames sent%s, %s", path, rec.path.name, report.frames_sent, answered,
+                     report.ended)
             if self.exit_after is not None and len(self.reports) >= self.exit_after:
                 self.stop()
 
-    async def _play(self, ws: ServerConnection, rec: Recording, faults: Faults, report: ConnectionReport) -> None:
+    @staticmethod
+    async def _read_client(ws: ServerConnection, inbox: asyncio.Queue) -> None:
+        """Everything the client sends after its first message, for ``_play`` to answer in order."""
+        try:
+            async for message in ws:
+                inbox.put_nowait(message)
+        except Exception as exc:  # noqa: BLE001 -- the connection ended; _play finds out when it sends
+            log.debug("client reader ended: %s", exc)
+
+    async def _answer(self, ws: ServerConnection, session, message, position: int, report) -> None:
+        if session is None:
+            return
+        for frame in session.answer(message, position):
+            await ws.send(frame, text=True)
+            report.frames_sent += 1
+
+    async def _play(self, ws: ServerConnection, rec: Recording, faults: Faults, report: ConnectionReport,
+                    session=None, inbox: asyncio.Queue | None = None) -> None:
         loop = asyncio.get_running_loop()
+        inbox = inbox if inbox is not None else asyncio.Queue()
         start, first_ns, last_ns = loop.time(), None, None
         for index, frame in enumerate(rec.frames):
             number = index + 1
+            while not inbox.empty():   # the client's messages are answered between lines, in order
+                await self._answer(ws, session, inbox.get_nowait(), index, report)
             if number in faults.drop:
                 continue
             if self.speed > 0:
@@ -192,9 +250,23 @@ class FeedServer:
                     last_ns = t if last_ns is None else max(last_ns, t)
                     first_ns = last_ns if first_ns is None else first_ns
                 if last_ns is not None:
-                    delay = start + (last_ns - first_ns) / 1e9 / self.speed - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                    while True:   # wait for the frame's time, answering the client meanwhile
+                        delay = start + (last_ns - first_ns) / 1e9 / self.speed - loop.time()
+                        if delay <= 0:
+                            break
+                        try:
+                            message = await asyncio.wait_for(inbox.get(), delay)
+                        except TimeoutError:
+                            break
+                        await self._answer(ws, session, message, index, report)
+            else:
+                await asyncio.sleep(0)   # lets the client's messages in: a send alone may never yield
+            if session is not None:
+                frame = session.outgoing(frame)
+                if frame is None:   # its book is unsubscribed on this connection
+                    continue
+            if number in faults.corrupt:
+                frame = corrupt_level(frame) or frame
             if number in faults.malformed:
                 frame = cut_in_half(frame)
             await ws.send(frame, text=index not in rec.binary)
@@ -213,8 +285,9 @@ class FeedServer:
 async def serve_files(paths: list[str], *, port: int, host: str = "127.0.0.1", speed: float = 0.0,
                       faults: Faults = Faults(), exit_after: int | None = None, ready=None) -> FeedServer:
     """Load, listen, call ``ready(server)`` once listening, serve until done. Raises FeedFileError/OSError."""
-    server = FeedServer([load_recording(p) for p in paths], speed=speed, faults=faults, host=host, port=port,
-                        exit_after=exit_after)
+    recordings = [load_recording(p) for p in paths]
+    check_corruptible(recordings, faults.corrupt)
+    server = FeedServer(recordings, speed=speed, faults=faults, host=host, port=port, exit_after=exit_after)
     await server.start()
     if ready is not None:
         ready(server)

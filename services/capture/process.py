@@ -87,7 +87,8 @@ class Counters:
     levels_written: int = 0
     ring_full_waits: int = 0
     reconnects: int = 0
-    resubscribes: int = 0
+    resubscribes: int = 0        # symbols resubscribed for a fresh snapshot (after a gap, or asked to)
+    resnapshots: int = 0         # resnapshots asked for over the control plane
     parse_errors: Counter = field(default_factory=Counter)
     gaps: Counter = field(default_factory=Counter)
     by_channel: Counter = field(default_factory=Counter)
@@ -104,7 +105,7 @@ class Counters:
         out = {"messages": self.messages, "bytes": self.bytes, "ticks_written": self.ticks_written,
                "levels_written": self.levels_written, "ring_full_waits": self.ring_full_waits,
                "reconnects": self.reconnects, "resubscribes": self.resubscribes,
-               "parse_errors": dict(self.parse_errors), "gaps": dict(self.gaps),
+               "resnapshots": self.resnapshots, "parse_errors": dict(self.parse_errors), "gaps": dict(self.gaps),
                "messages_by_channel": dict(self.by_channel)}
         if self.latency is not None and self.latency.get_total_count():
             out["latency_us"] = {"p50": self.latency.get_value_at_percentile(50),
@@ -119,7 +120,7 @@ class Counters:
 
 # What capture publishes to its stats segment (shmpipe.stats), every STATS_INTERVAL_S and at the end.
 STATS_FIELDS = ["messages", "bytes", "parse_errors", "gaps", "reconnects", "resubscribes", "ring_full_waits",
-                "ticks_written", "levels_written", "latency_p50_us", "latency_p99_us"]
+                "ticks_written", "levels_written", "latency_p50_us", "latency_p99_us", "resnapshots"]
 # Often enough for a human or a control plane polling; rare enough that the percentile queries
 # (microseconds each) cost nothing next to the frames.
 STATS_INTERVAL_S = 0.1
@@ -140,7 +141,8 @@ class StatsFeed:
             errors, gaps = self.parser.errors, self.parser.gap_counts
         values = {"messages": c.messages, "bytes": c.bytes, "parse_errors": sum(errors.values()),
                   "gaps": sum(v for k, v in gaps.items() if k != "reconnect"), "reconnects": c.reconnects,
-                  "resubscribes": c.resubscribes, "ring_full_waits": c.ring_full_waits,
+                  "resubscribes": c.resubscribes, "resnapshots": c.resnapshots,
+                  "ring_full_waits": c.ring_full_waits,
                   "ticks_written": c.ticks_written, "levels_written": c.levels_written}
         if c.latency is not None and c.latency.get_total_count():
             values["latency_p50_us"] = c.latency.get_value_at_percentile(50)
@@ -252,13 +254,25 @@ class CaptureOptions:
     open_timeout_s: float = 10.0
 
 
+# How often the event loop answers control-plane requests (shmpipe.control): a request waits this
+# long at most, and polling an idle ZeroMQ socket this often costs nothing next to the frames.
+CONTROL_POLL_S = 0.02
+
+
 class Capture:
+    """One venue's websocket capture. Besides ``run()``, it answers the control plane (see
+    ``commands``): ``pause``/``resume`` (paused, it stops reading the socket: the frames wait in the
+    kernel's and the venue's buffers, TCP backpressure, and nothing is dropped or written meanwhile),
+    ``resnapshot`` (the symbol's book channel is resubscribed, as after a gap) and ``stop`` (the end
+    SIGTERM gives)."""
+
     def __init__(self, options: CaptureOptions, writer: RingWriter, wslog=None,
                  symbol_id: SymbolIdFn | None = None, stats: StatsFeed | None = None) -> None:
         self.options = options
         self.writer = writer
         self.counters = writer.counters
         self.wslog = wslog
+        self.exchange = options.feed
         self.exchange_id = EXCHANGE_IDS[options.feed]
         self.parser = PARSERS[options.feed](symbol_id if symbol_id is not None else host_registry_or_memory())
         self.connections = 0
@@ -266,6 +280,78 @@ class Capture:
         self.stats = stats
         if stats is not None:
             stats.parser = self.parser
+        self.control = None          # a shmpipe.control.ControlServer, polled from the event loop
+        self.connected = False
+        self.paused = False
+        self._resumed: asyncio.Event | None = None
+        self._ws = None
+        self._task: asyncio.Task | None = None
+
+    # -- what the control plane asks (called in the event loop's thread, from ``_answer_control``) --
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.options.symbols)
+
+    @property
+    def has_books(self) -> bool:
+        return self.options.feed != "alpaca"
+
+    def symbol_ids(self) -> dict[str, int]:
+        """Ids of the symbols seen so far (the others take theirs on their first message)."""
+        known = self.parser.instruments
+        return {s: known[s].symbol_id for s in self.options.symbols if s in known}
+
+    def symbol_for_id(self, symbol_id: int) -> str | None:
+        for symbol, inst in self.parser.instruments.items():
+            if inst.symbol_id == symbol_id and symbol in self.options.symbols:
+                return symbol
+        for symbol in self.options.symbols:   # not seen yet: its id, taken now, may still match
+            if self.parser.instrument(symbol).symbol_id == symbol_id:
+                return symbol
+        return None
+
+    def live_counters(self) -> dict:
+        """The counters ``--json`` prints at the end, as they stand now."""
+        out = self.counters.as_dict()
+        out.update(parse_errors=dict(self.parser.errors), gaps=dict(self.parser.gap_counts),
+                   messages_by_channel=dict(self.parser.messages), connections=self.connections)
+        return out
+
+    def pause(self) -> None:
+        self.paused = True
+        if self._resumed is not None:
+            self._resumed.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+        if self._resumed is not None:
+            self._resumed.set()
+
+    def stop(self) -> None:
+        """The end SIGTERM gives: the run task is cancelled, counters printed, exit 0."""
+        self.ended = "stop requested"
+        if self._task is not None:
+            self._task.cancel()
+
+    def resnapshot(self, symbol: str) -> dict:
+        """Resubscribe this symbol's book channel (the same frames as after a detected gap)."""
+        self.parser.request_resync(symbol)
+        self.counters.resnapshots += 1
+        if self._ws is not None:   # else the next connection's subscribe brings a snapshot anyway
+            asyncio.get_running_loop().create_task(self._resubscribe_now(self._ws))
+        return {"symbol_id": self.parser.instrument(symbol).symbol_id, "sent": self._ws is not None}
+
+    async def _resubscribe_now(self, ws) -> None:
+        from websockets.exceptions import WebSocketException
+        try:
+            await self._send_resubscribes(ws)
+        except (OSError, WebSocketException):
+            pass   # the connection just went: its reconnect subscribes every book afresh
+
+    async def _answer_control(self) -> None:
+        while True:
+            self.control.poll(0)
+            await asyncio.sleep(CONTROL_POLL_S)
 
     def _marker(self, kind: str, detail: str) -> None:
         if self.wslog is not None:
@@ -273,7 +359,13 @@ class Capture:
 
     async def run(self) -> None:
         deadline = None if self.options.seconds is None else time.monotonic() + self.options.seconds
-        stats_task = None if self.stats is None else asyncio.get_running_loop().create_task(self.stats.run())
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._resumed = asyncio.Event()
+        if not self.paused:
+            self._resumed.set()
+        stats_task = None if self.stats is None else loop.create_task(self.stats.run())
+        control_task = None if self.control is None else loop.create_task(self._answer_control())
         try:
             if deadline is None:
                 await self._run()
@@ -286,6 +378,8 @@ class Capture:
             self.counters.parse_errors = Counter(self.parser.errors)
             self.counters.gaps = Counter(self.parser.gap_counts)
             self.counters.by_channel = Counter(self.parser.messages)
+            if control_task is not None:
+                control_task.cancel()
             if stats_task is not None:
                 stats_task.cancel()
                 self.stats.publish()   # the final numbers, before the segment goes
@@ -325,14 +419,22 @@ class Capture:
                     for frame in subscribe_frames(self.options.feed, self.options.symbols):
                         self._marker("subscribe", frame)
                         await ws.send(frame)
+                    self._ws, self.connected = ws, True
                     async for frame in ws:
+                        if self.paused:
+                            # not read while paused: the socket's buffers fill and TCP holds the venue
+                            # back; this frame, already received, waits here for the resume
+                            await self._resumed.wait()
                         await self._on_frame(ws, frame)
             except ConnectionClosedOK:   # a close frame: 1000 ends the capture, 1001 etc. reconnect
                 pass
             except (OSError, WebSocketException) as exc:
+                self._ws, self.connected = None, False
                 self._marker("disconnect", f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(self._backoff(1))
                 continue
+            finally:
+                self._ws, self.connected = None, False
             if ws.close_code == 1000:   # the server ended the feed on purpose: done
                 self._marker("disconnect", "closed normally (1000)")
                 self.ended = "feed closed"
@@ -366,41 +468,123 @@ class Capture:
             if counters.latency is not None:
                 counters.latency.record_value(max(1, (time.time_ns() - recv_ns) // 1000))
         if self.parser.resync_needed:
-            symbols = sorted(self.parser.take_resync())
-            for out in resubscribe_frames(self.options.feed, symbols):
-                self._marker("subscribe", out)
-                await ws.send(out)
-            counters.resubscribes += len(symbols)
+            await self._send_resubscribes(ws)
+
+    async def _send_resubscribes(self, ws) -> None:
+        """Resubscribe the book channel of the symbols whose books need a fresh snapshot."""
+        symbols = sorted(self.parser.take_resync())
+        if not symbols:
+            return
+        for out in resubscribe_frames(self.options.feed, symbols):
+            self._marker("subscribe", out)
+            await ws.send(out)
+        self.counters.resubscribes += len(symbols)
+
+
+class SyntheticCapture:
+    """The synthetic feed at a paced rate into the rings, in this thread; answers the control plane
+    between rounds: ``pause`` stops generating (the stream resumes where it stopped, at the same
+    pace: no burst, no gap), ``resnapshot`` writes a fresh snapshot of the symbol's book as the
+    records written so far built it, ``stop`` ends the run like SIGTERM."""
+
+    exchange = "synthetic"
+    has_books = True
+    connected = True   # no socket: "connected" while it runs
+
+    def __init__(self, writer: RingWriter, *, rate: float, symbols: int, seed: int, seconds: float | None,
+                 stop_flag: list[bool], symbol_id: SymbolIdFn | None = None,
+                 stats: StatsFeed | None = None) -> None:
+        from .synthetic import SyntheticFeed
+        self.feed = SyntheticFeed(symbols, seed,
+                                  symbol_id=symbol_id if symbol_id is not None else host_registry_or_memory(),
+                                  events_per_second=rate)
+        self.writer, self.counters = writer, writer.counters
+        self.rate, self.seconds, self.stop_flag, self.stats = rate, seconds, stop_flag, stats
+        self.control = None
+        self.paused = False
+        self.ended = ""
+        self._snapshots_due: list[int] = []
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.feed.names)
+
+    def symbol_ids(self) -> dict[str, int]:
+        return {name: int(sid) for name, sid in zip(self.feed.names, self.feed.symbol_ids)}
+
+    def symbol_for_id(self, symbol_id: int) -> str | None:
+        return next((n for n, sid in self.symbol_ids().items() if sid == symbol_id), None)
+
+    def live_counters(self) -> dict:
+        return self.counters.as_dict()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def stop(self) -> None:
+        self.ended = "stop requested"
+        self.stop_flag[0] = True
+
+    def resnapshot(self, symbol: str) -> dict:
+        k = self.feed.names.index(symbol)
+        self._snapshots_due.append(k)   # written by the loop, after the records already handed out
+        self.counters.resnapshots += 1
+        return {"symbol_id": int(self.feed.symbol_ids[k]), "sent": True}
+
+    def _write_snapshots(self) -> None:
+        while self._snapshots_due:
+            levels = self.feed.snapshot(self._snapshots_due.pop(0))
+            self.writer.write_arrays(np.empty(0, TICK), levels, lambda: self.stop_flag[0])
+
+    def run(self) -> None:
+        writer, rate, stop_flag, stats, control = self.writer, self.rate, self.stop_flag, self.stats, self.control
+        start = time.monotonic()
+        deadline = None if self.seconds is None else start + self.seconds
+        sent = 0
+        chunk = max(1, min(65536, int(rate // 100) or 1))   # ~10 ms of records per ring write
+        while not stop_flag[0]:
+            if control is not None:
+                control.poll(0)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if self.paused:
+                paused_at = now
+                while self.paused and not stop_flag[0] and (deadline is None or time.monotonic() < deadline):
+                    if control is not None:
+                        control.poll(5)   # waits for the next request up to 5 ms
+                    else:
+                        time.sleep(0.005)
+                    if stats is not None:
+                        stats.maybe_publish()
+                start += time.monotonic() - paused_at   # the pace goes on from where it stopped
+                continue
+            if self._snapshots_due:
+                self._write_snapshots()
+            due = int((now - start) * rate) - sent
+            if due <= 0:
+                time.sleep(min(0.005, 1.0 / rate))
+                continue
+            n = min(due, chunk)
+            ticks, levels = self.feed.next_batch(n)
+            writer.write_arrays(ticks, levels, lambda: stop_flag[0])
+            writer.counters.messages += n
+            sent += n
+            if stats is not None:
+                stats.maybe_publish()
+        if stats is not None:
+            stats.publish()
 
 
 def run_synthetic(writer: RingWriter, *, rate: float, symbols: int, seed: int, seconds: float | None,
                   stop_flag: list[bool], symbol_id: SymbolIdFn | None = None,
                   stats: StatsFeed | None = None) -> None:
     """Paced synthetic records: the events due by now (rate per second) every round."""
-    from .synthetic import SyntheticFeed
-    feed = SyntheticFeed(symbols, seed, symbol_id=symbol_id if symbol_id is not None else host_registry_or_memory(),
-                         events_per_second=rate)
-    start = time.monotonic()
-    deadline = None if seconds is None else start + seconds
-    sent = 0
-    chunk = max(1, min(65536, int(rate // 100) or 1))   # ~10 ms of records per ring write
-    while not stop_flag[0]:
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            break
-        due = int((now - start) * rate) - sent
-        if due <= 0:
-            time.sleep(min(0.005, 1.0 / rate))
-            continue
-        n = min(due, chunk)
-        ticks, levels = feed.next_batch(n)
-        writer.write_arrays(ticks, levels, lambda: stop_flag[0])
-        writer.counters.messages += n
-        sent += n
-        if stats is not None:
-            stats.maybe_publish()
-    if stats is not None:
-        stats.publish()
+    SyntheticCapture(writer, rate=rate, symbols=symbols, seed=seed, seconds=seconds, stop_flag=stop_flag,
+                     symbol_id=symbol_id, stats=stats).run()
 
 
 @dataclass

@@ -10,6 +10,11 @@ ten ``next_batch(1000)`` equal one ``next_batch(10000)``.
 
 It is a load generator, not a market model: each symbol's mid is a geometric random walk and book
 deltas land near the current mid, but the book is not kept uncrossed as the mid moves.
+
+The feed also keeps each symbol's book as its handed-out level records build it (vectorised per
+batch, one dict update per distinct level: about 0.1 µs per event on the shared 2-core box), so
+``snapshot(k)`` can write a fresh snapshot of it when capture is asked to resnapshot a symbol: what
+a venue does when a client resubscribes.
 """
 from __future__ import annotations
 
@@ -65,6 +70,10 @@ class SyntheticFeed:
         self._generated = 0                    # events drawn so far (a block ahead of _events at most)
         self._pending: tuple[np.ndarray, np.ndarray] | None = None
         self._snapshot_due = True
+        # Books as handed out: key (symbol index << 33 | side << 32 | price in ticks) -> size (0: gone).
+        self._book: dict[int, float] = {}
+        self._id_order = np.argsort(self.symbol_ids)
+        self._last_ns = start_ns
 
     @property
     def events(self) -> int:
@@ -87,8 +96,50 @@ class SyntheticFeed:
             self._pending = (ticks[take:], levels[take:]) if take < len(ticks) else None
             need -= take
         self._events += n
-        return (np.concatenate(ticks_parts) if ticks_parts else np.empty(0, TICK),
-                np.concatenate(level_parts) if level_parts else np.empty(0, LEVEL_UPDATE))
+        levels = np.concatenate(level_parts) if level_parts else np.empty(0, LEVEL_UPDATE)
+        self._track(levels)
+        return np.concatenate(ticks_parts) if ticks_parts else np.empty(0, TICK), levels
+
+    # -- the books as handed out ----------------------------------------------------------------------
+    def _track(self, levels: np.ndarray) -> None:
+        if not len(levels):
+            return
+        self._last_ns = int(levels["timestamp_ns"][-1])
+        sets = levels[levels["action"] == ACTION_SET]
+        index = self._id_order[np.searchsorted(self.symbol_ids[self._id_order], sets["symbol_id"])]
+        keys = (index.astype(np.int64) << 33) | (sets["side"].astype(np.int64) << 32) \
+            | np.rint(sets["price"] / self.tick).astype(np.int64)
+        # the last record of each key wins, as in a book: np.unique of the reversed keys finds it, so
+        # the Python-level update is per distinct level, not per record
+        unique, last = np.unique(keys[::-1], return_index=True)
+        self._book.update(zip(unique.tolist(), sets["size"][::-1][last].tolist()))
+
+    def book(self, k: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """Symbol k's (bids best first, asks best first) as (price, size), from the records handed out."""
+        sides: tuple[list, list] = ([], [])
+        for key, size in self._book.items():
+            if key >> 33 == k and size != 0.0:
+                ticks = key & 0xFFFF_FFFF
+                sides[(key >> 32) & 1].append((round(ticks * self.tick, 2), size))
+        sides[SIDE_BID].sort(reverse=True)
+        sides[SIDE_ASK].sort()
+        return sides
+
+    def snapshot(self, k: int) -> np.ndarray:
+        """A fresh snapshot of symbol k's book: snapshot-begin, its levels, snapshot-end, stamped with
+        the time of the last event handed out."""
+        bids, asks = self.book(k)
+        out = np.zeros(len(bids) + len(asks) + 2, LEVEL_UPDATE)
+        out["action"][0], out["action"][-1] = ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END
+        out["action"][1:-1] = ACTION_SET
+        out["side"][1:len(bids) + 1], out["side"][len(bids) + 1:-1] = SIDE_BID, SIDE_ASK
+        levels = bids + asks
+        if levels:
+            out["price"][1:-1], out["size"][1:-1] = zip(*levels)
+        out["symbol_id"] = self.symbol_ids[k]
+        out["timestamp_ns"] = self._last_ns
+        out["source"] = SOURCE_SYNTHETIC
+        return out
 
     # -- generation ---------------------------------------------------------------------------------
     def _prices(self, log_mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ from .errors import (
     WslogWriteError,
 )
 from .ring import Ring
+from .consume import AsyncBatchStream, BatchStream, abatches, batches, symbol_ids, symbol_names, symbol_table
 
 __version__ = "0.1.0"
 
@@ -55,4 +56,5 @@ __all__ = [
     "SymbolNameError", "UnknownSymbolError", "SymbolConflictError", "RegistryFullError", "RegistryFormatError",
     "RegistryPermissionError", "RegistryBusyError", "WslogFormatError", "WslogTruncatedError", "WslogWriteError",
     "JournalFormatError", "JournalBusyError", "JournalNotFoundError",
+    "batches", "abatches", "BatchStream", "AsyncBatchStream", "symbol_names", "symbol_table", "symbol_ids",
 ]

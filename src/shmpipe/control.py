@@ -59,6 +59,12 @@ class ServiceNameTakenError(ControlError, FileExistsError):
     """A live service already answers on this name's endpoint."""
 
 
+class CommandRefused(ShmpipeError, ValueError):
+    """Raised by a handler for a request it will not carry out (bad arguments, an unknown symbol):
+    the requester gets the message as its error reply, and the service logs no traceback, since the
+    fault is the request's, not the service's."""
+
+
 def runtime_dir() -> str:
     """The directory holding this user's control and signal sockets: $SHMPIPE_RUNTIME_DIR, else
     $XDG_RUNTIME_DIR/shmpipe, else /tmp/shmpipe-<uid>. Created 0700; refused if another user owns
@@ -238,6 +244,8 @@ class ControlServer:
                                f"{', '.join(sorted(self._handlers))})")
         try:
             result = handler(args)
+        except CommandRefused as exc:
+            return self._error(f"{command}: {exc}")
         except Exception as exc:   # a handler's fault is the requester's answer, not our crash
             log.warning("%s: command %r failed: %s", self.service, command, exc, exc_info=True)
             return self._error(f"{command} failed: {type(exc).__name__}: {exc}")

@@ -8,6 +8,20 @@ Topics (a subscriber filters on prefixes, so ``market.bar.`` gets every timefram
     signal.<name>         e.g. signal.features                       feature and strategy consumers
     assets.changed        (asset sync; its own binary AoS frame, see services/asset_sync)
 
+Payloads (``data``) of the consumers' topics (services/consumers; every key always present):
+
+    market.bar.<tf>   {"symbol_id": int, "exchange": str|None, "symbol": str|None, "timeframe": str,
+                       "start_ns": int, "end_ns": int, "open": float, "high": float, "low": float,
+                       "close": float, "volume": float, "vwap": float|None, "trades": int,
+                       "first_ns": int, "last_ns": int}
+                      one closed bar: [start_ns, end_ns) of exchange time, aligned to the epoch;
+                      exchange/symbol None when the id is not in the host's symbol registry
+    signal.features   {"symbol_id": int, "exchange": str|None, "symbol": str|None, "ts_ns": int,
+                       "sequence": int, "mid": float, "spread": float, "spread_bps": float,
+                       "microprice": float, "imbalance": float, "top_n": int,
+                       "volatility": float|None, "vol_window": int, "books": int}
+                      one symbol's latest book features; "books": valid books since its last message
+
 Envelope: a two-frame ZeroMQ message ``[topic, body]``; topic is UTF-8, body is msgpack of
 ``{"v": 1, "topic": str, "source": str, "pid": int, "ts_ns": int, "data": {...}}`` where ``ts_ns`` is
 the publisher's wall clock at send time (ns since the epoch). Any msgpack library reads it:

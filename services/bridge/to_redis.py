@@ -1,0 +1,261 @@
+"""ring -> Redis: peek records, XADD them in batches (pipelined), commit them in the ring only
+once Redis has them. See the package docstring for why that is exactly-once."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+import shmpipe
+from shmpipe.dtypes import describe, fingerprint
+
+from . import connection
+from .connection import TRANSIENT, Retrier
+from .runtime import Runtime
+from .wire import (
+    BridgeError,
+    BridgeInputError,
+    GapError,
+    decode_entry,
+    dtype_key,
+    encode_entry,
+    new_epoch,
+    record_type_name,
+    ring_identity,
+)
+
+PROG = "shmpipe bridge ring-to-redis"
+SHARD_PLACEHOLDER = "{shard}"
+# One stream entry's data field: Redis refuses bulk strings past 512 MB, and a reader holds
+# --count entries at once; past a few MB per entry nothing gets faster (bench/README.md).
+MAX_ENTRY_BYTES = 64 << 20
+IDLE_PING_S = 1.0
+
+
+@dataclass
+class SenderConfig:
+    ring: str
+    url: str
+    stream: str
+    batch: int = 256                 # records per stream entry
+    pipeline: int = 16               # entries per round trip
+    shards: int = 1
+    shard_field: str = "symbol_id"
+    maxlen: int | None = None        # XADD MAXLEN ~ this many entries
+    minid_age_s: float | None = None  # XADD MINID ~ (now - this): entries older than this go
+    allow_gap: bool = False
+
+    def stream_keys(self) -> list[str]:
+        if self.shards == 1:
+            return [self.stream.replace(SHARD_PLACEHOLDER, "0")]
+        if SHARD_PLACEHOLDER not in self.stream:
+            raise BridgeInputError(f"--shards {self.shards} needs {SHARD_PLACEHOLDER} in the stream key "
+                                   f"(e.g. 'ticks:{SHARD_PLACEHOLDER}'), got {self.stream!r}")
+        return [self.stream.replace(SHARD_PLACEHOLDER, str(j)) for j in range(self.shards)]
+
+
+def open_source_ring(name: str) -> shmpipe.Ring:
+    try:
+        ring = shmpipe.Ring.open(name)
+    except shmpipe.ShmpipeError as exc:
+        raise BridgeInputError(str(exc)) from None
+    if ring.policy == "lossy":
+        ring.close()
+        raise BridgeInputError(f"ring {name!r} is lossy: its producer may overwrite records before the bridge "
+                               f"has them in Redis, so nothing could be delivered exactly once; bridge a "
+                               f"lossless ring")
+    return ring
+
+
+class RingToRedis:
+    def __init__(self, cfg: SenderConfig, runtime: Runtime) -> None:
+        self.cfg = cfg
+        self.rt = runtime
+        self.keys = cfg.stream_keys()
+        self.next_seq = [0] * len(self.keys)
+        # per stream: ring positions below this are in the stream already (or belong to another shard)
+        self.covered = [0] * len(self.keys)
+        self.epochs = [""] * len(self.keys)
+        self._last_contact = 0.0
+
+    # -- setup -----------------------------------------------------------------------------
+    def _open(self) -> None:
+        cfg = self.cfg
+        self.ring = open_source_ring(cfg.ring)
+        dt = self.ring.dtype
+        if cfg.shards > 1 and (dt.names is None or cfg.shard_field not in dt.names
+                               or dt[cfg.shard_field].kind not in "iu"):
+            raise BridgeInputError(f"ring {cfg.ring!r} ({record_type_name(dt)}) has no integer field "
+                                   f"{cfg.shard_field!r} to shard by")
+        if cfg.batch * dt.itemsize > MAX_ENTRY_BYTES:
+            raise BridgeInputError(f"--batch {cfg.batch} of {dt.itemsize}-byte records makes entries of "
+                                   f"{cfg.batch * dt.itemsize:,} bytes; keep them under {MAX_ENTRY_BYTES:,} "
+                                   f"(--batch {MAX_ENTRY_BYTES // dt.itemsize} at most)")
+        self.ring_id = ring_identity(self.ring)
+        self.type_name = record_type_name(dt)
+        self.fp = fingerprint(dt)
+        self.descr = describe(dt)
+        try:
+            self.consumer = self.ring.consumer(start="oldest")
+        except shmpipe.ShmpipeError as exc:
+            raise BridgeError(str(exc)) from None
+
+    def _resync(self) -> None:
+        """Read each stream's last entry back: what Redis has is the checkpoint."""
+        client = self.client
+        pipe = client.pipeline(transaction=False)
+        for key in self.keys:
+            pipe.xrevrange(key, "+", "-", count=1)
+        try:
+            replies = pipe.execute()
+        except redis.exceptions.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise BridgeInputError(f"a key among {', '.join(map(repr, self.keys))} holds another Redis type "
+                                       f"than a stream: use another stream key") from None
+            raise
+        for j, (key, last) in enumerate(zip(self.keys, replies)):
+            if not last:
+                self.next_seq[j], self.covered[j], self.epochs[j] = 0, 0, new_epoch()
+                continue
+            entry = decode_entry(*last[0], key)
+            if entry.fp != self.fp:
+                raise BridgeInputError(f"stream {key!r} already carries {entry.type_name} records (fingerprint "
+                                       f"{entry.fp:#x}), ring {self.cfg.ring!r} holds {self.type_name} "
+                                       f"(fingerprint {self.fp:#x}): use another stream key")
+            self.next_seq[j] = entry.seq + entry.n
+            self.epochs[j] = entry.epoch
+            # a new incarnation of the ring (re-created under its name): none of it is in Redis yet
+            self.covered[j] = entry.pos if entry.ring_id == self.ring_id else 0
+        # only once every stream is known to carry our type: a receiver creates its ring from this
+        pipe = client.pipeline(transaction=False)
+        for key in self.keys:
+            pipe.set(dtype_key(key), self.descr)
+        try:
+            pipe.execute()
+        except redis.exceptions.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise BridgeInputError(f"a ':dtype' key of {', '.join(map(repr, self.keys))} holds another Redis "
+                                       f"type than a string: use another stream key") from None
+            raise
+        position = self.consumer.position
+        top = max(self.covered)
+        if top and position > top:
+            missing = position - top
+            message = (f"ring {self.cfg.ring!r}: records at positions {top}..{position - 1} ({missing}) left the "
+                       f"ring but are not in Redis (a broadcast ring overwrote them while the bridge was "
+                       f"down, or Redis lost acknowledged writes)")
+            if not self.cfg.allow_gap:
+                raise GapError(message + "; --allow-gap skips them")
+            self.rt.warn(PROG, message + "; skipped (--allow-gap)")
+            self.rt.add(gap_records=missing)
+            self.covered = [position] * len(self.keys)
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg, rt = self.cfg, self.rt
+        self.client = connection.connect(cfg.url)
+        try:
+            self._open()
+        except BaseException:
+            self.client.close()
+            raise
+        retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
+                          lambda: rt.recovered(PROG))
+        max_records = cfg.batch * cfg.pipeline
+        rt.serve_control(lambda: {
+            "mode": "ring-to-redis", "ring": cfg.ring, "streams": self.keys, "redis": connection.redact(cfg.url),
+            "batch": cfg.batch, "next_seq": list(self.next_seq)}, PROG)
+        try:
+            self._resync_until_up(retrier)
+            while not rt.stopping():
+                try:
+                    self._step(max_records)
+                    retrier.succeeded()
+                except TRANSIENT as exc:
+                    retrier.failed(exc, rt.stopping)
+                    self._resync_until_up(retrier)
+                rt.publish()
+        finally:
+            rt.publish(force=True)
+            self.consumer.close()
+            self.ring.close()
+            self.client.close()
+        return 0
+
+    def _resync_until_up(self, retrier: Retrier) -> None:
+        while not self.rt.stopping():
+            try:
+                self._resync()
+                retrier.succeeded()
+                return
+            except TRANSIENT as exc:
+                retrier.failed(exc, self.rt.stopping)
+
+    def _step(self, max_records: int) -> None:
+        if self.rt.holding():        # records wait in the ring (a lossless producer waits for room)
+            self.rt.set(lag_records=self.consumer.available)
+            time.sleep(0.02)
+            return
+        view = self.consumer.peek(max_records, timeout=0.1)
+        n = len(view)
+        self.rt.set(lag_records=self.consumer.available)
+        if n == 0:
+            if time.monotonic() - self._last_contact > IDLE_PING_S:
+                self.client.ping()       # an idle sender still notices (and reports) a Redis gone away
+                self._last_contact = time.monotonic()
+            return
+        base = self.consumer.position
+        plan = self._plan(view, base)
+        if plan:
+            pipe = self.client.pipeline(transaction=False)
+            retention = self._retention()
+            for j, fields in plan:
+                pipe.xadd(self.keys[j], fields, **retention)
+            pipe.execute()
+            self._last_contact = time.monotonic()
+        self.rt.crash_point("after_xadd")
+        records = 0
+        for j, fields in plan:
+            self.next_seq[j] = fields[b"seq"] + fields[b"n"]
+            self.covered[j] = fields[b"pos"]
+            records += fields[b"n"]
+        self.consumer.commit(n)
+        self.rt.add(records=records, entries=len(plan), bytes=records * self.ring.itemsize,
+                    duplicates_dropped=n - records if self.cfg.shards == 1 else 0)
+        self.rt.set(last_seq=max(self.next_seq))
+
+    def _retention(self) -> dict:
+        if self.cfg.maxlen is not None:
+            return {"maxlen": self.cfg.maxlen, "approximate": True}
+        if self.cfg.minid_age_s is not None:
+            return {"minid": f"{int(time.time() * 1000 - self.cfg.minid_age_s * 1000)}", "approximate": True}
+        return {}
+
+    def _plan(self, view: np.ndarray, base: int) -> list[tuple[int, dict]]:
+        """The entries to XADD for records at ring positions base.., leaving out what each stream
+        already covers (a crash between XADD and commit shows those again)."""
+        n, batch, end = len(view), self.cfg.batch, base + len(view)
+        plan: list[tuple[int, dict]] = []
+        if self.cfg.shards == 1:
+            shard_rows = [np.arange(max(0, self.covered[0] - base), n)]
+        else:
+            shard_of = view[self.cfg.shard_field].astype(np.int64) % self.cfg.shards
+            positions = np.arange(base, end)
+            shard_rows = [np.flatnonzero((shard_of == j) & (positions >= self.covered[j]))
+                          for j in range(self.cfg.shards)]
+        for j, rows in enumerate(shard_rows):
+            seq = self.next_seq[j]
+            for start in range(0, len(rows), batch):
+                chunk = rows[start:start + batch]
+                last_chunk = start + batch >= len(rows)
+                if self.cfg.shards == 1:
+                    data = view[chunk[0]:chunk[-1] + 1].tobytes()
+                else:
+                    data = view[chunk].tobytes()
+                pos = end if last_chunk else base + int(chunk[-1]) + 1
+                plan.append((j, encode_entry(data, len(chunk), seq, self.type_name, self.fp, self.ring_id, pos,
+                                             self.epochs[j])))
+                seq += len(chunk)
+        return plan

@@ -1,0 +1,155 @@
+"""``shmpipe bars``: trade Ticks from a ring -> OHLCV bars on the signals bus (and SQLite).
+
+Each closed bar is one signal on topic ``market.bar.<tf>`` (tf as given to --timeframes, e.g.
+``market.bar.1m``), in the bus's msgpack envelope (``shmpipe.signals``), with ``data``:
+
+    {"symbol_id": int, "exchange": str | None, "symbol": str | None,   # None: id not in the registry
+     "timeframe": "1m", "start_ns": int, "end_ns": int,               # [start, end), exchange time
+     "open": float, "high": float, "low": float, "close": float,      # the trades' f32 prices
+     "volume": float, "vwap": float, "trades": int,
+     "first_ns": int, "last_ns": int}                                 # first and last trade's time
+
+With --sqlite PATH the same bars are appended to table ``bars`` (created if missing), committed
+once per group of bars closed together.
+"""
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import Any
+
+import numpy as np
+
+from shmpipe import symbols
+from shmpipe.errors import ShmpipeError
+from shmpipe.records import TICK
+
+from .bars import BAR, BarAggregator
+from .loop import ConsumerError, ConsumerService, LoopOptions
+
+TOPIC_PREFIX = "market.bar."
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bars (
+    symbol_id INTEGER NOT NULL, exchange TEXT, symbol TEXT, timeframe TEXT NOT NULL,
+    start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
+    open REAL NOT NULL, high REAL NOT NULL, low REAL NOT NULL, close REAL NOT NULL,
+    volume REAL NOT NULL, vwap REAL, trades INTEGER NOT NULL,
+    PRIMARY KEY (symbol_id, timeframe, start_ns))
+"""
+
+
+class SymbolNames:
+    """symbol_id -> (exchange, symbol) through the host registry, each id looked up once; an id
+    the registry does not know gives (None, None) and is asked again later (it may be registered
+    after the first record that carries it)."""
+
+    def __init__(self, registry=None) -> None:
+        self._registry = registry
+        self._known: dict[int, tuple[str, str]] = {}
+
+    def __call__(self, symbol_id: int) -> tuple[str | None, str | None]:
+        name = self._known.get(symbol_id)
+        if name is None:
+            try:
+                registry = self._registry or symbols.default_registry()
+                name = self._known[symbol_id] = registry.lookup(symbol_id)
+            except (ShmpipeError, OSError):
+                return None, None
+        return name
+
+
+class SqliteBarStore:
+    def __init__(self, path: str) -> None:
+        try:
+            self._db = sqlite3.connect(path)
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+        except sqlite3.Error as exc:
+            raise ConsumerError(f"cannot use SQLite database {path}: {exc}") from None
+        self.path = path
+        self.written = 0
+
+    def append(self, rows: list[tuple]) -> None:
+        # INSERT OR REPLACE: a bar is final once published; replaying the same trades writes
+        # the same row again instead of failing.
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO bars VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.commit()
+        except sqlite3.Error as exc:     # disk full, the file replaced by something else, locked
+            raise ConsumerError(f"writing {len(rows)} bars to SQLite database {self.path} failed: {exc}") from None
+        self.written += len(rows)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def bar_payload(bar: np.void, label: str, names: SymbolNames) -> dict[str, Any]:
+    sid = int(bar["symbol_id"])
+    exchange, symbol = names(sid)
+    vwap = float(bar["vwap"])
+    return {"symbol_id": sid, "exchange": exchange, "symbol": symbol, "timeframe": label,
+            "start_ns": int(bar["start_ns"]), "end_ns": int(bar["end_ns"]),
+            "open": float(bar["open"]), "high": float(bar["high"]), "low": float(bar["low"]),
+            "close": float(bar["close"]), "volume": float(bar["volume"]),
+            "vwap": None if math.isnan(vwap) else vwap, "trades": int(bar["trades"]),
+            "first_ns": int(bar["first_ns"]), "last_ns": int(bar["last_ns"])}
+
+
+class BarService(ConsumerService):
+    kind = "bars"
+    dtype = TICK
+
+    def __init__(self, options: LoopOptions, aggregator: BarAggregator, *, sqlite: str | None = None) -> None:
+        super().__init__(options)
+        self.aggregator = aggregator
+        self.names = SymbolNames()
+        self.store = SqliteBarStore(sqlite) if sqlite else None
+        self.storing = self.store is not None
+        self.stored = 0
+        self.bars_published = 0
+        self.open_bars_at_exit = 0
+
+    def on_batch(self, batch: np.ndarray) -> None:
+        self._emit(self.aggregator.add(batch))
+
+    def on_time(self, now_ns: int) -> None:
+        if not self.aggregator.close_on_trade_time:
+            self._emit(self.aggregator.advance(now_ns))
+
+    def on_end(self, producer_gone: bool) -> None:
+        if producer_gone:               # no trade can join the open bars any more: they are final
+            self._emit(self.aggregator.flush())
+        else:                           # stopped mid-interval: a partial bar would mislead
+            self.open_bars_at_exit = self.aggregator.open_bars
+
+    def _emit(self, bars: np.ndarray) -> None:
+        if len(bars) == 0:
+            return
+        labelled = [(self.aggregator.label_of(int(bar["timeframe_s"])), bar) for bar in bars]
+        payloads = [(label, bar_payload(bar, label, self.names)) for label, bar in labelled]
+        if self.store is not None:       # stored before published: a subscriber may read the store
+            self.store.append([(d["symbol_id"], d["exchange"], d["symbol"], label, d["start_ns"], d["end_ns"],
+                                d["open"], d["high"], d["low"], d["close"], d["volume"], d["vwap"], d["trades"])
+                               for label, d in payloads])
+        for label, data in payloads:
+            self.publish(TOPIC_PREFIX + label, data)
+            self.bars_published += 1
+
+    def counters(self) -> dict[str, Any]:
+        agg = self.aggregator
+        out = {"trades": agg.trades, "rejected": agg.rejected, "bars": self.bars_published,
+               "open_bars": agg.open_bars, "open_bars_at_exit": self.open_bars_at_exit,
+               "late": sum(agg.late.values())}
+        out.update({f"late_{label}": n for label, n in agg.late.items()})
+        if self.storing:
+            out["stored"] = self.stored if self.store is None else self.store.written
+        return out
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.stored = self.store.written
+            self.store.close()
+            self.store = None
+
+
+__all__ = ["BAR", "TOPIC_PREFIX", "BarService", "SqliteBarStore", "SymbolNames", "bar_payload"]

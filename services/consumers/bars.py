@@ -1,0 +1,208 @@
+"""OHLCV bars from trade Ticks, vectorised per batch: the arithmetic, no I/O.
+
+A bar of timeframe T covers [k*T, (k+1)*T) of the trades' ``timestamp_ns`` (exchange time,
+aligned to the Unix epoch). Only trade Ticks count (flags bit 0); a trade Tick carries its price
+in ``bid`` (= ``ask``) and its size in ``volume``. Per (symbol, timeframe, bar) a batch is grouped
+with one stable ``np.lexsort`` by (symbol, bar start, timestamp) and reduced with
+``ufunc.reduceat``; open is the earliest trade (ties: the one that arrived first), close the latest
+(ties: the one that arrived last), so bars equal a resample of the trades sorted by time, however
+the stream was cut into batches.
+
+Closing on time: a bar closes once its interval has ended and ``grace`` has passed, measured by a
+clock the caller chooses: the wall clock (``advance(time.time_ns())`` from the consumer's loop, so a
+bar closes even when no trade follows it) or the trades' own time (``close_on_trade_time=True``:
+each trade advances the clock to the latest timestamp seen, for replays and recordings). A trade
+for a bar already closed is late: counted in ``late`` per timeframe, never merged into a bar that
+was already published. A bar with no trades is not emitted (there is nothing to say about it; a
+subscriber that wants flat bars fills them from the previous close).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shmpipe.records import TICK_FLAG_TRADE
+
+NS = 1_000_000_000
+BAR = np.dtype([
+    ("symbol_id", "<u4"), ("timeframe_s", "<u4"), ("start_ns", "<u8"), ("end_ns", "<u8"),
+    ("open", "<f4"), ("high", "<f4"), ("low", "<f4"), ("close", "<f4"),
+    ("volume", "<f8"), ("vwap", "<f8"), ("trades", "<u4"), ("first_ns", "<u8"), ("last_ns", "<u8"),
+])
+DEFAULT_TIMEFRAMES = ("1s", "1m", "5m")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_TIMEFRAME = re.compile(r"([1-9][0-9]{0,5})([smhd])")
+
+
+class TimeframeError(ValueError):
+    pass
+
+
+def parse_timeframes(text: str) -> list[tuple[str, int]]:
+    """"1s,1m,5m" -> [("1s", 1), ("1m", 60), ("5m", 300)]: (label, seconds), in the order given."""
+    out: list[tuple[str, int]] = []
+    for part in (p.strip() for p in text.split(",")):
+        m = _TIMEFRAME.fullmatch(part)
+        if not m:
+            raise TimeframeError(f"bad timeframe {part!r} in {text!r}: expected a count and a unit "
+                                 f"(s, m, h, d), e.g. 1s,1m,5m")
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+        if any(s == seconds for _, s in out):
+            raise TimeframeError(f"timeframe {part!r} repeats another in {text!r}")
+        out.append((part, seconds))
+    return out
+
+
+@dataclass
+class _Timeframe:
+    label: str
+    ns: int
+    horizon_ns: int = 0          # every bar ending at or before this is closed
+    late: int = 0
+    # (symbol_id, start_ns) -> [open, high, low, close, volume, price*volume, trades, first_ns, last_ns]
+    open_bars: dict = field(default_factory=dict)
+
+
+class BarAggregator:
+    def __init__(self, timeframes: list[tuple[str, int]] | None = None, *, grace_s: float = 0.5,
+                 close_on_trade_time: bool = False) -> None:
+        if timeframes is None:
+            timeframes = parse_timeframes(",".join(DEFAULT_TIMEFRAMES))
+        if not timeframes:
+            raise TimeframeError("at least one timeframe is needed")
+        if not grace_s >= 0:
+            raise ValueError(f"grace must be >= 0 seconds, not {grace_s!r}")
+        self.timeframes = [_Timeframe(label, seconds * NS) for label, seconds in timeframes]
+        self.grace_ns = int(grace_s * NS)
+        self.close_on_trade_time = close_on_trade_time
+        self.watermark_ns = 0        # the latest trade time seen
+        self.trades = 0              # trades taken into bars (per timeframe each)
+        self.rejected = 0            # trade Ticks with a price or size no bar can hold
+        self.bars_closed = 0
+
+    @property
+    def late(self) -> dict[str, int]:
+        return {tf.label: tf.late for tf in self.timeframes}
+
+    @property
+    def open_bars(self) -> int:
+        return sum(len(tf.open_bars) for tf in self.timeframes)
+
+    def add(self, ticks: np.ndarray) -> np.ndarray:
+        """Fold a batch of Ticks in (quotes are ignored). Returns the bars this closed: with
+        ``close_on_trade_time``, those the batch's trades moved past; else none (``advance``)."""
+        trades = ticks[(ticks["flags"] & TICK_FLAG_TRADE) != 0]
+        if len(trades) == 0:
+            return np.empty(0, BAR)
+        price = trades["bid"]
+        size = trades["volume"]
+        good = np.isfinite(price) & (price > 0) & np.isfinite(size) & (size >= 0)
+        if not good.all():
+            self.rejected += int(np.count_nonzero(~good))
+            trades, price, size = trades[good], price[good], size[good]
+            if len(trades) == 0:
+                return np.empty(0, BAR)
+        ts = trades["timestamp_ns"].astype(np.uint64)
+        sid = trades["symbol_id"]
+        self.trades += len(trades)
+        if self.close_on_trade_time:
+            # The clock each trade sees is the latest time before it, so a batch of out-of-order
+            # trades is judged exactly as if they had come one by one.
+            before = np.maximum.accumulate(np.concatenate(([np.uint64(self.watermark_ns)], ts)))[:-1]
+        for tf in self.timeframes:
+            start = ts - ts % np.uint64(tf.ns)
+            horizon = np.uint64(tf.horizon_ns)
+            if self.close_on_trade_time:
+                clock = before.astype(np.int64) - self.grace_ns
+                running = np.maximum(clock - clock % tf.ns, 0).astype(np.uint64)
+                horizon = np.maximum(horizon, running)
+            late = start + np.uint64(tf.ns) <= horizon
+            if late.any():
+                tf.late += int(np.count_nonzero(late))
+                keep = ~late
+                self._fold(tf, sid[keep], start[keep], ts[keep], price[keep], size[keep])
+            else:
+                self._fold(tf, sid, start, ts, price, size)
+        self.watermark_ns = max(self.watermark_ns, int(ts.max()))
+        return self.advance(self.watermark_ns) if self.close_on_trade_time else np.empty(0, BAR)
+
+    def _fold(self, tf: _Timeframe, sid: np.ndarray, start: np.ndarray, ts: np.ndarray,
+              price: np.ndarray, size: np.ndarray) -> None:
+        n = len(sid)
+        if n == 0:
+            return
+        order = np.lexsort((ts, start, sid))     # stable: equal timestamps keep arrival order
+        sid, start, ts, price = sid[order], start[order], ts[order], price[order]
+        size = size[order].astype(np.float64)
+        first = np.empty(n, bool)
+        first[0] = True
+        np.not_equal(sid[1:], sid[:-1], out=first[1:])
+        first[1:] |= start[1:] != start[:-1]
+        heads = np.flatnonzero(first)
+        tails = np.append(heads[1:], n) - 1
+        high = np.maximum.reduceat(price, heads)
+        low = np.minimum.reduceat(price, heads)
+        volume = np.add.reduceat(size, heads)
+        notional = np.add.reduceat(price.astype(np.float64) * size, heads)
+        count = tails - heads + 1
+        bars = tf.open_bars
+        for g, (h, t) in enumerate(zip(heads.tolist(), tails.tolist())):
+            key = (int(sid[h]), int(start[h]))
+            bar = bars.get(key)
+            if bar is None:
+                bars[key] = [price[h], high[g], low[g], price[t], float(volume[g]), float(notional[g]),
+                             int(count[g]), int(ts[h]), int(ts[t])]
+                continue
+            if ts[h] < bar[7]:                  # an earlier trade than the bar's first
+                bar[0], bar[7] = price[h], int(ts[h])
+            if ts[t] >= bar[8]:                 # at the same time, the one that came later closes
+                bar[3], bar[8] = price[t], int(ts[t])
+            bar[1] = max(bar[1], high[g])
+            bar[2] = min(bar[2], low[g])
+            bar[4] += float(volume[g])
+            bar[5] += float(notional[g])
+            bar[6] += int(count[g])
+
+    def advance(self, now_ns: int) -> np.ndarray:
+        """Close every bar whose interval ended at least ``grace`` before ``now_ns``."""
+        closed = []
+        for tf in self.timeframes:
+            clock = int(now_ns) - self.grace_ns
+            horizon = clock - clock % tf.ns
+            if horizon <= tf.horizon_ns:
+                continue
+            tf.horizon_ns = horizon
+            done = [key for key in tf.open_bars if key[1] + tf.ns <= horizon]
+            closed.extend((tf, key, tf.open_bars.pop(key)) for key in done)
+        return self._as_bars(closed)
+
+    def flush(self) -> np.ndarray:
+        """Close every open bar (the stream has ended: no trade can still join them)."""
+        closed = []
+        for tf in self.timeframes:
+            for key, bar in tf.open_bars.items():
+                closed.append((tf, key, bar))
+                tf.horizon_ns = max(tf.horizon_ns, key[1] + tf.ns)
+            tf.open_bars = {}
+        return self._as_bars(closed)
+
+    def _as_bars(self, closed: list) -> np.ndarray:
+        out = np.empty(len(closed), BAR)
+        for i, (tf, (sid, start), b) in enumerate(closed):
+            vwap = b[5] / b[4] if b[4] > 0 else float("nan")
+            out[i] = (sid, tf.ns // NS, start, start + tf.ns, b[0], b[1], b[2], b[3], b[4], vwap, b[6], b[7], b[8])
+        self.bars_closed += len(out)
+        if len(out) > 1:
+            out = out[np.lexsort((out["symbol_id"], out["timeframe_s"], out["end_ns"]))]
+        return out
+
+    def label_of(self, timeframe_s: int) -> str:
+        for tf in self.timeframes:
+            if tf.ns == timeframe_s * NS:
+                return tf.label
+        raise KeyError(timeframe_s)
+
+
+__all__ = ["BAR", "DEFAULT_TIMEFRAMES", "BarAggregator", "TimeframeError", "parse_timeframes"]
