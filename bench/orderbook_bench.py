@@ -491,7 +491,8 @@ def run_pipeline(rate: float, seconds: float, symbols: int = 8, conflate_ms: flo
             "entries_verified": consumer["entries"], "sequence_error": consumer["error"],
             "lost_levels": lost_levels, "lost_entries": lost_entries,
             "invalid_books": book["invalid_books"], "crossed": book["crossed"],
-            "resnapshot_requests": book["resnapshot_requests"], "resnapshot_failures": book["resnapshot_failures"],
+            "resnapshot_requests": book["resnapshot_requests"], "resnapshots": book["resnapshots"],
+            "resnapshot_failures": book["resnapshot_failures"], "repaired": book["repaired"],
             "records_per_s": round(book["records"] / seconds), "elapsed_s": round(elapsed, 2),
             "ok": lost_levels == 0 and lost_entries == 0 and consumer["error"] is None}
 
