@@ -11,6 +11,17 @@ ring = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
+# The order book's hot path: cimports shmpipe.ring_api (the ring's C-level API, found under src/)
+# and links zlib for Kraken's CRC32.
+orderbook = Extension(
+    "shmpipe_services.orderbook._book",
+    sources=["services/orderbook/_book.pyx"],
+    include_dirs=["src/shmpipe", numpy.get_include()],
+    libraries=["z"],
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+
 # Capture's per-level normaliser (services/capture/_levels.pyx): the loops a book message runs once
 # per level, which Python cannot afford within a few µs per message.
 capture_levels = Extension(
@@ -21,7 +32,8 @@ capture_levels = Extension(
 
 setup(
     ext_modules=cythonize(
-        [ring, capture_levels],
+        [ring, orderbook, capture_levels],
+        include_path=["src"],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     ),

@@ -39,8 +39,17 @@ from .consume import AsyncBatchStream, BatchStream, abatches, batches, symbol_id
 
 __version__ = "0.1.0"
 
+
+def get_include() -> str:
+    """The directory holding shmpipe's C headers and .pxd files (shmpipe_ring_api.h, ring_api.pxd), for
+    compiled code that uses the ring's C-level API: ``Extension(..., include_dirs=[shmpipe.get_include()])``.
+    Cython finds ``cimport shmpipe.ring_api`` through the directory above it (``os.path.dirname``)."""
+    import os
+    return os.path.dirname(os.path.abspath(__file__))
+
+
 __all__ = [
-    "Ring", "Producer", "Consumer", "records", "symbols",
+    "Ring", "Producer", "Consumer", "records", "symbols", "get_include",
     "ShmpipeError", "RingExistsError", "RingNotFoundError", "RingFormatError", "DtypeMismatchError",
     "InvalidNameError", "RoleTakenError", "RingPermissionError", "NoSpaceError",
     "ConsumerEvictedError", "RingClosedError", "InvalidArgumentError", "RingIOError",

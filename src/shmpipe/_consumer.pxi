@@ -233,29 +233,36 @@ cdef class Consumer(_Side):
                     continue
             return _min_u64(_min_u64(avail, max_n), self.capacity)
 
-    cdef uint64_t _copy_out(self, char *dst, uint64_t n) except? 0xffffffffffffffff:
+    cdef uint64_t _copy_out_nogil(self, char *dst, uint64_t n, bint *evicted) noexcept nogil:
         """Copy n records from read_pos to dst and consume them; returns how many at the front
-        of dst the producer may have overwritten meanwhile (lossy: dropped and counted lost)."""
+        of dst the producer may have overwritten meanwhile (lossy: dropped and counted lost).
+        Sets *evicted (and consumes nothing) when the copy may hold overwritten bytes."""
         cdef uint64_t first, head, dropped = 0
+        first = self.read_pos & self.mask
+        head = self.capacity - first
+        if head > n:
+            head = n
+        memcpy(dst, self.data + first * self.itemsize, head * self.itemsize)
+        if n > head:
+            memcpy(dst + head * self.itemsize, self.data, (n - head) * self.itemsize)
+        if self.lossy:
+            dropped = self._dropped_while_copying(n)
+        elif self.broadcast:
+            evicted[0] = self._evicted_while_copying()
+        if not evicted[0]:
+            self.read_pos += n
+            shm_store_release_u64(&self.mine.read_pos, self.read_pos)
+            if self.blocking:
+                _wake(&self.hdr.space_ready)
+            self._heartbeat()
+        return dropped
+
+    cdef uint64_t _copy_out(self, char *dst, uint64_t n) except? 0xffffffffffffffff:
+        """_copy_out_nogil with the GIL released, raising ConsumerEvictedError if evicted."""
+        cdef uint64_t dropped
         cdef bint evicted = False
         with nogil:
-            first = self.read_pos & self.mask
-            head = self.capacity - first
-            if head > n:
-                head = n
-            memcpy(dst, self.data + first * self.itemsize, head * self.itemsize)
-            if n > head:
-                memcpy(dst + head * self.itemsize, self.data, (n - head) * self.itemsize)
-            if self.lossy:
-                dropped = self._dropped_while_copying(n)
-            elif self.broadcast:
-                evicted = self._evicted_while_copying()
-            if not evicted:
-                self.read_pos += n
-                shm_store_release_u64(&self.mine.read_pos, self.read_pos)
-                if self.blocking:
-                    _wake(&self.hdr.space_ready)
-                self._heartbeat()
+            dropped = self._copy_out_nogil(dst, n, &evicted)
         if evicted:
             self._check_slot()      # raises ConsumerEvictedError
         return dropped

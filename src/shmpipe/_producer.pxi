@@ -309,11 +309,13 @@ cdef class Producer(_Side):
             raise InvalidArgumentError(f"write_batch() takes a 1-d array, got shape {array.shape}")
         if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
             arr = np.ascontiguousarray(arr)
-        cdef double timeout_s = _timeout_seconds(timeout)
+        return self._write_from(<const char *>cnp.PyArray_DATA(arr), arr.shape[0], _timeout_seconds(timeout))
+
+    cdef uint64_t _write_from(self, const char *src, uint64_t total, double timeout_s) \
+            except? 0xffffffffffffffff:
+        """Write total records from src, waiting for room up to timeout_s; returns how many went in."""
         cdef int64_t deadline = -2       # computed when the ring is first found full
-        cdef uint64_t total = arr.shape[0]
         cdef uint64_t done = 0, chunk, room
-        cdef const char *src = <const char *>cnp.PyArray_DATA(arr)
         while done < total:
             chunk = total - done
             if self.lossy:
@@ -340,4 +342,33 @@ cdef class Producer(_Side):
                 self._publish(src + done * self.itemsize, chunk)
             done += chunk
         shm_store_relaxed_u64(&self.hdr.producer_info.heartbeat_ns, shm_coarse_ns())
+        return done
+
+    cdef uint64_t _write_now(self, const char *src, uint64_t total) noexcept nogil:
+        """Write as many of total records from src as fit now, never waiting (the C-level API)."""
+        cdef uint64_t done = 0, chunk, room
+        while done < total:
+            chunk = total - done
+            if self.lossy:
+                if chunk > self.capacity:
+                    chunk = self.capacity
+            else:
+                room = self._free_slots()
+                if room < chunk:
+                    self._refresh_limit()
+                    room = self._free_slots()
+                    if room == 0:
+                        break
+                if chunk > room:
+                    chunk = room
+            if self.broadcast:
+                chunk = self._claim(chunk)
+                if chunk == 0:
+                    break             # a consumer joined and took the room: the caller tries again
+            self._publish(src + done * self.itemsize, chunk)
+            done += chunk
+        self.writes_since_heartbeat += <uint32_t>done
+        if self.writes_since_heartbeat >= HEARTBEAT_EVERY_WRITES:
+            self.writes_since_heartbeat = 0
+            shm_store_relaxed_u64(&self.hdr.producer_info.heartbeat_ns, shm_coarse_ns())
         return done
