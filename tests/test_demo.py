@@ -177,6 +177,13 @@ def test_fixtures_feed_every_captured_tick_is_read(tmp_path):
         assert capture["ticks"] > 0 and capture["levels"] > 0
         # the reader joined at the oldest record of a lossless ring: it read every tick capture wrote
         assert verify["records"] == capture["ticks"] == verify["rings"]["ticks"]["written"]
+        # every later stage read everything its ring was given: exact counts across the pipeline
+        if "orderbook" in summary:
+            assert summary["orderbook"]["records"] == capture["levels"]
+        if "bars" in summary:
+            assert summary["bars"]["records"] == capture["ticks"]
+        if "features" in summary:
+            assert summary["features"]["records"] == summary["orderbook"]["rings"]["books"]["written"] > 0
         assert capture["lost"] == verify["lost"] == 0
         assert _left_behind(proc.pid) == ([], [])
     finally:
@@ -226,3 +233,12 @@ def test_stage_figures(counters, figures):
     got = stage_figures("x", counters)
     assert {k: got[k] for k in figures} == figures
     assert ("p50_us" in got) == ("p50_us" in figures)
+
+
+def test_final_counters_are_the_last_json_object_in_a_log(tmp_path):
+    from shmpipe_services.launcher.demo import final_counters
+    log = tmp_path / "x.log"
+    assert final_counters(str(log)) is None
+    log.write_text('==== start\n{"records": 5}\nnoise\n{"records": 7, "ended": "feed closed", "ok": true}\n'
+                   "{not json}\n")
+    assert final_counters(str(log)) == {"records": 7}

@@ -14,6 +14,7 @@ ring segment of the run.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import socket
@@ -63,6 +64,28 @@ def example_path(name: str = "pipeline.toml") -> Path:
     return Path(__file__).resolve().parents[2] / "examples" / name
 
 
+def final_counters(log_path: str) -> dict | None:
+    """The last JSON object a process printed in its log (services print their final counters with
+    --json), numbers only; None when there is none."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                return {k: v for k, v in obj.items() if isinstance(v, int) and not isinstance(v, bool)}
+    return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,11 +110,18 @@ class Watcher:
         self.recent: collections.deque[Sample] = collections.deque(maxlen=16)
         self.last: Sample | None = None
         self.known: dict[str, dict] = {}  # each stage's last counters: a stage that ended keeps its figures
+        self.final: dict[str, dict | None] = {}  # counters an ended stage printed (--json) in its log
 
     def sample(self) -> Sample:
         stages = {}
         for name, state in self.launcher.processes.items():
-            counters = read_counters(state.spec.service, use_control=state.spec.control)
+            if state.state == "exited" and name not in self.final:
+                # it ended by itself and took its stats segment along: its last words are exact
+                self.final[name] = final_counters(state.log_path)
+                if self.final[name]:
+                    self.known[name] = self.final[name]
+            counters = None if self.final.get(name) else read_counters(state.spec.service,
+                                                                        use_control=state.spec.control)
             if counters is not None:
                 self.known[name] = counters
             if name not in self.known and not (state.spec.reads or state.spec.writes):
