@@ -58,6 +58,7 @@ def test_kill_9_capture_is_restarted_and_sigterm_leaves_nothing(tmp_path, ring_n
         writes = ["ticks", "levels"]
         restart = "always"
         backoff_s = 0.2
+        control = true
         """,
     )
     launcher = LauncherProcess(toml, tmp_path / "logs")

@@ -262,3 +262,10 @@ def test_the_shipped_example_is_valid():
     p = load(example_path())
     assert {"capture", "verify"} <= set(p.processes)
     assert list(p.processes).index("capture") < list(p.processes).index("verify")
+
+
+def test_a_service_name_too_long_names_the_process():
+    text = GOOD.replace('ring_prefix = "p."', f'ring_prefix = "{"x" * 60}."')
+    err = _error(text)
+    assert "(ring_prefix + process name) is longer than 64" in err.problem
+    assert err.line == _line_of(text, "[processes.consumer]")  # the first process in the file

@@ -468,7 +468,9 @@ def loads(
         after = check.get(table, "after", list, where, label, [], what="a list of process names")
         service = prefix + pname
         if len(service) > 64:
-            raise check.fail(header, f"service name {service!r} (ring_prefix + process name) is longer than 64")
+            raise check.fail(
+                header, f"service name {service!r} (ring_prefix + process name) is longer than 64"
+            )
         processes[pname] = ProcessSpec(
             name=pname,
             service=service,
