@@ -487,3 +487,50 @@ def test_dependents_wait_for_a_writer_that_failed_its_first_start(tmp_path, ring
         assert err.index("writer: exited with code 1; restarting") < err.index("reader: started")
     finally:
         launcher.kill_everything()
+
+
+def _without_realtime() -> list[str]:
+    """A command prefix that takes SCHED_FIFO away (no CAP_SYS_NICE, RLIMIT_RTPRIO 0), or skip."""
+    import shutil
+    if os.geteuid() != 0:
+        if os.getrlimit(getattr(os, "RLIMIT_RTPRIO", 14))[0] == 0:   # an ordinary user: already so
+            return []
+    if not (shutil.which("setpriv") and shutil.which("prlimit")):
+        pytest.skip("needs setpriv and prlimit to run the launcher without real-time rights")
+    return ["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice", "prlimit", "--rtprio=0"]
+
+
+def test_fifo_not_permitted_is_one_warning_per_process(tmp_path, runtime_dir):
+    mark = tmp_path / "started-once"
+    toml = _pipeline(tmp_path, f"""\
+        [processes.rt]
+        command = ["sh", "-c", "test -e {mark} || {{ touch {mark}; exit 1; }}; exec sleep 60"]
+        rt_priority = 5
+        restart = "on-failure"
+        backoff_s = 0.05
+        settle_s = 0.3
+        """)
+    cmd = [*_without_realtime(), sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml),
+           "--log-dir", str(tmp_path / "logs")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    child = None
+    try:
+        from shmpipe import control
+        st = wait_for(lambda: (s := control.request("launcher", "status", timeout=1.0))["processes"]["rt"]["state"]
+                      == "running" and s, 30, "rt running after its restart")
+        p = st["processes"]["rt"]
+        child = p["pid"]
+        assert p["restarts"] == 1 and p["rt_applied"] is False
+        assert os.sched_getscheduler(p["pid"]) == os.SCHED_OTHER
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 0, err
+        warnings = [line for line in err.splitlines() if "not permitted" in line]
+        assert warnings == ["shmpipe launch: rt: SCHED_FIFO priority 5 not permitted (needs CAP_SYS_NICE or an "
+                            "RLIMIT_RTPRIO of that much); it runs at normal priority"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if child and alive([child]):
+            os.kill(child, signal.SIGKILL)
