@@ -18,7 +18,6 @@ before it was read, which ``stream.lost`` counts exactly.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -27,35 +26,12 @@ import numpy as np
 from . import _ring
 from .dtypes import as_record_dtype
 from .errors import DtypeMismatchError, InvalidArgumentError, RingClosedError, UnknownSymbolError
-from .liveness import process_start_ticks
 from .ring import Ring
 
 # How often an idle stream wakes to check that the producer is still there (and, with a
 # timeout, to hand the caller an empty batch so its timers can run).
 LIVENESS_CHECK_S = 0.1
 WAITS = ("spin", "yield", "block")
-
-
-def _attach_consumer(ring: Ring, start: str, wait: str | None) -> _ring.Consumer:
-    """ring.consumer(start), waiting by ``wait`` instead of the ring's own strategy when given.
-    A consumer may always spin or yield; it may only sleep ("block") on a ring whose producer
-    rings the doorbell, i.e. one created with wait="block"."""
-    if wait is None:
-        return ring.consumer(start)
-    if wait not in WAITS:
-        raise InvalidArgumentError(f"wait must be None (the ring's own) or one of {', '.join(WAITS)}, "
-                                   f"not {wait!r}")
-    if wait == "block" and ring.wait != "block":
-        raise InvalidArgumentError(f"ring {ring.name!r} was created with wait={ring.wait!r}: its producer "
-                                   f"rings no doorbell, so a consumer cannot sleep on it (use 'spin' or "
-                                   f"'yield')")
-    if start not in ("newest", "oldest"):
-        raise ValueError(f"start must be 'newest' or 'oldest', not {start!r}")
-    ring._check_open()
-    consumer = _ring.Consumer._attach(ring._mapped, ring.dtype, _ring.WAIT_STRATEGIES[wait], os.getpid(),
-                                      process_start_ticks(os.getpid()), start)
-    ring._children.append(consumer)
-    return consumer
 
 
 def _check_max_n(max_n: object) -> int:
@@ -88,7 +64,7 @@ class _Stream:
             raise DtypeMismatchError(f"ring {self.ring.name!r} holds records of dtype {self.ring.dtype}, "
                                      f"but dtype {as_record_dtype(dtype)} was given")
         try:
-            self.consumer = _attach_consumer(self.ring, start, wait)
+            self.consumer = self.ring.consumer(start, wait=wait)
         except BaseException:
             if self._owns_ring:
                 self.ring.close()

@@ -154,13 +154,27 @@ class Ring:
         self._children.append(p)
         return p
 
-    def consumer(self, start: str = "oldest") -> _ring.Consumer:
+    def consumer(self, start: str = "oldest", *, wait: str | None = None) -> _ring.Consumer:
         """Attach a consumer. SPSC: the one reader, resuming where the last one stopped.
-        Broadcast: a new cursor starting at the "newest" record or the "oldest" still held."""
+        Broadcast: a new cursor starting at the "newest" record or the "oldest" still held.
+        ``wait`` ("spin", "yield" or "block") overrides how this consumer waits; None: the ring's
+        own. A consumer may always spin or yield; it may only sleep ("block") on a ring whose
+        producer rings the doorbell, i.e. one created with wait="block"."""
         self._check_open()
         if start not in ("newest", "oldest"):
             raise ValueError(f"start must be 'newest' or 'oldest', not {start!r}")
-        c = _ring.Consumer._attach(self._mapped, self.dtype, self._config["wait_strategy"],
+        if wait is None:
+            strategy = self._config["wait_strategy"]
+        elif wait not in _ring.WAIT_STRATEGIES:
+            raise InvalidArgumentError(f"wait must be None (the ring's own) or one of "
+                                       f"{', '.join(_ring.WAIT_STRATEGIES)}, not {wait!r}")
+        elif wait == "block" and self.wait != "block":
+            raise InvalidArgumentError(f"ring {self.name!r} was created with wait={self.wait!r}: its producer "
+                                       f"rings no doorbell, so a consumer cannot sleep on it (use 'spin' or "
+                                       f"'yield')")
+        else:
+            strategy = _ring.WAIT_STRATEGIES[wait]
+        c = _ring.Consumer._attach(self._mapped, self.dtype, strategy,
                                    os.getpid(), process_start_ticks(os.getpid()), start)
         self._children.append(c)
         return c
