@@ -28,15 +28,15 @@ def add_parser(sub) -> None:
                     "pipeline in reverse order, and prints a summary. Exit 0 only if every stage moved\n"
                     "records, none lost one, every process ended cleanly and no process or segment is left.\n"
                     "--json prints only one JSON object: one key per stage, each with records, lost and,\n"
-                    "where the stage measures latency, p50_us / p99_us. The pipeline needs the services\n"
-                    "extra (pip install 'shmpipe[services]'); without it, the ring-only demo runs.\n\n"
+                    "where the stage measures latency, p50_us / p99_us. Should an install lack what the\n"
+                    "pipeline imports (pyzmq, msgspec), the ring-only demo runs instead, and says why.\n\n"
                     "--records N instead streams N Ticks from a producer process to this one and checks\n"
                     "every record (the ring alone; --batch, --capacity, --wait apply to it).")
     p.add_argument("--seconds", type=positive_float, default=20.0,
                    help="how long the pipeline runs (default 20)")
     p.add_argument("--feed", choices=("synthetic", "fixtures"), default="synthetic",
                    help="synthetic: generated quotes and book updates (default); fixtures: the bundled "
-                        "Kraken capture played by the local feed server (needs shmpipe[services])")
+                        "Kraken capture played by the local feed server")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics of the demo's rings on 127.0.0.1:PORT while it runs")
     p.add_argument("--json", action="store_true", help="print only the final summary, as one JSON object")
@@ -52,8 +52,8 @@ def add_parser(sub) -> None:
 
 
 def _pipeline_unavailable() -> str | None:
-    """Why the example pipeline cannot run on this install (its services' dependencies are the
-    `services` extra), or None."""
+    """Why the example pipeline cannot run on this install (a dependency removed after install), or
+    None."""
     try:
         import shmpipe_services.capture.process
         import shmpipe_services.verify.service  # noqa: F401
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return run_stream(args)
     missing = _pipeline_unavailable()
     if missing:
-        print(f"shmpipe demo: the pipeline demo needs the services extra ({missing}): "
-              "pip install '.[services]' (or 'shmpipe[services]'); running the ring-only demo instead",
+        print(f"shmpipe demo: the pipeline cannot run on this install ({missing}; reinstall shmpipe, "
+              "whose dependencies include it); running the ring-only demo instead",
               file=sys.stderr, flush=True)
         args.records = 10_000_000
         return run_stream(args, as_stage=True)

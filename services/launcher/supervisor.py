@@ -230,7 +230,7 @@ class Launcher:
                 raise LaunchError(f"{exc} (another launcher? give this one --control-name)") from None
             if isinstance(exc, ControlError) and "pyzmq" in str(exc):
                 self.say(
-                    "no control plane: pyzmq is missing (pip install 'shmpipe[services]'); "
+                    "no control plane: pyzmq is missing (pip install pyzmq); "
                     "processes are stopped with signals"
                 )
                 return
