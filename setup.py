@@ -27,6 +27,7 @@ orderbook = Extension(
 capture_levels = Extension(
     "shmpipe_services.capture._levels",
     sources=["services/capture/_levels.pyx"],
+    include_dirs=["src/shmpipe"],
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
 )
 

@@ -22,16 +22,8 @@ cdef extern from "Python.h":
     # overflow_exception NULL: an overflow gives +-inf (which _check_level then refuses)
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception) except? -1.0
 
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #pragma pack(push, 1)
-    typedef struct { uint64_t timestamp_ns; double price; double size; uint32_t symbol_id;
-                     uint8_t side, action, source, flags; } capture_level_update;
-    #pragma pack(pop)
-    _Static_assert(sizeof(capture_level_update) == 32, "LevelUpdate v2 is 32 bytes");
-    """
-    ctypedef struct capture_level_update:
+cdef extern from "_layout.h" nogil:   # the record layouts the ring and the dtypes share
+    ctypedef struct shmpipe_level_update:
         uint64_t timestamp_ns
         double price
         double size
@@ -40,6 +32,8 @@ cdef extern from *:
         uint8_t action
         uint8_t source
         uint8_t flags
+
+ctypedef shmpipe_level_update capture_level_update
 
 cdef enum:
     ACTION_SET = 0
