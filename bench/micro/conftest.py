@@ -18,10 +18,20 @@ from shmpipe.records import TICK  # noqa: E402
 CAPACITY = 1 << 16
 
 
-@pytest.fixture
-def ring():
+# The ring kinds a benchmark can ask for (parametrize "ring" indirectly with these names):
+# spsc, broadcast (lossless: the producer claims, the reader checks its slot after a copy) and
+# lossy (broadcast where the reader re-checks claim_pos after a copy, a seqlock).
+RING_KINDS = {
+    "spsc": {},
+    "broadcast": {"broadcast": True},
+    "lossy": {"broadcast": True, "policy": "lossy"},
+}
+
+
+@pytest.fixture(params=["spsc"])
+def ring(request):
     name = f"micro-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    r = shmpipe.Ring.create(name, TICK, CAPACITY, wait="spin")
+    r = shmpipe.Ring.create(name, TICK, CAPACITY, wait="spin", **RING_KINDS[request.param])
     try:
         yield r
     finally:

@@ -2,15 +2,23 @@
 
 Each benchmarked call moves a fixed number of records (in the test name); the ring is drained or
 refilled in the untimed setup between rounds, so no call ever waits on a full or empty ring.
-Divide the reported time by the record count for a per-record figure.
+`_x1000` tests time a loop of 1000 calls of one record each (divide by 1000 for one call); the
+others time one call. Every test runs on an SPSC ring and a lossless broadcast ring, the reads
+also on a lossy broadcast ring (peek is not offered there). One process plays both sides, so
+these are the ceiling the cross-process figures (shmpipe bench) are compared against.
 
     pytest bench/micro --benchmark-enable --benchmark-only
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-N = 1000  # records per benchmarked call in the per-record loops
+N = 1000  # calls per benchmarked loop in the `_x1000` tests
+
+WRITE_KINDS = ["spsc", "broadcast"]
+READ_KINDS = ["spsc", "broadcast", "lossy"]
+PEEK_KINDS = ["spsc", "broadcast"]
 
 
 def _drain(c):
@@ -32,10 +40,26 @@ def _refill(p, c, ticks, n):
     return setup
 
 
-@pytest.mark.parametrize("form", ["numpy_scalar", "bytes"])
+def _consumed_all(c):
+    """After the last round: every record the setup wrote was read, none skipped as lost."""
+    assert c.available == 0
+    assert c.lost == 0
+
+
+def _record(ticks, form):
+    """One Tick in the form write() is handed: a numpy void scalar, bytes, or a memoryview."""
+    if form == "numpy_scalar":
+        return ticks[0]
+    if form == "bytes":
+        return ticks[:1].tobytes()
+    return memoryview(ticks[:1].tobytes())
+
+
+@pytest.mark.parametrize("ring", WRITE_KINDS, indirect=True)
+@pytest.mark.parametrize("form", ["numpy_scalar", "bytes", "memoryview"])
 def test_write_x1000(benchmark, ends, ticks, form):
     p, c = ends
-    rec = ticks[0] if form == "numpy_scalar" else ticks[:1].tobytes()
+    rec = _record(ticks, form)
 
     def target():
         w = p.write
@@ -45,17 +69,33 @@ def test_write_x1000(benchmark, ends, ticks, form):
     benchmark.pedantic(target, setup=lambda: _drain(c), rounds=300)
 
 
+@pytest.mark.parametrize("ring", WRITE_KINDS, indirect=True)
+def test_write_batch_1_x1000(benchmark, ends, ticks):
+    p, c = ends
+    one = ticks[:1]
+
+    def target():
+        w = p.write_batch
+        for _ in range(N):
+            w(one)
+
+    benchmark.pedantic(target, setup=lambda: _drain(c), rounds=300)
+
+
+@pytest.mark.parametrize("ring", WRITE_KINDS, indirect=True)
 def test_write_batch_64(benchmark, ends, ticks):
     p, c = ends
     batch = ticks[:64]
     benchmark.pedantic(lambda: p.write_batch(batch), setup=lambda: _drain(c), rounds=2000)
 
 
+@pytest.mark.parametrize("ring", WRITE_KINDS, indirect=True)
 def test_write_batch_4096(benchmark, ends, ticks):
     p, c = ends
     benchmark.pedantic(lambda: p.write_batch(ticks), setup=lambda: _drain(c), rounds=1000)
 
 
+@pytest.mark.parametrize("ring", READ_KINDS, indirect=True)
 def test_read_x1000_one_each(benchmark, ends, ticks):
     p, c = ends
 
@@ -65,13 +105,54 @@ def test_read_x1000_one_each(benchmark, ends, ticks):
             r(1, timeout=0)
 
     benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
+    _consumed_all(c)
 
 
+@pytest.mark.parametrize("ring", READ_KINDS, indirect=True)
 def test_read_4096(benchmark, ends, ticks):
     p, c = ends
     benchmark.pedantic(lambda: c.read(4096, timeout=0), setup=_refill(p, c, ticks, 4096), rounds=1000)
+    _consumed_all(c)
 
 
+@pytest.mark.parametrize("ring", READ_KINDS, indirect=True)
+def test_read_into_x1000_one_each(benchmark, ends, ticks):
+    """The allocation-free read of one record into a reused buffer (issue 15's common case)."""
+    p, c = ends
+    out = np.empty(1, ticks.dtype)
+
+    def target():
+        r = c.read_into
+        for _ in range(N):
+            r(out, timeout=0)
+
+    benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
+    _consumed_all(c)
+
+
+@pytest.mark.parametrize("ring", READ_KINDS, indirect=True)
+def test_read_into_4096(benchmark, ends, ticks):
+    p, c = ends
+    out = np.empty(4096, ticks.dtype)
+    benchmark.pedantic(lambda: c.read_into(out, timeout=0), setup=_refill(p, c, ticks, 4096), rounds=1000)
+    _consumed_all(c)
+
+
+@pytest.mark.parametrize("ring", PEEK_KINDS, indirect=True)
+def test_peek_commit_x1000_one_each(benchmark, ends, ticks):
+    p, c = ends
+
+    def target():
+        peek, commit = c.peek, c.commit
+        for _ in range(N):
+            v = peek(1)
+            commit(len(v))
+
+    benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
+    _consumed_all(c)
+
+
+@pytest.mark.parametrize("ring", PEEK_KINDS, indirect=True)
 def test_peek_commit_4096(benchmark, ends, ticks):
     p, c = ends
 
@@ -82,26 +163,4 @@ def test_peek_commit_4096(benchmark, ends, ticks):
         c.commit(n)
 
     benchmark.pedantic(target, setup=_refill(p, c, ticks, 4096), rounds=1000)
-
-
-def test_read_into_x1000_one_each(benchmark, ends, ticks):
-    """The allocation-free read of one record into a reused buffer (issue 15's common case)."""
-    import numpy as np
-
-    p, c = ends
-    out = np.empty(1, ticks.dtype)
-
-    def target():
-        r = c.read_into
-        for _ in range(N):
-            r(out, timeout=0)
-
-    benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
-
-
-def test_read_into_4096(benchmark, ends, ticks):
-    import numpy as np
-
-    p, c = ends
-    out = np.empty(4096, ticks.dtype)
-    benchmark.pedantic(lambda: c.read_into(out, timeout=0), setup=_refill(p, c, ticks, 4096), rounds=1000)
+    _consumed_all(c)

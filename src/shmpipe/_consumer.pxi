@@ -1,9 +1,10 @@
 # Included by _ring.pyx. A reader with its own cursor: joining, read, peek/commit.
 #
-# read: load-acquire write_pos -> copy at most one lap -> store-release read_pos.
-# Lossy broadcast: claim_pos is loaded before write_pos (so the oldest valid position, claim -
-# capacity, never passes the write_pos seen), and after the copy an acquire fence and a re-check
-# of claim_pos drop and count whatever may have been overwritten meanwhile.
+# read: load-acquire write_pos (only when the cached copy, write_seen, cannot fill the call) ->
+# copy at most one lap -> store-release read_pos. SPSC and lossless broadcast never touch claim_pos.
+# Lossy broadcast: claim_pos is loaded before the copy to skip what is already lapped (write_pos
+# is re-read after it only when claim - capacity has passed write_seen), and after the copy an
+# acquire fence and a re-check of claim_pos drop and count whatever may have been overwritten.
 # Lossless broadcast: the producer overwrites nothing a live member has not read, so the only
 # way a copy can be overwritten is that we were evicted during it: after the copy an acquire
 # fence and a look at our own slot's state catch that, and the copy is thrown away.
@@ -176,13 +177,17 @@ cdef class Consumer(_Side):
 
     cdef void _skip_overwritten(self) noexcept nogil:
         """Lossy: jump over records the producer has claimed (lapped), counting them.
-        claim_pos is loaded before write_pos: the producer stored the write_pos behind a claim
-        before that claim (release), so claim - capacity never passes the write_pos we read."""
+        The cached write_seen is used while the oldest valid position (claim - capacity) is at
+        or behind it: the records between are published and the seqlock check after the copy
+        drops any overwritten meanwhile. Only when the producer has lapped past the cache is
+        write_pos re-read, after claim_pos: the producer stored the write_pos behind a claim
+        before that claim (release), so claim - capacity never passes the write_pos read then."""
         cdef uint64_t claim = shm_load_acquire_u64(&self.hdr.producer.claim_pos)
-        self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
         cdef uint64_t oldest = claim - self.capacity if claim > self.capacity else 0
         if oldest > self.write_seen:
-            oldest = self.write_seen       # only a corrupt header gets here
+            self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
+            if oldest > self.write_seen:
+                oldest = self.write_seen   # only a corrupt header gets here
         if self.read_pos < oldest:
             shm_store_relaxed_u64(&self.mine.lost, shm_load_relaxed_u64(&self.mine.lost) + oldest - self.read_pos)
             self.read_pos = oldest
