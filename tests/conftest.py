@@ -70,7 +70,7 @@ def private_symbol_registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_runtime_dir():
+def suite_runtime_dir():
     """The suite's own directory of control and signal sockets (``shmpipe.control.runtime_dir``),
     so a service a test kills with SIGKILL leaves its socket file there, not in the user's; removed at
     the end. Short: an ipc:// path must fit in ~107 bytes."""
@@ -86,6 +86,21 @@ def private_runtime_dir():
         os.environ.pop("SHMPIPE_RUNTIME_DIR", None)
     else:
         os.environ["SHMPIPE_RUNTIME_DIR"] = saved
+
+
+@pytest.fixture
+def private_runtime_dir(monkeypatch):
+    """A control/signals directory of this test's own (processes it starts inherit it), emptied and
+    removed after. Short: ipc:// socket paths are limited to ~107 bytes."""
+    import shutil
+
+    from shmpipe import control
+
+    path = f"/tmp/shmpipe-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SHMPIPE_RUNTIME_DIR", path)
+    control.runtime_dir()   # creates it, 0700
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 market.bar.* messages, SIGTERM, the control endpoint, bad arguments."""
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 import uuid
@@ -31,17 +30,10 @@ from shmpipe.records import ORDERBOOK_ENTRY, TICK, TICK_FLAG_QUOTE, TICK_FLAG_TR
 pytest.importorskip("zmq")
 
 
-@pytest.fixture(autouse=True)
-def private_runtime_dir(monkeypatch):
-    # A short path: ipc:// socket paths are limited to ~107 bytes.
-    path = f"/tmp/shmpipe-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("SHMPIPE_RUNTIME_DIR", path)
-    control.runtime_dir()
-    yield path
-    for name in os.listdir(path) if os.path.isdir(path) else []:
-        os.unlink(os.path.join(path, name))
-    if os.path.isdir(path):
-        os.rmdir(path)
+
+
+# Every test here gets a control/signals directory of its own (conftest).
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
 
 @pytest.fixture

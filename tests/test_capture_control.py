@@ -8,7 +8,6 @@ import uuid
 import numpy as np
 import pytest
 import test_capture_process
-import test_capture_resnapshot
 from capture_helpers import fixture_lines
 from shmpipe_services.capture.kraken import KrakenParser
 from test_asset_sync import _stop, spawn_cli
@@ -30,7 +29,8 @@ COUNTER_KEYS = {"messages", "bytes", "ticks_written", "levels_written", "ring_fu
 # the fixtures those modules define, used here too
 registry = test_capture_process.registry
 rings = test_capture_process.rings
-private_runtime_dir = test_capture_resnapshot.private_runtime_dir
+# Every test here gets a control/signals directory of its own (conftest).
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
 
 def unique_name() -> str:

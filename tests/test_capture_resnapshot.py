@@ -5,7 +5,6 @@ streams untouched, and the ring exactly what the raw frames parse to."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from decimal import Decimal
@@ -37,17 +36,10 @@ registry = test_capture_process.registry
 rings = test_capture_process.rings
 
 
-@pytest.fixture(autouse=True)
-def private_runtime_dir(monkeypatch):
-    # A short path: ipc:// socket paths are limited to ~107 bytes. The children inherit it.
-    path = f"/tmp/shmpipe-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("SHMPIPE_RUNTIME_DIR", path)
-    control.runtime_dir()
-    yield path
-    for name in os.listdir(path) if os.path.isdir(path) else []:
-        os.unlink(os.path.join(path, name))
-    if os.path.isdir(path):
-        os.rmdir(path)
+
+
+# Every test here gets a control/signals directory of its own (conftest).
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
 
 def wait_for(condition, what: str, deadline: float = DEADLINE):
@@ -307,4 +299,3 @@ def test_synthetic_resnapshot_writes_the_book_so_far(rings, registry):
         snapshot.apply(record)
     assert snapshot.books[target] == books.books[target] and len(snapshot.books[target][0]) >= 10
     assert (levels["symbol_id"][fresh:end + 1] == target).all()
-

@@ -5,7 +5,6 @@ import json
 import multiprocessing
 import os
 import time
-import uuid
 
 import pytest
 
@@ -14,17 +13,10 @@ zmq = pytest.importorskip("zmq")
 from shmpipe import control, signals  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def private_runtime_dir(tmp_path, monkeypatch):
-    # A short path: ipc:// socket paths are limited to ~107 bytes.
-    path = f"/tmp/shmpipe-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("SHMPIPE_RUNTIME_DIR", path)
-    control.runtime_dir()   # creates it
-    yield path
-    for name in os.listdir(path) if os.path.isdir(path) else []:
-        os.unlink(os.path.join(path, name))
-    if os.path.isdir(path):
-        os.rmdir(path)
+
+
+# Every test here gets a control/signals directory of its own (conftest).
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
 
 def _status(args):

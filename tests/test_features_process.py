@@ -2,7 +2,6 @@
 values equal the in-process engine's, counters on the way out, bad input."""
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -27,16 +26,10 @@ from shmpipe.records import ORDERBOOK_ENTRY, TICK
 pytest.importorskip("zmq")
 
 
-@pytest.fixture(autouse=True)
-def private_runtime_dir(monkeypatch):
-    path = f"/tmp/shmpipe-test-{uuid.uuid4().hex[:8]}"   # ipc:// paths are limited to ~107 bytes
-    monkeypatch.setenv("SHMPIPE_RUNTIME_DIR", path)
-    control.runtime_dir()
-    yield path
-    for name in os.listdir(path) if os.path.isdir(path) else []:
-        os.unlink(os.path.join(path, name))
-    if os.path.isdir(path):
-        os.rmdir(path)
+
+
+# Every test here gets a control/signals directory of its own (conftest).
+pytestmark = pytest.mark.usefixtures("private_runtime_dir")
 
 
 @pytest.fixture
