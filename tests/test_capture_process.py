@@ -389,7 +389,7 @@ def test_kill_9_mid_capture_leaves_a_raw_log_and_journal_that_replay_what_consum
     server, url = start_feed_server(FIXTURES["coinbase"], "--speed", "4")   # ~15 s of frames
     proc = spawn_cli("capture", "--feed", "coinbase", "--url", url, *live.args(),
                      "--raw-dir", str(tmp_path / "raw"), "--journal-dir", str(tmp_path / "journal"))
-    ticks_parts, level_parts = [], []
+    ticks_parts = []
     try:
         got = 0
         while got < 100:   # well into the feed
