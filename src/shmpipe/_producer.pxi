@@ -18,7 +18,6 @@ cdef class Producer(_Side):
     cdef uint64_t pending            # records the current wait needs room for
     cdef uint64_t last_eviction_check_ns
     cdef uint32_t writes_since_heartbeat
-    cdef object equal_dtype          # last dtype object found equal to ours (see _check_dtype)
 
     def __cinit__(self):
         self.closed = True
@@ -215,16 +214,6 @@ cdef class Producer(_Side):
         if self.blocking:
             _wake(&self.hdr.data_ready)
 
-    cdef inline int _check_dtype(self, object dtype, str what) except -1:
-        """Equal dtypes are often distinct objects (Ring.open rebuilds one from the header), and
-        comparing structured dtypes costs ~400 ns: remember the last object found equal."""
-        if dtype is self.dtype or dtype is self.equal_dtype:
-            return 0
-        if dtype != self.dtype:
-            raise DtypeMismatchError(f"ring {self.ring.name!r} holds {self.dtype}, got {what} of dtype {dtype}")
-        self.equal_dtype = dtype
-        return 0
-
     cdef const char *_record_pointer(self, object record, Py_buffer *view, bint *got_view) except NULL:
         """Address of one record's bytes, checked for size and (for numpy scalars) dtype."""
         cdef cnp.PyArray_Descr *descr
@@ -233,15 +222,17 @@ cdef class Producer(_Side):
                 raise InvalidArgumentError(f"ring {self.ring.name!r} takes records of {self.itemsize} bytes, "
                                            f"got bytes of length {PyBytes_GET_SIZE(record)}")
             return PyBytes_AS_STRING(record)
-        if isinstance(record, np.void):
+        if isinstance(record, _VOID_SCALAR):
             descr = (<PyVoidScalarObject *>record).descr
             self._check_dtype(<object>descr, "a record")
             return (<PyVoidScalarObject *>record).obval
-        if isinstance(record, np.ndarray):
-            self._check_dtype(record.dtype, "an array")
-            if record.size != 1:
+        if cnp.PyArray_Check(record):
+            self._check_dtype(<object>cnp.PyArray_DESCR(<cnp.ndarray>record), "an array")
+            if cnp.PyArray_SIZE(<cnp.ndarray>record) != 1:
                 raise InvalidArgumentError(f"write() takes one record; use write_batch() for {record.size}")
-            record = np.ascontiguousarray(record)
+            # One element is contiguous whatever its strides; the array cannot be resized under
+            # us while we wait for room (numpy refuses while the caller holds a reference).
+            return <const char *>cnp.PyArray_DATA(<cnp.ndarray>record)
         try:
             PyObject_GetBuffer(record, view, PyBUF_SIMPLE)
         except TypeError:
@@ -301,10 +292,10 @@ cdef class Producer(_Side):
             self._leave()
 
     cdef uint64_t _write_many(self, object array, object timeout) except? 0xffffffffffffffff:
-        if not isinstance(array, np.ndarray):
+        if not cnp.PyArray_Check(array):
             raise InvalidArgumentError(f"write_batch() takes a numpy array, not {type(array).__name__}")
         cdef cnp.ndarray arr = <cnp.ndarray>array
-        self._check_dtype(arr.dtype, "an array")
+        self._check_dtype(<object>cnp.PyArray_DESCR(arr), "an array")
         if arr.ndim != 1:
             raise InvalidArgumentError(f"write_batch() takes a 1-d array, got shape {array.shape}")
         if not cnp.PyArray_IS_C_CONTIGUOUS(arr):

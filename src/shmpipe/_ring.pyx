@@ -110,11 +110,17 @@ cdef enum:
     HEARTBEAT_EVERY_WRITES = 1024
     # Copies at least this large release the GIL (~1 us of memcpy at ~14 GB/s).
     NOGIL_COPY_BYTES = 16384
+    # A wait first spins this long holding the GIL: giving it away and taking it back costs
+    # ~50-100 ns, as much as the hop between cores a ping-pong waits for; past this the cost is
+    # small against the wait, and other threads get the GIL (Python itself holds it 5 ms a turn).
+    GIL_HELD_SPIN_NS = 2000
     # A producer that finds the ring full probes the consumers' locks at most this often.
     EVICTION_CHECK_NS = 1000000
 
 # Timeouts at or above this (about 31 years) mean "as long as it takes".
 cdef double FOREVER_S = 1e9
+# Bound once: looking np.void up through the module on every write costs ~25 ns.
+cdef type _VOID_SCALAR = np.void
 
 WAIT_STRATEGIES = {"spin": SHMPIPE_WAIT_SPIN, "yield": SHMPIPE_WAIT_YIELD, "block": SHMPIPE_WAIT_BLOCK}
 WAIT_NAMES = {v: k for k, v in WAIT_STRATEGIES.items()}

@@ -38,6 +38,7 @@ cdef class _Side:
     cdef bint at_signal_check       # the call in flight is parked in PyErr_CheckSignals()
     cdef shmpipe_doorbell *own_bell # where this side sleeps
     cdef uint64_t sleeps, woken, timed_out
+    cdef object equal_dtype         # last dtype object found equal to ours (see _check_dtype)
 
     cdef void _bind(self, MappedRing ring, object dtype, int wait_strategy):
         self.ring = ring
@@ -57,6 +58,16 @@ cdef class _Side:
         if self.closed or self.ring.closed:
             self.ring._check()     # the ring's own reason (closed, or inherited across fork())
             raise RingClosedError(f"{type(self).__name__} of ring {self.ring.name!r} is closed")
+
+    cdef inline int _check_dtype(self, object dtype, str what) except -1:
+        """Equal dtypes are often distinct objects (Ring.open rebuilds one from the header), and
+        comparing structured dtypes costs ~400 ns: remember the last object found equal."""
+        if dtype is self.dtype or dtype is self.equal_dtype:
+            return 0
+        if dtype != self.dtype:
+            raise DtypeMismatchError(f"ring {self.ring.name!r} holds {self.dtype}, got {what} of dtype {dtype}")
+        self.equal_dtype = dtype
+        return 0
 
     cdef inline void _enter(self) except *:
         """Start a public call: it counts as in flight until _leave(), so close() from another
@@ -157,11 +168,27 @@ cdef class _Side:
             if self._ready():
                 return 1
 
+    cdef bint _spin_holding_gil(self, int64_t deadline) noexcept:
+        """The first GIL_HELD_SPIN_NS of a wait, GIL held (see GIL_HELD_SPIN_NS). True: ready."""
+        cdef uint64_t end = shm_monotonic_ns() + GIL_HELD_SPIN_NS
+        cdef uint32_t i = 0
+        if deadline > 0 and <uint64_t>deadline < end:
+            end = <uint64_t>deadline
+        while True:
+            if self._ready():
+                return True
+            shm_cpu_relax()
+            i += 1
+            if (i & 15) == 0 and shm_monotonic_ns() >= end:
+                return False
+
     cdef int _wait(self, shmpipe_doorbell *bell, int64_t deadline) except -1:
         """Wait for _ready() until the deadline (-1: forever). 1: ready, 0: timed out.
-        The GIL is released while waiting; Ctrl-C raises KeyboardInterrupt within a slice, and
-        close() from another thread raises RingClosedError here."""
+        After a short spin the GIL is released while waiting; Ctrl-C raises KeyboardInterrupt
+        within a slice, and close() from another thread raises RingClosedError here."""
         cdef int r
+        if self._spin_holding_gil(deadline):
+            return 1
         self.waiting = True
         try:
             while True:
