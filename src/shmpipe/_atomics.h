@@ -43,6 +43,14 @@ static inline void shm_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_
 static inline void shm_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 static inline void shm_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 
+/* A load whose value nobody uses, kept by the compiler: a reader that waits for write_pos also
+ * asks for the line of the record it will read next, so when the producer writes both, the two
+ * misses overlap instead of following each other. Racing with the producer's copy is harmless:
+ * the value is thrown away, and the real copy comes after the acquire load of write_pos. */
+static inline void shm_touch(const void *p) {
+    __asm__ __volatile__("" :: "r"(*(const volatile unsigned char *)p) : "memory");
+}
+
 /* Tell the core we are spinning: saves power and frees the sibling hyperthread. */
 static inline void shm_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -4,6 +4,7 @@ from libc.stdint cimport uint32_t, uint64_t
 cdef extern from "_atomics.h" nogil:
     uint64_t shm_load_acquire_u64(const uint64_t *p)
     uint64_t shm_load_relaxed_u64(const uint64_t *p)
+    void shm_touch(const void *p)
     void shm_store_release_u64(uint64_t *p, uint64_t v)
     void shm_store_relaxed_u64(uint64_t *p, uint64_t v)
     uint64_t shm_fetch_add_u64(uint64_t *p, uint64_t v)

@@ -147,7 +147,10 @@ cdef class Consumer(_Side):
         if self.closing:
             return True
         self.write_seen = shm_load_acquire_u64(&self.hdr.producer.write_pos)
-        return self.write_seen > self.read_pos
+        if self.write_seen > self.read_pos:
+            return True
+        shm_touch(self.data + (self.read_pos & self.mask) * self.itemsize)
+        return False
 
     cdef void _on_wait_slice(self) except *:
         self._heartbeat()
