@@ -298,13 +298,20 @@ def test_13_wake_between_snapshot_and_sleep_is_not_lost():
 # -- 14: join and eviction races; timeouts that are not plain numbers ---------------------------
 
 def test_14_consumer_killed_while_claiming_does_not_pin_the_producer(ring_name):
+    """Killed after it showed its slot (CLAIMING) and before it bumped membership.joins: the
+    producer, which looks only at known members while joins is unchanged, never counts it; the
+    next join makes it look at every slot, where the dead claimer is evicted, not waited for."""
     with shmpipe.Ring.create(ring_name, TICK, 8, broadcast=True) as ring, ring.producer() as p:
         slot = OFFSETS["consumers"] + 5 * OFFSETS["consumer_stride"]
         poke(ring_name, slot + OFFSETS["slot.state"], (3).to_bytes(4, "little"))   # CLAIMING, lock gone
         poke(ring_name, slot, (0).to_bytes(8, "little"))
         assert p.write_batch(make_ticks(0, 8), timeout=0) == 8
-        assert p.write(make_ticks(8, 1)[0], timeout=2)
-        assert ring.stats()["evictions"] == 1
+        assert p.write(make_ticks(8, 1)[0], timeout=0)          # not pinned: nothing waited for
+        with ring.consumer(start="newest") as live:             # a join: every slot is looked at
+            assert live.slot != 5
+            assert p.write_batch(make_ticks(9, 8), timeout=2) == 8
+            assert ring.stats()["evictions"] == 1               # the dead claimer, not the newcomer
+            expect_ticks(live.read(), 9, 8)
     segments.unlink(ring_name)
 
 

@@ -14,7 +14,8 @@ cdef class Producer(_Side):
     cdef uint64_t write_pos          # private copy; the shared one is published with release
     cdef uint64_t claimed            # broadcast: the highest claim_pos stored (never decreases)
     cdef uint64_t read_limit         # cached slowest consumer position
-    cdef uint64_t joins_seen         # broadcast: membership.joins as of the last refresh
+    cdef uint64_t joins_seen         # broadcast: membership.joins as of the last full scan
+    cdef uint64_t members            # broadcast: bit i = slot i was joining or active at the last look
     cdef uint64_t pending            # records the current wait needs room for
     cdef uint64_t last_eviction_check_ns
     cdef uint32_t writes_since_heartbeat
@@ -77,21 +78,33 @@ cdef class Producer(_Side):
     # -- room ----------------------------------------------------------------------------------
     cdef void _refresh_limit(self) noexcept nogil:
         """Re-read the slowest consumer's position (broadcast: every slot that is joining or
-        active; joins is read first, so a join after it is noticed by the next publish)."""
-        cdef uint64_t lowest, pos, word
+        active). Every join bumps membership.joins after it shows its slot, so while joins is
+        unchanged only the slots already known to be members are looked at (a bitmap, not all
+        max_consumers slots); when it moved, every slot is, and joins is read first, so a join
+        after it is noticed by the next publish."""
+        cdef uint64_t lowest, pos, word, joins, left, bit
         cdef uint32_t i, state
         if not self.broadcast:
             self.read_limit = shm_load_acquire_u64(&self.hdr.consumers[0].read_pos)
             return
-        self.joins_seen = shm_load_acquire_u64(&self.hdr.membership.joins)
+        joins = shm_load_acquire_u64(&self.hdr.membership.joins)
+        if joins != self.joins_seen:
+            self.joins_seen = joins
+            self.members = (1ull << self.ring.max_consumers) - 1 if self.ring.max_consumers < 64 else ~0ull
         lowest = self.write_pos
-        for i in range(self.ring.max_consumers):
+        left = self.members
+        while left:
+            i = <uint32_t>__builtin_ctzll(left)
+            bit = 1ull << i
+            left &= ~bit
             word = shm_load_acquire_u64(&self.hdr.consumers[i].state_word)
             state = _slot_state(word)
             if state == SHMPIPE_SLOT_ACTIVE or state == SHMPIPE_SLOT_CLAIMING:
                 pos = shm_load_acquire_u64(&self.hdr.consumers[i].read_pos)
                 if pos < lowest:
                     lowest = pos
+            else:
+                self.members &= ~bit      # left, or evicted: back only through a join
         # No consumer at all: nothing to protect, the records go nowhere (as a PUB socket).
         self.read_limit = lowest
 

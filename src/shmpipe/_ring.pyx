@@ -43,6 +43,9 @@ from ._layout cimport *
 cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
 
+cdef extern from * nogil:
+    int __builtin_ctzll(unsigned long long x)
+
 import errno
 import os
 import time
