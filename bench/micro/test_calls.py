@@ -47,16 +47,19 @@ def _consumed_all(c):
 
 
 def _record(ticks, form):
-    """One Tick in the form write() is handed: a numpy void scalar, bytes, or a memoryview."""
+    """One Tick in the form write() is handed: a numpy void scalar, a one-record array (what a
+    reused read_into() buffer is), bytes, or a memoryview."""
     if form == "numpy_scalar":
         return ticks[0]
+    if form == "numpy_array_1":
+        return ticks[:1]
     if form == "bytes":
         return ticks[:1].tobytes()
     return memoryview(ticks[:1].tobytes())
 
 
 @pytest.mark.parametrize("ring", WRITE_KINDS, indirect=True)
-@pytest.mark.parametrize("form", ["numpy_scalar", "bytes", "memoryview"])
+@pytest.mark.parametrize("form", ["numpy_scalar", "numpy_array_1", "bytes", "memoryview"])
 def test_write_x1000(benchmark, ends, ticks, form):
     p, c = ends
     rec = _record(ticks, form)
