@@ -3,10 +3,11 @@
 While membership.joins is unchanged the producer looks only at the slots it last saw joining or
 active (a bitmap) instead of all max_consumers slots: a member that leaves must stop holding it
 back, and one that joins, in any slot, a freed one included, must start holding it back."""
+from ring_workers import check_ticks, make_ticks
+
 import shmpipe
 from shmpipe import segments
 from shmpipe.records import TICK
-from ring_workers import check_ticks, make_ticks
 
 CAPACITY = 8
 

@@ -3,10 +3,10 @@ import multiprocessing as mp
 
 import numpy as np
 import pytest
+from ring_workers import check_ticks, make_ticks, produce
 
 import shmpipe
 from shmpipe.records import ASSET, TICK
-from ring_workers import check_ticks, make_ticks, produce
 
 SPAWN = mp.get_context("spawn")
 
@@ -67,4 +67,74 @@ def test_read_into_across_processes_every_record_exact(ring_name):
             pos += k
         child.join(30)
         assert child.exitcode == 0 and pos == total
+    ring.unlink()
+
+
+# -- read(out=...): the zero-allocation read that returns an array ---------------------------------
+
+def test_read_out_returns_the_filled_view_of_out_and_reuses_it(ring_name):
+    with shmpipe.Ring.create(ring_name, TICK, 8) as ring, ring.producer() as p, ring.consumer() as c:
+        out = np.zeros(5, TICK)
+        pos = 0
+        seen = {}
+        for n in (3, 8, 5, 1, 1):
+            p.write_batch(make_ticks(pos, n))
+            got = 0
+            while got < n:
+                view = c.read(timeout=0, out=out)
+                assert view.base is out and 0 < len(view) <= len(out)
+                check_ticks(view, pos + got, len(view))
+                check_ticks(out[:len(view)], pos + got, len(view))     # the very memory of out
+                assert seen.setdefault(len(view), view) is view        # one view object per count
+                got += len(view)
+            pos += n
+        assert len(c.read(timeout=0, out=out)) == 0
+        p.write_batch(make_ticks(pos, 4))
+        check_ticks(c.read(2, timeout=0, out=out), pos, 2)               # max_n still bounds it
+        other = np.zeros(8, TICK)                                        # another buffer: its own views
+        view = c.read(timeout=0, out=other)
+        assert view.base is other
+        check_ticks(view, pos + 2, 2)
+    ring.unlink()
+
+
+def test_read_out_lets_go_of_the_buffer_on_close(ring_name):
+    import sys
+    with shmpipe.Ring.create(ring_name, TICK, 8) as ring, ring.producer() as p:
+        c = ring.consumer()
+        out = np.zeros(4, TICK)
+        p.write_batch(make_ticks(0, 2))
+        c.read(out=out)
+        held = sys.getrefcount(out)
+        c.close()
+        assert sys.getrefcount(out) < held
+    ring.unlink()
+
+
+def test_read_out_refuses_what_cannot_be_returned_as_records(ring_name):
+    with shmpipe.Ring.create(ring_name, TICK, 8) as ring, ring.consumer() as c:
+        with pytest.raises(shmpipe.DtypeMismatchError):
+            c.read(out=np.zeros(4, ASSET))
+        with pytest.raises(shmpipe.InvalidArgumentError, match="numpy array"):
+            c.read(out=bytearray(64))
+        frozen = np.zeros(4, TICK)
+        frozen.flags.writeable = False
+        for bad in (frozen, np.zeros(8, TICK)[::2], np.zeros((2, 2), TICK)):
+            with pytest.raises(shmpipe.InvalidArgumentError, match="1-d C-contiguous writeable"):
+                c.read(out=bad)
+        with pytest.raises(shmpipe.InvalidArgumentError, match="room"):
+            c.read(out=np.zeros(0, TICK))
+        with pytest.raises(shmpipe.InvalidArgumentError, match="max_n"):
+            c.read(0, out=np.zeros(4, TICK))
+    ring.unlink()
+
+
+def test_read_out_on_a_lossy_ring_drops_what_was_overwritten(ring_name):
+    with shmpipe.Ring.create(ring_name, TICK, 8, broadcast=True, policy="lossy") as ring, \
+            ring.producer() as p, ring.consumer(start="oldest") as c:
+        p.write_batch(make_ticks(0, 20))             # laps the reader: 0..11 are gone
+        out = np.zeros(16, TICK)
+        view = c.read(timeout=0, out=out)
+        check_ticks(view, 12, 8)
+        assert c.lost == 12
     ring.unlink()

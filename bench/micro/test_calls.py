@@ -1,4 +1,4 @@
-"""In-process call costs of the ring API: write, write_batch, read, read_into, peek/commit.
+"""In-process call costs of the ring API: write, write_batch, read, read(out=), read_into, peek/commit.
 
 Each benchmarked call moves a fixed number of records (in the test name); the ring is drained or
 refilled in the untimed setup between rounds, so no call ever waits on a full or empty ring.
@@ -128,6 +128,21 @@ def test_read_into_x1000_one_each(benchmark, ends, ticks):
         r = c.read_into
         for _ in range(N):
             r(out, timeout=0)
+
+    benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
+    _consumed_all(c)
+
+
+@pytest.mark.parametrize("ring", READ_KINDS, indirect=True)
+def test_read_out_x1000_one_each(benchmark, ends, ticks):
+    """read(1, out=buf): the allocation-free read that returns the filled view of a reused array."""
+    p, c = ends
+    out = np.empty(1, ticks.dtype)
+
+    def target():
+        r = c.read
+        for _ in range(N):
+            r(1, 0, out)
 
     benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
     _consumed_all(c)

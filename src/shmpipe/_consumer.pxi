@@ -18,6 +18,8 @@ cdef class Consumer(_Side):
     cdef uint64_t generation       # broadcast: this join's generation of the slot
     cdef shmpipe_consumer_slot *mine
     cdef readonly uint64_t lost_here
+    cdef object views_of           # the array read(out=...) last filled
+    cdef list views                # views[n] is views_of[:n], made the first time n is returned
 
     def __cinit__(self):
         self.closed = True
@@ -103,6 +105,7 @@ cdef class Consumer(_Side):
 
     cdef void _release_role(self):
         self.lost_here = shm_load_relaxed_u64(&self.mine.lost)
+        self.views_of = self.views = None     # let go of the caller's read(out=) buffer
         if self.broadcast:
             shm_store_release_u64(&self.mine.state_word, _slot_word(self.generation, SHMPIPE_SLOT_FREE))
             if self.blocking:
@@ -214,15 +217,51 @@ cdef class Consumer(_Side):
         shm_store_relaxed_u64(&self.mine.lost, shm_load_relaxed_u64(&self.mine.lost) + dropped)
         return dropped
 
-    def read(self, Py_ssize_t max_n=1024, timeout=None):
+    def read(self, Py_ssize_t max_n=1024, timeout=None, out=None):
         """Copy out up to max_n records (a new numpy array). Waits by the ring's strategy while
         empty; timeout=0 never waits. An empty array means the timeout passed with no data.
-        Records shown by peek() and not committed are read again here."""
+        Records shown by peek() and not committed are read again here.
+
+        With out (a 1-d C-contiguous writeable array of the ring's dtype) nothing is allocated:
+        up to min(max_n, len(out)) records are copied into out and the view out[:n] is returned,
+        valid until the next read into out. The views are made once per count and kept (with a
+        reference to out) for the next call, so a loop over one buffer allocates nothing."""
         self._enter()
         try:
-            return self._read(max_n, timeout)
+            if out is None:
+                return self._read(max_n, timeout)
+            return self._read_view(max_n, timeout, out)
         finally:
             self._leave()
+
+    cdef object _read_view(self, Py_ssize_t max_n, object timeout, object out):
+        cdef cnp.ndarray arr
+        cdef uint64_t room, n
+        self._check_slot()
+        if max_n <= 0:
+            raise InvalidArgumentError(f"max_n must be positive, not {max_n}")
+        if not cnp.PyArray_Check(out):
+            raise InvalidArgumentError(f"read(out=...) takes a numpy array of the ring's dtype, "
+                                       f"not {type(out).__name__}")
+        arr = <cnp.ndarray>out
+        self._check_dtype(<object>cnp.PyArray_DESCR(arr), "an array")
+        if cnp.PyArray_NDIM(arr) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISWRITEABLE(arr):
+            raise InvalidArgumentError(f"read(out=...) takes a 1-d C-contiguous writeable array, got "
+                                       f"shape {out.shape}, contiguous {out.flags.c_contiguous}, "
+                                       f"writeable {out.flags.writeable}")
+        room = _min_u64(<uint64_t>max_n, <uint64_t>cnp.PyArray_DIM(arr, 0))
+        if room == 0:
+            raise InvalidArgumentError("read(out=...) needs room for at least one record")
+        # out cannot be resized under us while we wait: numpy refuses while others hold it.
+        n = self._read_into_memory(<char *>cnp.PyArray_DATA(arr), room * self.itemsize, timeout)
+        if out is not self.views_of:
+            self.views_of = out
+            self.views = [None] * (cnp.PyArray_DIM(arr, 0) + 1)
+        view = self.views[n]
+        if view is None:
+            view = out[:n]
+            self.views[n] = view
+        return view
 
     cdef uint64_t _readable(self, uint64_t max_n, double timeout_s) except? 0xffffffffffffffff:
         """Wait (by the strategy, up to the timeout) for records; how many of at most max_n
