@@ -119,30 +119,22 @@ def test_read_4096(benchmark, ends, ticks):
 
 
 @pytest.mark.parametrize("ring", READ_KINDS, indirect=True)
-def test_read_into_x1000_one_each(benchmark, ends, ticks):
-    """The allocation-free read of one record into a reused buffer (issue 15's common case)."""
+@pytest.mark.parametrize("call", ["read_into", "read_out"])
+def test_read_into_x1000_one_each(benchmark, ends, ticks, call):
+    """The allocation-free reads of one record into a reused buffer (issue 15's common case):
+    read_into(out) returns the count, read(1, 0, out) the filled view of out."""
     p, c = ends
     out = np.empty(1, ticks.dtype)
 
     def target():
-        r = c.read_into
-        for _ in range(N):
-            r(out, timeout=0)
-
-    benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
-    _consumed_all(c)
-
-
-@pytest.mark.parametrize("ring", READ_KINDS, indirect=True)
-def test_read_out_x1000_one_each(benchmark, ends, ticks):
-    """read(1, out=buf): the allocation-free read that returns the filled view of a reused array."""
-    p, c = ends
-    out = np.empty(1, ticks.dtype)
-
-    def target():
-        r = c.read
-        for _ in range(N):
-            r(1, 0, out)
+        if call == "read_into":
+            r = c.read_into
+            for _ in range(N):
+                r(out, timeout=0)
+        else:
+            r = c.read
+            for _ in range(N):
+                r(1, 0, out)
 
     benchmark.pedantic(target, setup=_refill(p, c, ticks, N), rounds=300)
     _consumed_all(c)
