@@ -138,3 +138,18 @@ def test_read_out_on_a_lossy_ring_drops_what_was_overwritten(ring_name):
         check_ticks(view, 12, 8)
         assert c.lost == 12
     ring.unlink()
+
+
+def test_read_out_into_a_large_buffer_returns_exact_views(ring_name):
+    """Past 4096 records the views are made per call instead of kept: same promise."""
+    with shmpipe.Ring.create(ring_name, TICK, 1 << 14) as ring, ring.producer() as p, ring.consumer() as c:
+        out = np.zeros(10_000, TICK)
+        p.write_batch(make_ticks(0, 6000))
+        view = c.read(10_000, timeout=0, out=out)
+        assert view.base is out
+        check_ticks(view, 0, 6000)
+        p.write_batch(make_ticks(6000, 3))
+        small = c.read(10_000, timeout=0, out=out)
+        check_ticks(small, 6000, 3)
+        assert len(c.read(10_000, timeout=0, out=out)) == 0
+    ring.unlink()

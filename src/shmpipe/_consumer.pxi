@@ -19,7 +19,7 @@ cdef class Consumer(_Side):
     cdef shmpipe_consumer_slot *mine
     cdef readonly uint64_t lost_here
     cdef object views_of           # the array read(out=...) last filled
-    cdef list views                # views[n] is views_of[:n], made the first time n is returned
+    cdef list views                # views[n] is views_of[:n] (n <= VIEWS_KEPT), made when first returned
 
     def __cinit__(self):
         self.closed = True
@@ -224,8 +224,9 @@ cdef class Consumer(_Side):
 
         With out (a 1-d C-contiguous writeable array of the ring's dtype) nothing is allocated:
         up to min(max_n, len(out)) records are copied into out and the view out[:n] is returned,
-        valid until the next read into out. The views are made once per count and kept (with a
-        reference to out) for the next call, so a loop over one buffer allocates nothing."""
+        valid until the next read into out. The views of up to 4096 records are made once per
+        count and kept (with a reference to out) for the next call, so a loop over one buffer
+        allocates nothing."""
         self._enter()
         try:
             if out is None:
@@ -254,9 +255,11 @@ cdef class Consumer(_Side):
             raise InvalidArgumentError("read(out=...) needs room for at least one record")
         # out cannot be resized under us while we wait: numpy refuses while others hold it.
         n = self._read_into_memory(<char *>cnp.PyArray_DATA(arr), room * self.itemsize, timeout)
+        if n > VIEWS_KEPT:              # a copy this large dwarfs making its view
+            return out[:n]
         if out is not self.views_of:
             self.views_of = out
-            self.views = [None] * (cnp.PyArray_DIM(arr, 0) + 1)
+            self.views = [None] * (_min_u64(<uint64_t>cnp.PyArray_DIM(arr, 0), VIEWS_KEPT) + 1)
         view = self.views[n]
         if view is None:
             view = out[:n]
