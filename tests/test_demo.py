@@ -242,3 +242,30 @@ def test_final_counters_are_the_last_json_object_in_a_log(tmp_path):
     log.write_text('==== start\n{"records": 5}\nnoise\n{"records": 7, "ended": "feed closed", "ok": true}\n'
                    "{not json}\n")
     assert final_counters(str(log)) == {"records": 7}
+
+
+SLOW_START = """
+import sys, time
+from shmpipe_services.launcher import supervisor
+spawn = supervisor.Launcher._spawn
+def slow_spawn(self, state):
+    time.sleep(1.0)            # a loaded box: every stage takes a second longer to start
+    spawn(self, state)
+supervisor.Launcher._spawn = slow_spawn
+from shmpipe_tools.cli import main
+sys.exit(main(["demo", "--seconds", "2", "--json"]))
+"""
+
+
+def test_demo_seconds_count_from_when_every_stage_is_up(tmp_path):
+    """Five stages starting a second late each: the last one still gets its full run (it used to
+    get none, and 'moved no records' failed the demo)."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_START], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["features"]["records"] > 0, summary["features"]
+    finally:
+        _cleanup(proc)
