@@ -186,6 +186,23 @@ class StatsInfo:
         return asdict(self)
 
 
+def stale_stats(infos: list[StatsInfo]) -> list[StatsInfo]:
+    """Stats segments whose publisher is dead (a kill -9'd service leaves its segment behind):
+    their numbers are history. Segments that cannot be read (another user's, half made) are not
+    ours to judge."""
+    return [i for i in infos if not i.live and not i.problem]
+
+
+def remove_stats(info: StatsInfo) -> bool:
+    """Unlink a dead publisher's stats segment if it is still dead right now."""
+    return stats_segments.unlink_if_dead(info.name)
+
+
+def stats_names() -> list[str]:
+    """Names of every stats segment on this host (/dev/shm/shmpipe-stats.<name>)."""
+    return _names_with_prefix(stats_segments.SHM_PREFIX)
+
+
 def survey_stats(names: list[str] | None = None) -> list[StatsInfo]:
     """Every stats segment (/dev/shm/shmpipe-stats.*), or the named ones that exist."""
     found = []
@@ -443,8 +460,11 @@ __all__ = [
     "dump",
     "process_name",
     "remove",
+    "remove_stats",
     "ring_notes",
     "stale",
+    "stale_stats",
+    "stats_names",
     "survey",
     "survey_stats",
     "survey_symbols",

@@ -185,6 +185,36 @@ def read(name: str) -> dict:
             "updated_ns": updated, "counters": counters}
 
 
+def unlink_if_dead(name: str) -> bool:
+    """Remove a stats segment only while no live process publishes it (``shmpipe clean``); False
+    when there is none or its publisher is alive. The segment's lock is held across the check and
+    the unlink, so a publisher that takes the name meanwhile is never unlinked from under."""
+    try:
+        shm = posix_ipc.SharedMemory(_shm_name(name))
+    except posix_ipc.ExistentialError:
+        return False
+    fd = shm.fd
+    try:
+        if not _ring.try_lock_byte(fd, _LOCK_BYTE):
+            return False
+        try:
+            here = os.fstat(fd)
+            try:
+                now = os.stat(segment_path(name))
+            except FileNotFoundError:
+                return False
+            if (here.st_dev, here.st_ino) != (now.st_dev, now.st_ino):
+                return False  # replaced by a new publisher's segment in between
+            posix_ipc.unlink_shared_memory(_shm_name(name))
+            return True
+        finally:
+            _ring.unlock_byte(fd, _LOCK_BYTE)
+    except posix_ipc.ExistentialError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def unlink(name: str) -> bool:
     """Remove a stats segment (a dead publisher's); False if there was none."""
     try:
