@@ -232,13 +232,18 @@ class Launcher:
             self._start_bus()
             if metrics is not None:
                 try:
+                    # this pipeline's rings and services only: other jobs on the host stay out
                     self._metrics = metrics(
                         self.metrics_port,
                         self.metrics_host,
                         rings=[r.segment for r in self.pipeline.rings.values()],
+                        services=[p.service for p in self.pipeline.processes.values()],
                     )
                 except OSError as exc:  # MetricsServerError: one line naming the port
                     raise LaunchError(f"metrics: {exc}") from None
+                from .process_metrics import ProcessCollector
+
+                self._metrics.registry.register(ProcessCollector(lambda: list(self.processes.values())))
                 self.say(f"metrics on http://{self.metrics_host}:{self._metrics.port}/metrics")
             for state in self.processes.values():
                 if self.stop_event.is_set():
