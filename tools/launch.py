@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve Prometheus metrics of the pipeline's rings on 127.0.0.1:PORT (0: any free port)",
+        help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port): the pipeline's rings, its "
+        "services' stats and per-process series (up, restarts, last exit code, CPU, RSS)",
     )
     p.add_argument("--no-bus", action="store_true", help="run no signals bus for the pipeline")
     p.set_defaults(func=run)
