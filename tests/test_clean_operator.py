@@ -33,7 +33,8 @@ def test_a_glob_selects_and_a_name_matching_nothing_is_said(ring_name):
         assert none.stderr.strip() == f"shmpipe clean: no shmpipe segment matches '{ring_name}-nothing.*'"
         done = json.loads(_cli("clean", "--yes", "--json", f"{ring_name}.*").stdout)
         assert done["removed"] == [f"{ring_name}.a", f"{ring_name}.b"]
-        assert sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{ring_name}*")) == [f"shmpipe.{ring_name}.live"]
+        left = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{ring_name}*"))
+        assert left == [f"shmpipe.{ring_name}.live"]
         live.unlink()
 
 
@@ -48,7 +49,8 @@ signal.pause()
 
 def test_a_dead_publisher_s_stats_segment_is_listed_and_removed(ring_name):
     dead, live_name = f"{ring_name}.dead", f"{ring_name}.alive"
-    child = subprocess.Popen([sys.executable, "-c", _PUBLISH_AND_HANG, dead], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _PUBLISH_AND_HANG, dead], stdout=subprocess.PIPE,
+                             text=True)
     try:
         assert child.stdout.readline().strip() == "ready"
         os.kill(child.pid, signal.SIGKILL)
@@ -57,7 +59,8 @@ def test_a_dead_publisher_s_stats_segment_is_listed_and_removed(ring_name):
             listed = json.loads(_cli("clean", "--json", f"{ring_name}.*").stdout)
             assert listed["stale_stats"] == [dead]
             text = _cli("clean", f"{ring_name}.*").stdout
-            assert f"stale      /dev/shm/shmpipe-stats.{dead}  (stats of pid {child.pid}, which is gone)" in text
+            row = f"stale      /dev/shm/shmpipe-stats.{dead}  (stats of pid {child.pid}, which is gone)"
+            assert row in text
             done = json.loads(_cli("clean", "--yes", "--json", f"{ring_name}.*").stdout)
             assert done["removed_stats"] == [dead]
             assert not os.path.exists(f"/dev/shm/shmpipe-stats.{dead}")

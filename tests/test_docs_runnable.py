@@ -67,5 +67,7 @@ def test_runnable_block(block, private_runtime_dir):
     left = [n for n in _leftovers() if n not in before]
     for name in left:
         (Path("/dev/shm") / name).unlink(missing_ok=True)
-    assert out.returncode == 0, f"exit {out.returncode}\n--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (
+        f"exit {out.returncode}\n--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}"
+    )
     assert not left, f"the block left {left} in /dev/shm"

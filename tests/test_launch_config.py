@@ -275,10 +275,15 @@ def test_a_service_name_too_long_names_the_process():
 @pytest.mark.parametrize(
     "old, new, marker, words",
     [
-        ('"--name", "{name}"', '"--name", "{servic}"', "{servic}", "{servic} is not a placeholder; did you mean {service}?"),
+        (
+            '"--name", "{name}"',
+            '"--name", "{servic}"',
+            "{servic}",
+            "{servic} is not a placeholder; did you mean {service}?",
+        ),
         ('ME = "{service}"', 'ME = "{nmae}"', "{nmae}", "{nmae} is not a placeholder; did you mean {name}?"),
-        ('"{ring.ticks}", "--name"', '"{rings.ticks}", "--name"', "{rings.ticks}", "did you mean {ring.ticks}?"),
-        ('"{ring.ticks}", "--name"', '"{ring}", "--name"', '"{ring}"', "{ring} needs a ring name: {ring.KEY}"),
+        ('"{ring.ticks}", "--name"', '"{rings.ticks}", "--name"', "{rings.ticks}", "{ring.ticks}?"),
+        ('"{ring.ticks}", "--name"', '"{ring}", "--name"', '"{ring}"', "{ring} needs a ring name"),
     ],
     ids=["servic", "nmae", "rings.ticks", "bare-ring"],
 )

@@ -61,7 +61,9 @@ time.sleep(120)
 
 
 @pytest.mark.parametrize("how", ["stats", "control"])
-def test_a_name_held_by_a_live_process_is_refused_before_anything_starts(tmp_path, ring_name, runtime_dir, how):
+def test_a_name_held_by_a_live_process_is_refused_before_anything_starts(
+    tmp_path, ring_name, runtime_dir, how
+):
     service = f"{ring_name}.capture"
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, service, how], stdout=subprocess.PIPE, text=True

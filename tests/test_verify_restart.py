@@ -28,13 +28,14 @@ def _wait(condition, timeout, what):
 
 
 def _verify(ring, name, *extra):
-    return subprocess.Popen([sys.executable, "-m", "shmpipe_tools.cli", "verify", "--ticks", ring, "--name", name,
-                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "shmpipe_tools.cli", "verify", "--ticks", ring, "--name", name, "--json",
+            *extra]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _counters(name):
+def _counter(name, field):
     try:
-        return stats.read(name)["counters"]
+        return stats.read(name)["counters"].get(field)
     except FileNotFoundError:
         return None
 
@@ -51,14 +52,14 @@ def test_a_restarted_verify_counts_what_it_did_not_see(ring_name, private_runtim
         try:
             first = _verify(ring_name, name, "--start", "oldest")
             producer.write_batch(ticks_for(0, 100))
-            _wait(lambda: (_counters(name) or {}).get("last_sequence") == 99, 30, "the first verify at tick 99")
+            _wait(lambda: _counter(name, "last_sequence") == 99, 30, "the first verify at tick 99")
             os.kill(first.pid, signal.SIGKILL)
             first.wait(10)
             producer.write_batch(ticks_for(100, 100))   # while no verify runs
             second = _verify(ring_name, name)           # joins at the newest tick, as a restart would
             _wait(lambda: _joined(ring, second.pid), 30, "the second verify to join")
             producer.write_batch(ticks_for(200, 50))
-            _wait(lambda: (_counters(name) or {}).get("records") == 50, 30, "the second verify to read 50 ticks")
+            _wait(lambda: _counter(name, "records") == 50, 30, "the second verify to read 50 ticks")
             second.send_signal(signal.SIGTERM)
             out, err = second.communicate(timeout=30)
             result = json.loads(out)
@@ -88,11 +89,12 @@ def test_a_fresh_verify_that_joins_late_says_what_came_before(ring_name, private
             proc = _verify(ring_name, name)
             _wait(lambda: _joined(ring, proc.pid), 30, "verify to join")
             producer.write_batch(ticks_for(30, 10))
-            _wait(lambda: (_counters(name) or {}).get("records") == 10, 30, "verify to read 10 ticks")
+            _wait(lambda: _counter(name, "records") == 10, 30, "verify to read 10 ticks")
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
             result = json.loads(out)
-            assert result["unchecked"] == 30 and result["lost"] == 0 and "resumed_after_sequence" not in result
+            assert result["unchecked"] == 30 and result["lost"] == 0
+            assert "resumed_after_sequence" not in result
             assert "30 ticks numbered before 30 were not checked (written before it joined)" in err
         finally:
             if proc is not None and proc.poll() is None:

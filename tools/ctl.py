@@ -16,8 +16,8 @@ def add_parser(sub) -> None:
         "$XDG_RUNTIME_DIR/shmpipe, else /tmp/shmpipe-UID) and prints the answer. Every service answers\n"
         "status, stats, pause, resume, stop, ping and help; the launcher answers as `launcher`.\n"
         "`shmpipe ctl list` shows the services with an endpoint and whether they answer.\n"
-        "A capture also answers resnapshot, with --args '{\"exchange\": \"kraken\", \"symbol\": \"BTC/USD\"}'\n"
-        "or '{\"symbol_id\": 7}' (one symbol's book, resynchronised).\n"
+        "A capture also answers resnapshot (one symbol's book, resynchronised), with\n"
+        "--args '{\"exchange\": \"kraken\", \"symbol\": \"BTC/USD\"}' or '{\"symbol_id\": 7}'.\n"
         "A dead service, an unknown command or a refusal is one line on stderr, exit 1.",
     )
     p.add_argument("service", metavar="SERVICE", help="service name, or `list`")
@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--args",
         metavar="JSON",
-        help='arguments, a JSON object (e.g. capture\'s resnapshot: \'{"exchange": "kraken", "symbol": "BTC/USD"}\')',
+        help="arguments, a JSON object (e.g. capture's resnapshot: "
+        '\'{"exchange": "kraken", "symbol": "BTC/USD"}\')',
     )
     p.add_argument(
         "--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for the answer (default 2)"

@@ -243,7 +243,11 @@ def main(
         first = result["first_sequence"]
         print(
             f"shmpipe verify: {result['unchecked']:,} ticks numbered before {first} were not checked "
-            + ("(written while no verify ran)" if verifier.resumed_after is not None else "(written before it joined)"),
+            + (
+                "(written while no verify ran)"
+                if verifier.resumed_after is not None
+                else "(written before it joined)"
+            ),
             file=sys.stderr,
             flush=True,
         )

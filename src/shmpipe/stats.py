@@ -10,9 +10,10 @@ The segment is a few u64 words: a header, one word per field, then the field nam
 reader needs no schema of its own). Each field is a counter (only goes up: a rate means something)
 or a gauge (a level: a latency, a lag, a flag); ``publish(..., gauges=[...])`` says which, and
 without it :func:`looks_like_gauge` decides by the name. The names are stored as
-``{"fields": [...], "gauges": [...]}`` (a plain list, as older publishers wrote, is all counters). The publisher writes each word with a release store and the
-reader reads it with an acquire load (the compiled helpers the rings use), so a reader never sees a
-torn word; fields are independent words, not one snapshot, which suits monotonic counters.
+``{"fields": [...], "gauges": [...]}`` (a plain list, as older publishers wrote, is all
+counters). The publisher writes each word with a release store and the reader reads it with an
+acquire load (the compiled helpers the rings use), so a reader never sees a torn word; fields are
+independent words, not one snapshot, which suits monotonic counters.
 
 Liveness: the publisher holds an OFD lock on byte 0 of the segment for its whole life. The kernel
 drops it when the publisher dies (kill -9 included), so ``read`` reports a segment whose lock it can
