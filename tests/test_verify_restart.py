@@ -95,7 +95,7 @@ def test_a_fresh_verify_that_joins_late_says_what_came_before(ring_name, private
             result = json.loads(out)
             assert result["unchecked"] == 30 and result["lost"] == 0
             assert "resumed_after_sequence" not in result
-            assert "30 ticks numbered before 30 were not checked (written before it joined)" in err
+            assert "30 ticks numbered before 30 were not checked by this run (written before it joined)" in err
         finally:
             if proc is not None and proc.poll() is None:
                 proc.kill()

@@ -246,7 +246,7 @@ def main(
             + (
                 "(written while no verify ran)"
                 if verifier.resumed_after is not None
-                else "(written before it joined)"
+                else "by this run (written before it joined)"
             ),
             file=sys.stderr,
             flush=True,
