@@ -98,6 +98,9 @@ def test_a_name_held_by_a_live_process_is_refused_before_anything_starts(
         assert f"shmpipe ctl {service} stop" in line
         assert "started" not in err  # refused at once, not started and retried
         assert not list(Path("/dev/shm").glob(f"shmpipe.{ring_name}.*"))
+        dry = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "launch", str(toml), "--dry-run"],
+                             capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 1 and dry.stderr.strip() == line, dry.stderr
     finally:
         holder.kill()
         holder.wait(10)

@@ -21,7 +21,12 @@ def add_parser(sub) -> None:
         "A mistake in FILE is one line: FILE:LINE: problem (exit 2).",
     )
     p.add_argument("file", metavar="FILE.toml")
-    p.add_argument("--dry-run", action="store_true", help="check the file and print the plan; start nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the file and print the plan; start nothing (exit 1 if a live process holds one of "
+        "its service names)",
+    )
     p.add_argument(
         "--log-dir",
         metavar="DIR",
@@ -75,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         print("\n".join(launcher.plan()))
+        try:  # what would refuse the start at once: a live process holding a service name
+            launcher.refuse_taken_names()
+        except LaunchError as exc:
+            return _fail(str(exc), 1)
         return 0
     install_stop_signals(launcher)
     try:

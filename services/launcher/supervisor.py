@@ -225,7 +225,7 @@ class Launcher:
             os.makedirs(self.log_dir, exist_ok=True)
         except OSError as exc:
             raise LaunchError(f"log directory {self.log_dir}: {exc.strerror}") from None
-        self._refuse_taken_names()
+        self.refuse_taken_names()
         try:
             self._start_control()
             self._create_rings()
@@ -254,7 +254,7 @@ class Launcher:
             self.stop()
             raise
 
-    def _refuse_taken_names(self) -> None:
+    def refuse_taken_names(self) -> None:
         """Before anything is made: a service name a live process already holds (say, a child the
         previous launcher left running after a kill -9) is refused, naming the pid and the way to
         stop it."""
