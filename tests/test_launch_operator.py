@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("zmq")
-from launch_helpers import LauncherProcess, runtime_dir, wait_for  # noqa: F401
+from launch_helpers import LauncherProcess, alive, runtime_dir, wait_for  # noqa: F401
 
 from shmpipe import stats
 
@@ -105,3 +105,58 @@ def test_a_name_held_by_a_live_process_is_refused_before_anything_starts(
         holder.kill()
         holder.wait(10)
         stats.unlink(service)
+
+
+def test_recovery_after_the_launcher_is_killed_as_the_docs_describe(tmp_path, ring_name, runtime_dir):
+    """The launcher killed with -9 leaves its children running: a second launch is refused naming
+    the capture's pid; `ctl NAME stop`, `clean --yes 'PREFIX.*'`, and the launch works again."""
+    toml = _pipeline(
+        tmp_path,
+        f"""\
+        [pipeline]
+        ring_prefix = "{ring_name}."
+
+        [rings.ticks]
+        type = "tick"
+        capacity = 4096
+
+        [rings.levels]
+        type = "level_update"
+        capacity = 4096
+
+        [processes.capture]
+        command = ["shmpipe", "capture", "--feed", "synthetic", "--rate", "2000",
+                   "--ticks", "{{ring.ticks}}", "--levels", "{{ring.levels}}", "--name", "{{service}}"]
+        writes = ["ticks", "levels"]
+        control = true
+        """,
+    )
+    service = f"{ring_name}.capture"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    first = LauncherProcess(toml, tmp_path / "logs")
+    second = third = None
+    try:
+        capture_pid = first.wait_running(["capture"])["processes"]["capture"]["pid"]
+        first.proc.kill()
+        first.proc.wait(10)
+        second = LauncherProcess(toml, tmp_path / "logs2")
+        code, _out, err = second.finish(timeout=30)
+        assert code == 1
+        assert f"the name '{service}' is taken: a live process (pid {capture_pid})" in err, err
+        assert cli("ctl", service, "stop").returncode == 0
+        wait_for(lambda: not alive([capture_pid]), 30, "the capture to stop")
+        assert cli("clean", "--yes", f"{ring_name}.*").returncode == 0
+        assert not list(Path("/dev/shm").glob(f"shmpipe.{ring_name}.*"))
+        third = LauncherProcess(toml, tmp_path / "logs3")
+        third.wait_running(["capture"])
+        third.proc.terminate()
+        code, _out, err = third.finish(timeout=60)
+        assert code == 0, err
+    finally:
+        for launcher in (first, second, third):
+            if launcher is not None:
+                launcher.kill_everything()
