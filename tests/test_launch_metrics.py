@@ -95,3 +95,13 @@ def test_metrics_are_the_pipeline_s_own_with_per_process_series(tmp_path, ring_n
             launcher.finish(timeout=30)
             launcher.kill_everything()
     stats.unlink(f"{ring_name}.pub")
+
+
+def test_services_scope_the_publishers(ring_name):
+    from shmpipe.metrics import start_metrics_server
+
+    mine, under, other = f"{ring_name}.a", f"{ring_name}.a.to-redis", f"{ring_name}.ab"
+    with stats.publish(mine, ["x"]), stats.publish(under, ["x"]), stats.publish(other, ["x"]), \
+            start_metrics_server(0, rings=[], services=[mine]) as server:
+        families = _families(server.url)
+        assert {s.labels["service"] for s in families["shmpipe_service_up"].samples} == {mine, under}
