@@ -40,6 +40,7 @@ STATS_FIELDS = [
     "last_sequence",
     "unchecked",
 ]
+GAUGE_FIELDS = ["latency_p50_us", "latency_p99_us"]  # levels: no rate (inspect, metrics)
 STATS_INTERVAL_S = 0.1
 CONTROL_INTERVAL_S = 0.05
 
@@ -65,7 +66,7 @@ class Verifier:
         self.started = time.monotonic()
         self.resumed_after = _dead_run_last_sequence(name) if sequence else None
         try:
-            self.publisher = shm_stats.publish(name, STATS_FIELDS)
+            self.publisher = shm_stats.publish(name, STATS_FIELDS, gauges=GAUGE_FIELDS)
         except (shm_stats.StatsBusyError, shmpipe.ShmpipeError) as exc:
             self.ring.close()
             raise VerifyError(str(exc)) from None
