@@ -269,3 +269,47 @@ def test_a_service_name_too_long_names_the_process():
     err = _error(text)
     assert "(ring_prefix + process name) is longer than 64" in err.problem
     assert err.line == _line_of(text, "[processes.consumer]")  # the first process in the file
+
+
+# -- issue 25: what used to pass the check and fail only at run time ---------------------------------
+@pytest.mark.parametrize(
+    "old, new, marker, words",
+    [
+        (
+            '"--name", "{name}"',
+            '"--name", "{servic}"',
+            "{servic}",
+            "{servic} is not a placeholder; did you mean {service}?",
+        ),
+        ('ME = "{service}"', 'ME = "{nmae}"', "{nmae}", "{nmae} is not a placeholder; did you mean {name}?"),
+        ('"{ring.ticks}", "--name"', '"{rings.ticks}", "--name"', "{rings.ticks}", "{ring.ticks}?"),
+        ('"{ring.ticks}", "--name"', '"{ring}", "--name"', '"{ring}"', "{ring} needs a ring name"),
+    ],
+    ids=["servic", "nmae", "rings.ticks", "bare-ring"],
+)
+def test_a_placeholder_typo_is_named_on_its_line(old, new, marker, words):
+    assert old in GOOD
+    text = GOOD.replace(old, new, 1)
+    err = _error(text)
+    assert words in err.problem, err
+    assert err.line == _line_of(text, marker), err
+
+
+def test_braces_that_are_the_programs_own_pass():
+    text = GOOD.replace('command = "sleep 30"', """command = ["sh", "-c", "echo '{\\"a\\": 1}' {} {x}"]""")
+    assert loads(text, "ok.toml", available_cpus=CPUS).processes["book"].command[2].endswith("{} {x}")
+
+
+def test_a_second_writer_on_a_ring_is_refused_on_its_line():
+    text = GOOD + '\n[processes.second]\ncommand = ["sleep", "30"]\nwrites = [ "ticks" ]\n'
+    err = _error(text)
+    assert err.line == _line_of(text, 'writes = [ "ticks" ]'), err
+    assert "ring 'ticks' already has a writer (processes.producer)" in err.problem, err
+    assert "one producer" in err.problem
+
+
+def test_an_unknown_top_level_table_has_its_line():
+    text = GOOD.replace("[processes.producer]", "[proceses.producer]")
+    err = _error(text)
+    assert "unknown key 'proceses'" in err.problem
+    assert err.line == _line_of(text, "[proceses.producer]"), err

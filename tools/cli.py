@@ -31,12 +31,58 @@ SUBCOMMANDS = {
 }
 
 
+# How `shmpipe --help` groups the subcommands, in the order a new user meets them. A subcommand in
+# no group is still listed, under "other": adding one to SUBCOMMANDS is enough to be seen, naming
+# its group here puts it in place.
+GROUPS = {
+    "run a pipeline": ("demo", "launch", "ctl", "clean"),
+    "look at it": ("inspect", "metrics", "verify"),
+    "move data": ("capture", "replay", "feed-server", "orderbook", "bars", "features", "bridge", "assets"),
+    "measure": ("bench",),
+}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("shmpipe")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def grouped_help(sub: argparse._SubParsersAction) -> str:
+    """The subcommands with their one-line help, under the headings of GROUPS."""
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    placed = {name for names in GROUPS.values() for name in names}
+    groups = dict(GROUPS)
+    others = tuple(n for n in helps if n not in placed)
+    if others:
+        groups["other"] = others
+    width = max(len(n) for n in helps) + 2
+    lines = []
+    for title, names in groups.items():
+        present = [n for n in names if n in helps]
+        if not present:
+            continue
+        lines.append(f"{title}:")
+        lines += [f"  {n:<{width}}{helps[n]}" for n in present]
+        lines.append("")
+    lines.append("`shmpipe COMMAND --help` says more about each.")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmpipe",
+        usage="shmpipe [-h] [--version] COMMAND ...",
         description="shmpipe: fixed-size record rings over POSIX shared memory (/dev/shm).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"shmpipe {version()}")
+    # the flat list argparse would print is replaced by the grouped one (the epilog below)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS, prog="shmpipe")
     for name, module in SUBCOMMANDS.items():
         try:
             importlib.import_module(module).add_parser(sub)
@@ -45,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
             p = sub.add_parser(name, help=f"({hint})", description=hint)
             p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             p.set_defaults(func=lambda _args, _hint=hint, _name=name: _unavailable(_name, _hint))
+    parser.epilog = grouped_help(sub)
     return parser
 
 

@@ -14,8 +14,10 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sends COMMAND to SERVICE's control endpoint (ipc:// in $SHMPIPE_RUNTIME_DIR, else\n"
         "$XDG_RUNTIME_DIR/shmpipe, else /tmp/shmpipe-UID) and prints the answer. Every service answers\n"
-        "status, stats, pause, resume, stop, ping and help (capture also resnapshot); the launcher answers\n"
-        "as `launcher`. `shmpipe ctl list` shows the services with an endpoint and whether they answer.\n"
+        "status, stats, pause, resume, stop, ping and help; the launcher answers as `launcher`.\n"
+        "`shmpipe ctl list` shows the services with an endpoint and whether they answer.\n"
+        "A capture also answers resnapshot (one symbol's book, resynchronised), with\n"
+        "--args '{\"exchange\": \"kraken\", \"symbol\": \"BTC/USD\"}' or '{\"symbol_id\": 7}'.\n"
         "A dead service, an unknown command or a refusal is one line on stderr, exit 1.",
     )
     p.add_argument("service", metavar="SERVICE", help="service name, or `list`")
@@ -23,7 +25,10 @@ def add_parser(sub) -> None:
         "command", metavar="COMMAND", nargs="?", help="status, stats, pause, resume, stop, ping, help, ..."
     )
     p.add_argument(
-        "--args", metavar="JSON", help='arguments, a JSON object (e.g. \'{"symbols": ["BTC/USD"]}\')'
+        "--args",
+        metavar="JSON",
+        help="arguments, a JSON object (e.g. capture's resnapshot: "
+        '\'{"exchange": "kraken", "symbol": "BTC/USD"}\')',
     )
     p.add_argument(
         "--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for the answer (default 2)"

@@ -35,7 +35,8 @@ kind "ring" (inventory.SegmentInfo.as_dict()):
                  symbol, <field>_name...}]} or {requested, error}
 kind "stats" (inventory.StatsInfo.as_dict()):
     name, path, live, pid, process, started_ns, updated_ns, counters {field: int}, problem,
-    rates (null or {interval_s, counters {field: per_s}})
+    gauges [field, ...] (the fields that are levels, not counters: they get no rate),
+    rates (null or {interval_s, counters {field: per_s}}, counters only)
 kind "symbols" (inventory.SymbolsInfo.as_dict()):
     name, path, size, count, capacity, file, default, problem
 

@@ -21,7 +21,12 @@ def add_parser(sub) -> None:
         "A mistake in FILE is one line: FILE:LINE: problem (exit 2).",
     )
     p.add_argument("file", metavar="FILE.toml")
-    p.add_argument("--dry-run", action="store_true", help="check the file and print the plan; start nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the file and print the plan; start nothing (exit 1 if a live process holds one of "
+        "its service names)",
+    )
     p.add_argument(
         "--log-dir",
         metavar="DIR",
@@ -39,7 +44,8 @@ def add_parser(sub) -> None:
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve Prometheus metrics of the pipeline's rings on 127.0.0.1:PORT (0: any free port)",
+        help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port): the pipeline's rings, its "
+        "services' stats and per-process series (up, restarts, last exit code, CPU, RSS)",
     )
     p.add_argument("--no-bus", action="store_true", help="run no signals bus for the pipeline")
     p.set_defaults(func=run)
@@ -74,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         print("\n".join(launcher.plan()))
+        try:  # what would refuse the start at once: a live process holding a service name
+            launcher.refuse_taken_names()
+        except LaunchError as exc:
+            return _fail(str(exc), 1)
         return 0
     install_stop_signals(launcher)
     try:

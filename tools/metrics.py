@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("names", nargs="*", metavar="RING", help="only these rings (default: every ring)")
     p.add_argument("--port", type=_port, required=True, help="TCP port (0: any free one, printed)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--service", action="append", metavar="NAME",
+                   help="only the stats publishers named NAME or NAME.* (repeatable; default: every one)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"shmpipe metrics: {exc}", file=sys.stderr)
             return 2
     try:
-        server = start_metrics_server(args.port, args.host, args.names or None)
+        server = start_metrics_server(args.port, args.host, args.names or None, args.service)
     except MetricsServerError as exc:
         print(f"shmpipe metrics: {exc}", file=sys.stderr)
         return 1

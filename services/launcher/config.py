@@ -25,6 +25,7 @@ process name; so the same file runs twice side by side under two prefixes.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shlex
@@ -41,6 +42,10 @@ RING_WAITS = ("spin", "yield", "block")
 RESTART_POLICIES = ("always", "on-failure", "never")
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,48}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# What a mistyped placeholder looks like: a word, maybe dotted. JSON and shell braces ({"a": 1},
+# {}, ${x}) never look like this, so they stay the program's business.
+_PLACEHOLDER_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)?")
+_PLACEHOLDER_HEADS = ("name", "service", "ring")
 
 
 class PipelineError(ValueError):
@@ -125,6 +130,11 @@ class _Lines:
         pattern = self._header_re(parts)
         for i, line in enumerate(self.lines):
             if pattern.match(line):
+                return i + 1
+        # only sub-tables under it: [proceses.capture] declares the table proceses
+        sub = re.compile(self._header_re(parts).pattern[: -len(r"\s*\]")] + r"\s*\.")
+        for i, line in enumerate(self.lines):
+            if sub.match(line):
                 return i + 1
         # an inline or dotted definition: `capture = {...}` under [processes], or processes.capture.x =
         last = parts[-1]
@@ -371,6 +381,7 @@ def loads(
         raise check.fail(None, "no [processes.NAME] table: a pipeline needs at least one process")
     cpus_here = available_cpus if available_cpus is not None else set(os.sched_getaffinity(0))
     processes: dict[str, ProcessSpec] = {}
+    writer_of: dict[str, str] = {}  # ring key -> the process that writes it
     for pname, table in procs_doc.items():
         where, label = ("processes", pname), f"processes.{pname}"
         header = lines.table(*where)
@@ -425,6 +436,9 @@ def loads(
                             f"{label}.{key} names {{{ref}}}, but no [rings.{ref[5:]}] is declared",
                         )
                     return ring.segment
+                typo = _placeholder_typo(ref)
+                if typo:
+                    raise check.fail(lines.key(where, key), f"{label}.{key}: {typo}")
                 return m.group(0)  # other braces are the program's business
 
             return _PLACEHOLDER.sub(one, value)
@@ -464,6 +478,15 @@ def loads(
                         lines.key(where, key),
                         f"{label}.{key} names ring {ring!r}, which no [rings.{ring}] declares",
                     )
+                if key == "writes" and ring in writer_of and writer_of[ring] != pname:
+                    # the ring's producer role is one process's: the second would fail to attach
+                    raise check.fail(
+                        lines.key(where, key),
+                        f"{label}.writes: ring {ring!r} already has a writer "
+                        f"(processes.{writer_of[ring]}); a ring has one producer",
+                    )
+                if key == "writes":
+                    writer_of[ring] = pname
             ring_lists[key] = tuple(names)
         after = check.get(table, "after", list, where, label, [], what="a list of process names")
         service = prefix + pname
@@ -506,6 +529,25 @@ def loads(
                 )
     order = _start_order(processes, check)
     return Pipeline(path, name, prefix, rings, {n: processes[n] for n in order}, log_dir)
+
+
+def _placeholder_typo(ref: str) -> str | None:
+    """Why ``{ref}`` looks like a mistyped placeholder (``{servic}``, ``{rings.x}``, ``{ring}``),
+    or None when it looks like the program's own braces. Left alone, a typo reaches the child as
+    text and the child fails at run time, restart after restart."""
+    if ref == "ring":
+        return "{ring} needs a ring name: {ring.KEY}"
+    if not _PLACEHOLDER_LIKE.fullmatch(ref):
+        return None
+    head, dot, tail = ref.partition(".")
+    close = difflib.get_close_matches(head, _PLACEHOLDER_HEADS, n=1, cutoff=0.75)
+    if not close:
+        return None
+    if close[0] == "ring" or (dot and close[0] == "service"):
+        meant = f"{close[0]}.{tail or 'KEY'}"
+    else:
+        meant = close[0]
+    return f"{{{ref}}} is not a placeholder; did you mean {{{meant}}}?"
 
 
 def _cpu_text(cpus) -> str:

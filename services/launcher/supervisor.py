@@ -36,6 +36,10 @@ from .config import Pipeline, ProcessSpec
 
 HEARTBEAT_S = 1.0
 POLL_S = 0.05
+# When a child fails, this many of the last lines it wrote (its own run's only) are repeated on the
+# launcher's stderr: the reason is usually there, and a reader should not have to find the log.
+LOG_TAIL_LINES = 5
+_LOG_TAIL_BYTES = 16384
 
 
 class LaunchError(Exception):
@@ -91,6 +95,45 @@ def _exit_text(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` non-empty lines of a child's log since its latest start marker."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    marker = text.rfind("\n==== ")
+    if marker >= 0:
+        text = text[marker + 1 :]
+    out = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("==== ")]
+    return out[-lines:]
+
+
+def name_holder(service: str) -> tuple[int, str] | None:
+    """(pid, what) of a live process that already holds this service name -- its control endpoint
+    answers, or it publishes live stats under it -- or None. A child started under a taken name
+    would only fail, be restarted and fail again."""
+    try:
+        from shmpipe import control
+
+        answer = control.ping(service, timeout=0.3)
+    except Exception:  # noqa: BLE001 - no pyzmq: the stats check below still runs
+        answer = None
+    if answer is not None:
+        return int(answer.get("pid") or 0), "answers its control endpoint"
+    try:
+        from shmpipe import stats
+
+        got = stats.read(service)
+    except Exception:  # noqa: BLE001 - none, or not a segment we can read: nothing to refuse
+        return None
+    if got["live"]:
+        return int(got["pid"]), f"publishes {stats.segment_path(service)}"
+    return None
 
 
 def resolve_command(command: list[str]) -> list[str]:
@@ -182,19 +225,25 @@ class Launcher:
             os.makedirs(self.log_dir, exist_ok=True)
         except OSError as exc:
             raise LaunchError(f"log directory {self.log_dir}: {exc.strerror}") from None
+        self.refuse_taken_names()
         try:
             self._start_control()
             self._create_rings()
             self._start_bus()
             if metrics is not None:
                 try:
+                    # this pipeline's rings and services only: other jobs on the host stay out
                     self._metrics = metrics(
                         self.metrics_port,
                         self.metrics_host,
                         rings=[r.segment for r in self.pipeline.rings.values()],
+                        services=[p.service for p in self.pipeline.processes.values()],
                     )
                 except OSError as exc:  # MetricsServerError: one line naming the port
                     raise LaunchError(f"metrics: {exc}") from None
+                from .process_metrics import ProcessCollector
+
+                self._metrics.registry.register(ProcessCollector(lambda: list(self.processes.values())))
                 self.say(f"metrics on http://{self.metrics_host}:{self._metrics.port}/metrics")
             for state in self.processes.values():
                 if self.stop_event.is_set():
@@ -204,6 +253,20 @@ class Launcher:
         except BaseException:
             self.stop()
             raise
+
+    def refuse_taken_names(self) -> None:
+        """Before anything is made: a service name a live process already holds (say, a child the
+        previous launcher left running after a kill -9) is refused, naming the pid and the way to
+        stop it."""
+        for spec in self.pipeline.processes.values():
+            held = name_holder(spec.service)
+            if held is None:
+                continue
+            pid, what = held
+            raise LaunchError(
+                f"{spec.name}: the name {spec.service!r} is taken: a live process (pid {pid}) {what}; "
+                f"stop it first (shmpipe ctl {spec.service} stop, or kill {pid})"
+            )
 
     def _start_control(self) -> None:
         if self.control_name is None:
@@ -409,6 +472,12 @@ class Launcher:
     def _on_exit(self, state: ProcessState, now: float) -> None:
         spec, code = state.spec, state.proc.returncode
         state.exit_code = code
+        if code != 0:
+            tail = log_tail(state.log_path)
+            if tail:
+                self.say(f"{spec.name}: {_exit_text(code)}; the last lines of {state.log_path}:")
+                for line in tail:
+                    self.say(f"  {spec.name}| {line}")
         restart = spec.restart == "always" or (spec.restart == "on-failure" and code != 0)
         if not restart:
             state.state = "exited"

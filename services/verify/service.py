@@ -5,6 +5,13 @@ service (status, stats, pause, resume, stop) when pyzmq is installed.
 Pausing stops reading: a lossless ring's producer then waits for this reader, and after the ring's
 ``consumer_timeout`` evicts it. An evicted reader re-joins at the newest record and counts the
 ticks it skipped as lost: a pause is visible, never silent.
+
+Ticks no verify read are counted as ``unchecked``, never as ``lost 0``: those numbered before the
+first one this run read (a reader joining at the newest record misses what came before it), or,
+when this verify replaces one that died (its stats segment is left, its publisher dead), those
+after the last sequence the dead one published -- the ticks written while no verify ran. That
+last sequence is published after every batch, so at most one batch the dead run had checked may
+be counted again as unchecked.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ STATS_FIELDS = [
     "latency_p50_us",
     "latency_p99_us",
     "last_sequence",
+    "unchecked",
 ]
+GAUGE_FIELDS = ["latency_p50_us", "latency_p99_us"]  # levels: no rate (inspect, metrics)
 STATS_INTERVAL_S = 0.1
 CONTROL_INTERVAL_S = 0.05
 
@@ -55,8 +64,9 @@ class Verifier:
         self.stopping = False
         self.consumer = None
         self.started = time.monotonic()
+        self.resumed_after = _dead_run_last_sequence(name) if sequence else None
         try:
-            self.publisher = shm_stats.publish(name, STATS_FIELDS)
+            self.publisher = shm_stats.publish(name, STATS_FIELDS, gauges=GAUGE_FIELDS)
         except (shm_stats.StatsBusyError, shmpipe.ShmpipeError) as exc:
             self.ring.close()
             raise VerifyError(str(exc)) from None
@@ -104,10 +114,21 @@ class Verifier:
         self.stopping = True
         return {"state": "stopping"}
 
+    def unchecked(self) -> int:
+        """Ticks numbered before the first one this run read that no verify checked."""
+        first = self.checker.first_seq
+        if first is None or not self.checker.sequence:
+            return 0
+        if self.resumed_after is not None and first > self.resumed_after:
+            return first - self.resumed_after - 1
+        return first  # a fresh start, or the producer started again from 0 since the dead run
+
     def counters(self) -> dict:
         out = self.checker.summary()
         out["lost"] += self.ring_lost
-        out.update(evictions=self.evictions, ring_lost=self.ring_lost)
+        out.update(evictions=self.evictions, ring_lost=self.ring_lost, unchecked=self.unchecked())
+        if self.resumed_after is not None:
+            out["resumed_after_sequence"] = self.resumed_after
         return out
 
     def publish(self) -> None:
@@ -123,6 +144,7 @@ class Verifier:
                 "last_sequence": c["last_sequence"] or 0,
                 "latency_p50_us": round(c.get("p50_us", 0)),
                 "latency_p99_us": round(c.get("p99_us", 0)),
+                "unchecked": c["unchecked"],
             }
         )
 
@@ -158,6 +180,12 @@ class Verifier:
                 if len(batch):
                     self.checker.check(batch, time.time_ns())
                     self.ring_lost = self.consumer.lost if self.ring.broadcast else 0
+                    # at once, not at the next stats tick: a run that replaces this one after a
+                    # crash counts from here, and every tick checked but not published it
+                    # would count again as unchecked
+                    self.publisher.update(
+                        {"records": self.checker.records, "last_sequence": self.checker.last_seq or 0}
+                    )
         finally:
             self.checker.finish()
             self.publish()
@@ -174,6 +202,19 @@ class Verifier:
         self.ring.close()
 
 
+def _dead_run_last_sequence(name: str) -> int | None:
+    """The last sequence a dead verify of this name published (its segment outlives a kill -9),
+    or None when there was none, it is alive, or it had read nothing."""
+    try:
+        previous = shm_stats.read(name)
+    except (FileNotFoundError, shmpipe.ShmpipeError, OSError):
+        return None
+    counters = previous["counters"]
+    if previous["live"] or not counters.get("records"):
+        return None
+    return counters.get("last_sequence")
+
+
 def main(
     ring: str, name: str, seconds: float | None, as_json: bool, start: str = "newest", sequence: bool = True
 ) -> int:
@@ -182,6 +223,13 @@ def main(
     except VerifyError as exc:
         print(f"shmpipe verify: {exc}", file=sys.stderr)
         return 1
+    if verifier.resumed_after is not None:
+        print(
+            f"shmpipe verify: a previous {name!r} died after sequence {verifier.resumed_after}; "
+            "the ticks after it that this run does not read are counted as unchecked",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_signal(_sig, _frame):
         verifier.stopping = True
@@ -192,6 +240,18 @@ def main(
         result = verifier.run(seconds)
     finally:
         verifier.close()
+    if result["unchecked"]:
+        first = result["first_sequence"]
+        print(
+            f"shmpipe verify: {result['unchecked']:,} ticks numbered before {first} were not checked "
+            + (
+                "(written while no verify ran)"
+                if verifier.resumed_after is not None
+                else "by this run (written before it joined)"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     if as_json:
         print(json.dumps(result, sort_keys=True), flush=True)
     else:

@@ -181,9 +181,27 @@ class StatsInfo:
     problem: str | None = None
     rates: dict[str, Any] | None = None
     kind: str = "stats"
+    gauges: list[str] = field(default_factory=list)   # fields that are levels: no rate for them
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def stale_stats(infos: list[StatsInfo]) -> list[StatsInfo]:
+    """Stats segments whose publisher is dead (a kill -9'd service leaves its segment behind):
+    their numbers are history. Segments that cannot be read (another user's, half made) are not
+    ours to judge."""
+    return [i for i in infos if not i.live and not i.problem]
+
+
+def remove_stats(info: StatsInfo) -> bool:
+    """Unlink a dead publisher's stats segment if it is still dead right now."""
+    return stats_segments.unlink_if_dead(info.name)
+
+
+def stats_names() -> list[str]:
+    """Names of every stats segment on this host (/dev/shm/shmpipe-stats.<name>)."""
+    return _names_with_prefix(stats_segments.SHM_PREFIX)
 
 
 def survey_stats(names: list[str] | None = None) -> list[StatsInfo]:
@@ -200,6 +218,7 @@ def survey_stats(names: list[str] | None = None) -> list[StatsInfo]:
         else:
             info.live, info.pid, info.counters = got["live"], got["pid"], got["counters"]
             info.started_ns, info.updated_ns = got["started_ns"], got["updated_ns"]
+            info.gauges = list(got.get("gauges", []))
             info.process = process_name(info.pid) if info.live else None
         found.append(info)
     return found
@@ -259,7 +278,8 @@ def survey_symbols(names: list[str] | None = None) -> list[SymbolsInfo]:
 def with_rates(before: list, after: list, elapsed_s: float) -> list:
     """Fill ``rates`` of each entry of ``after`` (SegmentInfo or StatsInfo) from the same entry of
     ``before``, ``elapsed_s`` seconds earlier. Rings: written/lost per second and, per consumer
-    slot, records read per second; stats: each counter's change per second."""
+    slot, records read per second; stats: each counter's change per second (gauges -- a latency,
+    a lag -- get none: the change of a level per second means nothing)."""
     if elapsed_s <= 0:
         return after
     earlier = {(type(i).__name__, i.name): i for i in before}
@@ -281,7 +301,8 @@ def with_rates(before: list, after: list, elapsed_s: float) -> list:
         elif isinstance(info, StatsInfo) and not info.problem and not old.problem:
             info.rates = {"interval_s": round(elapsed_s, 3),
                           "counters": {k: (v - old.counters[k]) / elapsed_s
-                                       for k, v in info.counters.items() if k in old.counters}}
+                                       for k, v in info.counters.items()
+                                       if k in old.counters and k not in info.gauges}}
     return after
 
 
@@ -443,8 +464,11 @@ __all__ = [
     "dump",
     "process_name",
     "remove",
+    "remove_stats",
     "ring_notes",
     "stale",
+    "stale_stats",
+    "stats_names",
     "survey",
     "survey_stats",
     "survey_symbols",

@@ -23,11 +23,15 @@ segments that are not readable rings, labels {ring, condition}:
 stats publishers, labels {service, pid}:
     shmpipe_service_up                                  1 while the publisher lives
     shmpipe_service_updated_timestamp_seconds           when it last published
-    shmpipe_service_<field>                             each published field, untyped: a stats
-                                                        segment does not say which fields are
-                                                        counters and which gauges (capture's
-                                                        latency_p99_us is a gauge, its messages a
-                                                        counter); rate() works on either
+    shmpipe_service_<field>                             each published field: a gauge where the
+                                                        publisher says the field is a level
+                                                        (capture's latency_p99_us), untyped
+                                                        otherwise (its messages: a counter, whose
+                                                        name has no _total, so it stays untyped)
+
+``services=[NAME, ...]`` limits the stats publishers to those named NAME or NAME.<anything> (the
+launcher passes its pipeline's service names, so another job's publishers on the same host stay
+out), as ``rings=`` limits the rings.
 """
 from __future__ import annotations
 
@@ -52,8 +56,15 @@ class MetricsServerError(ShmpipeError, OSError):
 class ShmpipeCollector(Collector):
     """At each scrape: every ring on the host (or the named ones) and every stats publisher."""
 
-    def __init__(self, rings: list[str] | None = None) -> None:
+    def __init__(self, rings: list[str] | None = None, services: list[str] | None = None) -> None:
         self.rings = list(rings) if rings is not None else None
+        self.services = list(services) if services is not None else None
+
+    def wanted(self, publisher: str) -> bool:
+        """Whether a stats publisher's name is in scope: one of ``services`` or under one."""
+        if self.services is None:
+            return True
+        return any(publisher == s or publisher.startswith(s + ".") for s in self.services)
 
     def collect(self) -> Iterator[Metric]:
         ring_labels, consumer_labels = ["ring"], ["ring", "slot", "pid"]
@@ -102,7 +113,7 @@ class ShmpipeCollector(Collector):
         yield from counters.values()
         yield from (fill, capacity, itemsize, in_use, producer_alive, lag, position, consumer_lost,
                     consumer_alive, unreadable)
-        yield from _service_metrics(inventory.survey_stats())
+        yield from _service_metrics([p for p in inventory.survey_stats() if self.wanted(p.name)])
 
 
 def metric_name(field: str) -> str:
@@ -116,18 +127,19 @@ def _service_metrics(publishers: list[inventory.StatsInfo]) -> Iterator[Metric]:
     up = GaugeMetricFamily("shmpipe_service_up", "1 while the stats publisher lives", labels=labels)
     updated = GaugeMetricFamily("shmpipe_service_updated_timestamp_seconds",
                                 "When the publisher last published (Unix time)", labels=labels)
-    fields: dict[str, UnknownMetricFamily] = {}
+    publishers = [p for p in publishers if not p.problem]
+    # A family has one type: a gauge only where every publisher of that field says it is one.
+    not_gauge = {metric_name(f) for p in publishers for f in p.counters if f not in p.gauges}
+    fields: dict[str, Metric] = {}
     for pub in publishers:
-        if pub.problem:
-            continue
         values = [pub.name, str(pub.pid)]
         up.add_metric(values, 1 if pub.live else 0)
         updated.add_metric(values, pub.updated_ns / 1e9)
         for field, value in pub.counters.items():
             name = f"shmpipe_service_{metric_name(field)}"
             if name not in fields:
-                fields[name] = UnknownMetricFamily(name, f"The {field!r} field of shmpipe.stats publishers",
-                                                   labels=labels)
+                family = UnknownMetricFamily if metric_name(field) in not_gauge else GaugeMetricFamily
+                fields[name] = family(name, f"The {field!r} field of shmpipe.stats publishers", labels=labels)
             fields[name].add_metric(values, value)
     yield up
     yield updated
@@ -166,13 +178,16 @@ class MetricsServer:
         self.close()
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1", rings: list[str] | None = None) -> MetricsServer:
-    """Serve /metrics on host:port (port 0: a free one, see ``.port``) from a private registry.
-    Raises MetricsServerError (one line naming the port) when it cannot listen."""
+def start_metrics_server(port: int, host: str = "127.0.0.1", rings: list[str] | None = None,
+                         services: list[str] | None = None) -> MetricsServer:
+    """Serve /metrics on host:port (port 0: a free one, see ``.port``) from a private registry
+    (``.registry``: register more collectors there). ``rings``/``services`` scope what is
+    exported (default: everything on the host). Raises MetricsServerError (one line naming the
+    port) when it cannot listen."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise MetricsServerError(f"metrics port must be an int from 0 to 65535, not {port!r}")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ShmpipeCollector(rings))
+    registry.register(ShmpipeCollector(rings, services))
     try:
         httpd, thread = start_http_server(port, addr=host, registry=registry)
     except socket.gaierror as exc:

@@ -1,14 +1,19 @@
 """Live counters one process publishes and any other process of the same user reads.
 
-    pub = stats.publish("capture-1", ["messages", "bytes"])     # /dev/shm/shmpipe-stats.capture-1
-    pub.update({"messages": 10, "bytes": 4096})
-    stats.read("capture-1") -> {"name", "live", "pid", "started_ns", "updated_ns", "counters": {...}}
+    pub = stats.publish("capture-1", ["messages", "bytes", "latency_p99_us"])
+    pub.update({"messages": 10, "bytes": 4096})                 # /dev/shm/shmpipe-stats.capture-1
+    stats.read("capture-1") -> {"name", "live", "pid", "started_ns", "updated_ns", "counters": {...},
+                                "gauges": ["latency_p99_us"]}
     pub.close()                                                 # removes the segment
 
 The segment is a few u64 words: a header, one word per field, then the field names as JSON (so a
-reader needs no schema of its own). The publisher writes each word with a release store and the
-reader reads it with an acquire load (the compiled helpers the rings use), so a reader never sees a
-torn word; fields are independent words, not one snapshot, which suits monotonic counters.
+reader needs no schema of its own). Each field is a counter (only goes up: a rate means something)
+or a gauge (a level: a latency, a lag, a flag); ``publish(..., gauges=[...])`` says which, and
+without it :func:`looks_like_gauge` decides by the name. The names are stored as
+``{"fields": [...], "gauges": [...]}`` (a plain list, as older publishers wrote, is all
+counters). The publisher writes each word with a release store and the reader reads it with an
+acquire load (the compiled helpers the rings use), so a reader never sees a torn word; fields are
+independent words, not one snapshot, which suits monotonic counters.
 
 Liveness: the publisher holds an OFD lock on byte 0 of the segment for its whole life. The kernel
 drops it when the publisher dies (kill -9 included), so ``read`` reports a segment whose lock it can
@@ -63,15 +68,31 @@ def _owner_alive(fd: int) -> bool:
     return True
 
 
+# Field names that are levels, not running totals, in shmpipe's own services: a latency
+# percentile, a lag, a backlog, a rate already computed, an up/paused flag, a count of things now.
+_GAUGE_PREFIXES = ("latency_", "lag_", "pending_")
+_GAUGE_SUFFIXES = ("_per_s", "_now", "_up", "_us", "_ms", "_lag", "_fill")
+_GAUGE_NAMES = {"paused", "books", "fill", "lag", "up", "depth"}
+
+
+def looks_like_gauge(field: str) -> bool:
+    """True for a field whose name says it is a level (``latency_p99_us``, ``lag_records``,
+    ``redis_up``, ``books_invalid_now``): its rate of change would mean nothing."""
+    return field in _GAUGE_NAMES or field.startswith(_GAUGE_PREFIXES) or field.endswith(_GAUGE_SUFFIXES)
+
+
 class StatsPublisher:
-    def __init__(self, name: str, fields: list[str]) -> None:
+    def __init__(self, name: str, fields: list[str], gauges: list[str] | None = None) -> None:
         fields = list(fields)
         if not fields or len(fields) > MAX_FIELDS or len(set(fields)) != len(fields) \
                 or not all(isinstance(f, str) and f for f in fields):
             raise InvalidArgumentError(f"fields must be 1 to {MAX_FIELDS} distinct non-empty names")
-        self.name, self.fields = name, fields
+        gauges = [f for f in fields if looks_like_gauge(f)] if gauges is None else list(gauges)
+        if not set(gauges) <= set(fields):
+            raise InvalidArgumentError(f"gauges {sorted(set(gauges) - set(fields))} are not among the fields")
+        self.name, self.fields, self.gauges = name, fields, gauges
         self._index = {f: FIELDS_OFFSET + 8 * i for i, f in enumerate(fields)}
-        names = json.dumps(fields).encode()
+        names = json.dumps({"fields": fields, "gauges": gauges}).encode()
         size = FIELDS_OFFSET + 8 * len(fields) + len(names)
         shm_name = _shm_name(name)
         for _attempt in range(3):
@@ -141,10 +162,11 @@ def _read_pid(fd: int) -> int:
     return int.from_bytes(raw, "little") if len(raw) == 8 else 0
 
 
-def publish(name: str, fields: list[str]) -> StatsPublisher:
+def publish(name: str, fields: list[str], gauges: list[str] | None = None) -> StatsPublisher:
     """Make ``/dev/shm/shmpipe-stats.<name>`` with these u64 fields, all 0; replaces a segment whose
-    publisher died, raises StatsBusyError when a live one holds the name."""
-    return StatsPublisher(name, fields)
+    publisher died, raises StatsBusyError when a live one holds the name. ``gauges``: the fields
+    that are levels, not counters (default: those :func:`looks_like_gauge` names)."""
+    return StatsPublisher(name, fields, gauges)
 
 
 def read(name: str) -> dict:
@@ -172,17 +194,49 @@ def read(name: str) -> dict:
             if version != VERSION or not 1 <= n <= MAX_FIELDS or end > st.st_size:
                 raise StatsFormatError(f"stats {name!r}: version {version}, {n} fields: not readable here")
             try:
-                fields = json.loads(mm[FIELDS_OFFSET + 8 * n:end])
+                names = json.loads(mm[FIELDS_OFFSET + 8 * n:end])
             except ValueError:
                 raise StatsFormatError(f"stats {name!r}: corrupt field names") from None
-            if not isinstance(fields, list) or len(fields) != n:
+            fields, gauges = (names.get("fields"), names.get("gauges", [])) if isinstance(names, dict) \
+                else (names, [])
+            if not isinstance(fields, list) or len(fields) != n or not isinstance(gauges, list):
                 raise StatsFormatError(f"stats {name!r}: corrupt field names")
             counters = {f: _ring.load_acquire_u64(mm, FIELDS_OFFSET + 8 * i) for i, f in enumerate(fields)}
             pid, started, updated = (_ring.load_acquire_u64(mm, o) for o in (_PID, _STARTED, _UPDATED))
     finally:
         os.close(fd)
     return {"name": name, "live": live, "stale": not live, "pid": pid, "started_ns": started,
-            "updated_ns": updated, "counters": counters}
+            "updated_ns": updated, "counters": counters, "gauges": [g for g in gauges if g in counters]}
+
+
+def unlink_if_dead(name: str) -> bool:
+    """Remove a stats segment only while no live process publishes it (``shmpipe clean``); False
+    when there is none or its publisher is alive. The segment's lock is held across the check and
+    the unlink, so a publisher that takes the name meanwhile is never unlinked from under."""
+    try:
+        shm = posix_ipc.SharedMemory(_shm_name(name))
+    except posix_ipc.ExistentialError:
+        return False
+    fd = shm.fd
+    try:
+        if not _ring.try_lock_byte(fd, _LOCK_BYTE):
+            return False
+        try:
+            here = os.fstat(fd)
+            try:
+                now = os.stat(segment_path(name))
+            except FileNotFoundError:
+                return False
+            if (here.st_dev, here.st_ino) != (now.st_dev, now.st_ino):
+                return False  # replaced by a new publisher's segment in between
+            posix_ipc.unlink_shared_memory(_shm_name(name))
+            return True
+        finally:
+            _ring.unlock_byte(fd, _LOCK_BYTE)
+    except posix_ipc.ExistentialError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def unlink(name: str) -> bool:
