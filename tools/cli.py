@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "launch": "shmpipe_tools.launch",
     "ctl": "shmpipe_tools.ctl",
     "verify": "shmpipe_tools.verify",
+    "export": "shmpipe_tools.export",
 }
 
 
@@ -61,6 +62,7 @@ EXTRA_HINTS = {
     "metrics": "pip install 'shmpipe[services]'",
     "bridge": "pip install 'shmpipe[services]'",
     "ctl": "pip install 'shmpipe[services]'",
+    "export": "pip install 'shmpipe[export]'",
 }
 
 
