@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 EXIT_PARTIAL = 3   # exported, but part of the input could not be read (a damaged file, an unknown venue)
@@ -51,6 +52,8 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from shmpipe_services.export.exporter import ExportError, parse_symbols, run_export
+    # the reader logs where a damaged file stops; the export says it once, below, with what it means
+    logging.getLogger("shmpipe.wslog").setLevel(logging.ERROR)
     try:
         summary = run_export(args.target, args.inputs, args.out, start_ns=args.start, end_ns=args.end,
                              symbols=parse_symbols(args.symbols), overwrite=args.overwrite,

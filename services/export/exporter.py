@@ -5,7 +5,7 @@ terminal, and the summary every figure of which can be checked in the files."""
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
+import importlib
 import os
 import re
 import shutil
@@ -94,8 +94,11 @@ def _starts_after(path: Path, end_ns: int) -> bool:
 
 def check_extra(target: str) -> None:
     module = TARGETS[target]
-    if importlib.util.find_spec(module) is None:
-        raise ExportError(f"the {target} export needs {module}, which is not installed ({EXTRA_HINT})")
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ExportError(f"the {target} export needs {module}, which is not installed or does not import "
+                          f"({exc}): {EXTRA_HINT}") from None
 
 
 def make_target(target: str, folder: Path):
