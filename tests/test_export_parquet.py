@@ -158,3 +158,31 @@ def test_from_as_iso_text_is_utc(tmp_path):
 
 
 assert set(FIXTURES) == {"kraken", "coinbase"}
+
+
+def test_tick_journal_files_become_ticks_rows_with_the_registry_names(tmp_path):
+    """A journal names symbols by the host registry's ids (the tests' session registry here)."""
+    import numpy as np
+
+    from shmpipe import symbols
+    from shmpipe.journal import TickJournal
+    from shmpipe.records import SOURCE_KRAKEN, TICK, TICK_FLAG_QUOTE, TICK_FLAG_TRADE
+    sid = symbols.register("kraken", "XBT/EUR")
+    other = symbols.register("kraken", "ETH/EUR")
+    ticks = np.zeros(6, TICK)
+    ticks["timestamp_ns"] = T0 + np.arange(6) * 1_000_000_000
+    ticks["symbol_id"] = [sid, sid, sid, other, other, sid]
+    ticks["bid"], ticks["ask"], ticks["volume"] = 60000.5, 60001.0, 0.25
+    ticks["source"] = SOURCE_KRAKEN
+    ticks["flags"] = [TICK_FLAG_QUOTE, TICK_FLAG_TRADE, TICK_FLAG_QUOTE, TICK_FLAG_QUOTE, TICK_FLAG_QUOTE,
+                      TICK_FLAG_QUOTE]
+    with TickJournal(tmp_path / "journal", clock=lambda: T0) as journal:
+        journal.append(ticks)
+    out, summary = export(tmp_path, tmp_path / "journal", extra=("--symbols", "XBT/EUR", "--until",
+                                                                 str(T0 + 5_000_000_000)))
+    assert summary["journal_ticks"] == summary["rows"]["ticks"] == 3     # the 6th is at --until
+    rows = pd.read_parquet(out / "ticks")
+    assert set(rows.symbol) == {"XBT/EUR"} and set(rows.exchange) == {"kraken"}
+    assert set(rows.origin) == {"journal"} and rows.recv_time.isna().all()
+    assert rows.kind.tolist().count("trade") == 1
+    assert (rows.bid == np.float32(60000.5)).all()
