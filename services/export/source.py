@@ -80,7 +80,7 @@ class SourceCounts:
     before_window: int = 0        # frames parsed only to know the state at --from
     reconnects: int = 0
     checksum_records: int = 0
-    gap_flagged_book_rows: int = 0
+    gap_flagged_book_rows: int = 0   # exported book rows whose record carried gap-before
     unknown_exchange: Counter = field(default_factory=Counter)   # exchange id -> entries skipped
     parse_errors: Counter = field(default_factory=Counter)
     gaps: Counter = field(default_factory=Counter)
@@ -281,8 +281,6 @@ class CaptureSource:
             if book is None:
                 book = self._books[sid] = _Book()
             row_flags = flags & LEVEL_FLAG_GAP_BEFORE
-            if row_flags:
-                self.counts.gap_flagged_book_rows += 1
             if action == ACTION_SNAPSHOT_BEGIN:
                 book.clear()
                 book.known, book.in_snapshot = False, True
@@ -318,6 +316,7 @@ class CaptureSource:
         if book_rows is None or not group or not self._keep(sid):
             return
         group[-1][8] |= ROW_LAST
+        self.counts.gap_flagged_book_rows += sum(1 for row in group if row[8] & ROW_GAP)
         book_rows.extend(map(tuple, group))
 
 
