@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from export_helpers import FIXTURES, PARSERS, ShmpipeBooks, known_top5, recv_ns, run_cli, venue_lines, write_wslog
+from export_helpers import PARSERS, ShmpipeBooks, known_top5, recv_ns, run_cli, venue_lines, write_wslog
 from shmpipe_services.capture.record_batch import RecordBatch
 from shmpipe_services.capture.symbol_ids import InMemorySymbolIds
 
@@ -91,5 +91,3 @@ def test_f_last_marks_one_delta_per_venue_message(tmp_path):
     # every Kraken book message names one symbol: one F_LAST each
     assert sum(1 for d in deltas if d.flags & F_LAST) == book_messages
 
-
-assert set(FIXTURES) == {"kraken", "coinbase"}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from export_helpers import (
-    FIXTURES,
     T0,
     decimal_of,
     known_top5,
@@ -156,8 +155,6 @@ def test_from_as_iso_text_is_utc(tmp_path):
     _out, by_ns = export(tmp_path, capture, extra=("--from", str(T0 + 15_000_000_000)), out_name="b")
     assert by_text["rows"] == by_ns["rows"] and by_text["messages_before_window"] > 0
 
-
-assert set(FIXTURES) == {"kraken", "coinbase"}
 
 
 def test_tick_journal_files_become_ticks_rows_with_the_registry_names(tmp_path):

@@ -15,7 +15,6 @@ Checksum records are not exported: they only serve the live order book's verific
 """
 from __future__ import annotations
 
-import datetime as _dt
 import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -318,10 +317,6 @@ class CaptureSource:
         group[-1][8] |= ROW_LAST
         self.counts.gap_flagged_book_rows += sum(1 for row in group if row[8] & ROW_GAP)
         book_rows.extend(map(tuple, group))
-
-
-def utc_day(ns: int) -> str:
-    return _dt.datetime.fromtimestamp(ns // 1_000_000_000, _dt.timezone.utc).strftime("%Y-%m-%d")
 
 
 def days_of(ns: np.ndarray) -> np.ndarray:
