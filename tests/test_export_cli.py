@@ -119,3 +119,25 @@ def test_a_missing_extra_names_it(target, module, tmp_path):
     line = one_line(proc.stderr)
     assert module in line and "pip install 'shmpipe[export]'" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_capture_folder_by_hour_and_until_skips_the_later_files(tmp_path):
+    """The writer's layout, DIR/<exchange>/YYYYMMDD_HH.wslog: a file that starts at or after --until
+    is not even read; the progress flag leaves stdout to the summary."""
+    from shmpipe.wslog.format import marker_payload
+    lines = venue_lines("kraken")[:200]
+    folder = tmp_path / "capture" / "kraken"
+    folder.mkdir(parents=True)
+    for hour, start in ((14, T0), (15, T0 + 3600 * 10**9)):
+        with open(folder / f"20240611_{hour}.wslog", "wb") as f:
+            f.write(encode_entry(start, 0, marker_payload(2, "connect", "ws://x")))
+            for i, line in enumerate(lines):
+                f.write(encode_entry(start + 1000 + i * 10_000_000, 2, line))
+    runs = {}
+    for name, extra in (("all", []), ("until", ["--until", "2024-06-11T15:00:00Z"])):
+        code, stdout, stderr = run_cli("export", "parquet", str(tmp_path / "capture"), "--out", str(tmp_path / name),
+                                       "--json", "--progress", *extra)
+        assert code == 0, stderr
+        runs[name] = json.loads(stdout)
+    assert runs["all"]["inputs"] == 2 and runs["all"]["entries"] == 2 * 201 and runs["all"]["reconnects"] == 1
+    assert runs["until"]["inputs"] == 1 and runs["until"]["entries"] == 201
