@@ -88,6 +88,12 @@ def test_f_last_marks_one_delta_per_venue_message(tmp_path):
     out, _summary = export(tmp_path, capture)
     deltas = ParquetDataCatalog(str(out)).order_book_deltas()
     book_messages = sum(1 for line in lines if line.startswith(b'{"channel":"book"'))
-    # every Kraken book message names one symbol: one F_LAST each
+    # every Kraken book message names one symbol: one F_LAST each, on the last delta of its sequence
     assert sum(1 for d in deltas if d.flags & F_LAST) == book_messages
+    by_message: dict[tuple, list] = {}
+    for d in deltas:
+        by_message.setdefault((str(d.instrument_id), d.sequence), []).append(d)
+    assert len(by_message) == book_messages
+    assert all(group[-1].flags & F_LAST and not any(d.flags & F_LAST for d in group[:-1])
+               for group in by_message.values())
 

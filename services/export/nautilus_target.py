@@ -5,7 +5,8 @@
   the registry's decimals.
 - ``OrderBookDelta``: a snapshot (and an invalidate from capture) is a CLEAR then ADDs flagged
   F_SNAPSHOT; an update is ADD (a new level), UPDATE (a known one) or DELETE (size 0, and the implied
-  deletes of depth-limited venues); F_LAST on the last delta of each venue message and symbol.
+  deletes of depth-limited venues); F_LAST on the last delta of each venue message and symbol;
+  ``sequence`` is the venue message's number in the export (the deltas of one message share it).
   ts_event is the venue's time, ts_init the receive time.
 - ``TradeTick``: trades from the level stream; aggressor BUYER when the trade hit the ask side.
 Prices that do not sit on the registry's decimals are rounded by ``Price``; they are counted
@@ -111,7 +112,7 @@ class NautilusExport:
             if action in (ACTION_SNAPSHOT_BEGIN, ACTION_INVALIDATE):
                 levels[0].clear()
                 levels[1].clear()
-                made.append(("clear", [iid, snap, ev_ns, recv]))
+                made.append(("clear", [iid, snap, ev_ns, recv, msg]))
                 last_delta[sid] = len(made) - 1
             elif action == ACTION_SET:
                 held = levels[0] if side == SIDE_BID else levels[1]
@@ -123,7 +124,7 @@ class NautilusExport:
                 else:
                     kind = self.enums.BookAction.ADD
                     held.add(price)
-                made.append(("delta", [iid, snap, kind, side, price, size, ev_ns, recv, self._facts[sid]]))
+                made.append(("delta", [iid, snap, kind, side, price, size, ev_ns, recv, self._facts[sid], msg]))
                 last_delta[sid] = len(made) - 1
             # the message's last row may be a marker (a snapshot's end): F_LAST goes to its last delta
             if flags & ROW_LAST and sid in last_delta:
@@ -135,17 +136,17 @@ class NautilusExport:
         Price, Quantity = objects.Price, objects.Quantity
         for kind, args in made:
             if kind == "clear":
-                iid, flags, ev_ns, recv = args
-                delta = data.OrderBookDelta(iid, enums.BookAction.CLEAR, None, flags, 0, ev_ns, recv)
+                iid, flags, ev_ns, recv, msg = args
+                delta = data.OrderBookDelta(iid, enums.BookAction.CLEAR, None, flags, msg, ev_ns, recv)
                 self.rows["order_book_deltas"] += 1
             elif kind == "delta":
-                iid, flags, action, side, price, size, ev_ns, recv, info = args
+                iid, flags, action, side, price, size, ev_ns, recv, info, msg = args
                 pd, sd = info.price_decimals, info.size_decimals
                 if not (self._exact(price, pd) and self._exact(size, sd)):
                     self.inexact_decimals += 1
                 order = data.BookOrder(enums.OrderSide.BUY if side == SIDE_BID else enums.OrderSide.SELL,
                                        Price(price, pd), Quantity(size, sd), 0)
-                delta = data.OrderBookDelta(iid, action, order, flags, 0, ev_ns, recv)
+                delta = data.OrderBookDelta(iid, action, order, flags, msg, ev_ns, recv)
                 self.rows["order_book_deltas"] += 1
             else:
                 iid, price, size, side, ev_ns, recv, info = args
