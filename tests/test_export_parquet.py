@@ -183,3 +183,15 @@ def test_tick_journal_files_become_ticks_rows_with_the_registry_names(tmp_path):
     assert set(rows.origin) == {"journal"} and rows.recv_time.isna().all()
     assert rows.kind.tolist().count("trade") == 1
     assert (rows.bid == np.float32(60000.5)).all()
+
+
+def test_a_compressed_capture_exports_the_same_rows(tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    capture = write_wslog(tmp_path / "kraken.wslog", "kraken", venue_lines("kraken")[:400])
+    raw = capture.read_bytes()
+    packed = tmp_path / "zst" / "kraken.wslog.zst"
+    packed.parent.mkdir()
+    packed.write_bytes(zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw))
+    _out, plain = export(tmp_path, capture, out_name="plain")
+    _out, compressed = export(tmp_path, packed, out_name="compressed")
+    assert compressed["rows"] == plain["rows"] and compressed["entries"] == plain["entries"] == 401
