@@ -141,3 +141,11 @@ def test_a_capture_folder_by_hour_and_until_skips_the_later_files(tmp_path):
         runs[name] = json.loads(stdout)
     assert runs["all"]["inputs"] == 2 and runs["all"]["entries"] == 2 * 201 and runs["all"]["reconnects"] == 1
     assert runs["until"]["inputs"] == 1 and runs["until"]["entries"] == 201
+
+
+def test_an_empty_capture_file_is_listed_not_an_error(tmp_path):
+    code, stdout, stderr = run_cli("export", "parquet", str(BAD / "empty.wslog"), str(SAMPLE), "--out",
+                                   str(tmp_path / "o"), "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["empty_files"] == [str(BAD / "empty.wslog")] and summary["stopped_early"] == []

@@ -201,7 +201,9 @@ def _export_into(target: str, folder: Path, inputs: ExportInputs, start_ns, end_
                "reconnects": c.reconnects, "parse_errors": dict(c.parse_errors), "gaps": dict(c.gaps),
                "gap_flagged_book_records": c.gap_flagged_book_rows,
                "unknown_exchange": {str(k): v for k, v in c.unknown_exchange.items()},
-               "stopped_early": [str(s) for s in source.stops],
+               # an empty file (a capture that had just rotated) is not damage: listed, not an error
+               "stopped_early": [str(s) for s in source.stops if getattr(s, "reason", None) != "empty file"],
+               "empty_files": [s.path for s in source.stops if getattr(s, "reason", None) == "empty file"],
                "unmatched_symbols": source.unmatched_symbols, **result}
     if journal_ticks is not None:
         summary["journal_ticks"] = int(len(journal_ticks))
