@@ -42,7 +42,7 @@ class HftbacktestExport:
         self._day: dict[int, str] = {}
         self._books: dict[int, tuple[dict, dict]] = {}
         self._files: dict[int, list[str]] = {}
-        self._last_local: dict[int, int] = {}
+        self._seen: set[int] = set()                 # symbols with book or trade rows
 
     def add(self, chunk: Chunk, instruments: dict[int, InstrumentInfo]) -> None:
         t = self.t
@@ -60,7 +60,10 @@ class HftbacktestExport:
                 _msg, recv, ev_ns, price, size, sid, side, flags = trade_list[pos - len(book)]
                 action = None
             info = instruments.get(sid)
-            if info is None or info.price_decimals is None or info.size_decimals is None:
+            if info is None:
+                continue
+            self._seen.add(sid)
+            if info.price_decimals is None or info.size_decimals is None:
                 continue
             events = self._events_for(sid, recv, info)
             bids, asks = self._books[sid]
@@ -158,7 +161,8 @@ class HftbacktestExport:
                             "files": self._files[sid]})
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "instruments.json").write_text(json.dumps(listing, indent=1) + "\n")
-        skipped = sorted(f"{i.exchange}:{i.symbol}" for sid, i in instruments.items()
-                         if sid not in self._files)
+        skipped = {f"{i.exchange}:{i.symbol}": ("price/size decimals unknown" if sid in self._seen
+                                                 else "no book or trade records")
+                   for sid, i in sorted(instruments.items()) if sid not in self._files}
         return {"rows": dict(self.rows), "files": sum(len(f) for f in self._files.values()) + 1,
                 "symbols": len(listing), "not_exported": skipped}
