@@ -97,3 +97,22 @@ def test_f_last_marks_one_delta_per_venue_message(tmp_path):
     assert all(group[-1].flags & F_LAST and not any(d.flags & F_LAST for d in group[:-1])
                for group in by_message.values())
 
+
+
+def test_from_opens_the_catalog_with_a_snapshot_and_ends_with_the_known_book(tmp_path):
+    lines = venue_lines("kraken")
+    capture = write_wslog(tmp_path / "kraken.wslog", "kraken", lines)
+    out = tmp_path / "catalog"
+    code, stdout, stderr = run_cli("export", "nautilus", str(capture), "--out", str(out), "--json",
+                                   "--from", str(recv_ns(2000)))
+    assert code == 0, stderr
+    catalog = ParquetDataCatalog(str(out))
+    for instrument in catalog.instruments():
+        deltas = [d for d in catalog.order_book_deltas() if d.instrument_id == instrument.id]
+        assert deltas[0].action == BookAction.CLEAR and deltas[0].ts_init == recv_ns(2000)
+        book = OrderBook(instrument.id, BookType.L2_MBP)
+        for d in deltas:
+            book.apply_delta(d)
+        known = known_top5("kraken")[instrument.raw_symbol.value]
+        assert [(lv.price.as_decimal(), lv.orders()[0].size.as_decimal()) for lv in book.asks()[:5]] == known["asks"]
+        assert [(lv.price.as_decimal(), lv.orders()[0].size.as_decimal()) for lv in book.bids()[:5]] == known["bids"]
