@@ -116,3 +116,56 @@ def test_trades_are_trade_events_with_the_aggressor_side(tmp_path):
     assert len(trades) == 4
     assert [bool(ev & BUY_EVENT) for ev in trades["ev"]] == [False, True, True, False]
     assert trades["px"].tolist() == [67001.15, 67000.5, 67000.5, 67001.15]
+
+
+def test_a_capture_across_midnight_is_one_file_per_day_and_day_two_starts_from_its_snapshot(tmp_path, ring_name):
+    """Receive times from 23:59:50 UTC: the Kraken fixture's frames from the 1000th on fall on the next
+    day. Day two's backtest, given its _snapshot.npz as initial_snapshot, starts from shmpipe's book
+    after the first 1000 frames and ends with the known top of book."""
+    from capture_helpers import KNOWN
+
+    from shmpipe.wslog import encode_entry
+    from shmpipe.wslog.format import marker_payload
+    midnight = 1718150400_000_000_000          # 2024-06-12T00:00:00Z
+    start = midnight - 10_000_000_000
+    lines = venue_lines("kraken")
+    capture = tmp_path / "kraken.wslog"
+    with open(capture, "wb") as f:
+        f.write(encode_entry(start, 0, marker_payload(2, "connect", "ws://x")))
+        for i, line in enumerate(lines):
+            f.write(encode_entry(start + 1000 + i * STEP_NS, 2, line))
+    out, summary = export(tmp_path, capture)
+    assert summary["rows"]["snapshot_files"] == 2          # one per symbol, for the second day
+    listing = {e["symbol"]: e for e in json.loads((out / "instruments.json").read_text())}
+    books = ShmpipeBooks("kraken", lines, ring_name)
+    try:
+        books.advance_to(recv_ns(1000))                   # the frames of the first day
+        for symbol, entry in listing.items():
+            assert entry["files"] == ["20240611.npz", "20240612_snapshot.npz", "20240612.npz"]
+            day1 = np.load(out / entry["folder"] / "20240611.npz")["data"]
+            day2 = np.load(out / entry["folder"] / "20240612.npz")["data"]
+            assert day1["local_ts"].max() < midnight <= day2["local_ts"].min()
+            asset = (BacktestAsset()
+                     .data([str(out / entry["folder"] / "20240612.npz")])
+                     .initial_snapshot(str(out / entry["folder"] / "20240612_snapshot.npz"))
+                     .linear_asset(1.0).constant_order_latency(0, 0).risk_adverse_queue_model()
+                     .no_partial_fill_exchange().trading_value_fee_model(0.0, 0.0)
+                     .tick_size(entry["tick_size"]).lot_size(entry["lot_size"]).last_trades_capacity(0))
+            hbt = HashMapMarketDepthBacktest([asset])
+            decimals = entry["price_decimals"]
+            try:
+                # the clock starts at the first exchange time (14:30 on the 11th, ~9.5 h before these
+                # receive times); just after midnight, before day two's first frame, the book is the snapshot
+                assert hbt.elapse(1) == 0
+                while hbt.current_timestamp < midnight + 500:
+                    assert hbt.elapse(midnight + 500 - hbt.current_timestamp) == 0
+                assert rounded(hbt_best(hbt), decimals) == rounded(books.best(symbol), decimals), symbol
+                while hbt.elapse(3600 * 1_000_000_000) == 0:
+                    pass
+                book = KNOWN[FIXTURES["kraken"]]["books"][symbol]
+                want = (f"{float(book['top5_bids'][0][0]):.{decimals}f}", f"{float(book['top5_asks'][0][0]):.{decimals}f}")
+                assert rounded(hbt_best(hbt), decimals) == want, symbol
+            finally:
+                hbt.close()
+    finally:
+        books.close()
