@@ -69,7 +69,8 @@ def measure(target: str, dataset: str, paths: list[Path], folder: Path, runs: in
         rows = sum(summary["rows"].values())
         figures.append((rows / seconds, summary["messages"] / seconds, seconds))
     per_s = [f[0] for f in figures]
-    return {"target": target, "dataset": dataset, "skipped": None, "rows": sum(summary["rows"].values()), "rows_by_table": summary["rows"],
+    return {"target": target, "dataset": dataset, "skipped": None, "rows": sum(summary["rows"].values()),
+            "rows_by_table": summary["rows"],
             "messages": summary["messages"], "rows_per_s": statistics.median(per_s),
             "rows_per_s_spread": [min(per_s), max(per_s)],
             "messages_per_s": statistics.median(f[1] for f in figures),
@@ -93,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
             for target in args.targets.split(","):
                 results.append(measure(target, dataset, paths, folder, args.runs))
     machine = {"cpus": os.cpu_count(), "load_1m": os.getloadavg()[0], "python": sys.version.split()[0]}
-    print(f"{'dataset':<11} {'target':<12} {'rows':>9} {'rows/s':>11} {'(min..max)':>21} {'frames/s':>10} {'s/run':>7}")
+    print(f"{'dataset':<11} {'target':<12} {'rows':>9} {'rows/s':>11} {'(min..max)':>21} {'frames/s':>10} "
+          f"{'s/run':>7}")
     for r in results:
         if r["skipped"]:
             print(f"{r['dataset']:<11} {r['target']:<12} skipped: {r['skipped']}")
             continue
         lo, hi = r["rows_per_s_spread"]
-        print(f"{r['dataset']:<11} {r['target']:<12} {r['rows']:>9,} {r['rows_per_s']:>11,.0f} {f'({lo:,.0f}..{hi:,.0f})':>21} "
+        spread = f"({lo:,.0f}..{hi:,.0f})"
+        print(f"{r['dataset']:<11} {r['target']:<12} {r['rows']:>9,} {r['rows_per_s']:>11,.0f} {spread:>21} "
               f"{r['messages_per_s']:>10,.0f} {r['seconds']:>7.2f}")
     print(f"datasets: {', '.join(sets)}; {args.runs} run(s) each; load {machine['load_1m']:.2f} "
           f"on {machine['cpus']} cpus")

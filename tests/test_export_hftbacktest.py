@@ -163,7 +163,7 @@ def test_a_capture_across_midnight_is_one_file_per_day_and_day_two_starts_from_i
                 while hbt.elapse(3600 * 1_000_000_000) == 0:
                     pass
                 book = KNOWN[FIXTURES["kraken"]]["books"][symbol]
-                want = (f"{float(book['top5_bids'][0][0]):.{decimals}f}", f"{float(book['top5_asks'][0][0]):.{decimals}f}")
+                want = tuple(f"{float(book[key][0][0]):.{decimals}f}" for key in ("top5_bids", "top5_asks"))
                 assert rounded(hbt_best(hbt), decimals) == want, symbol
             finally:
                 hbt.close()
