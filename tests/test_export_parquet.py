@@ -195,3 +195,26 @@ def test_a_compressed_capture_exports_the_same_rows(tmp_path):
     _out, plain = export(tmp_path, capture, out_name="plain")
     _out, compressed = export(tmp_path, packed, out_name="compressed")
     assert compressed["rows"] == plain["rows"] and compressed["entries"] == plain["entries"] == 401
+
+
+def test_rows_are_partitioned_by_the_utc_day_they_were_received(tmp_path):
+    from shmpipe.wslog import encode_entry
+    from shmpipe.wslog.format import marker_payload
+    midnight = 1718150400_000_000_000          # 2024-06-12T00:00:00Z
+    start = midnight - 10_000_000_000          # frames from the 1000th on arrive on the 12th
+    capture = tmp_path / "kraken.wslog"
+    with open(capture, "wb") as f:
+        f.write(encode_entry(start, 0, marker_payload(2, "connect", "ws://x")))
+        for i, line in enumerate(venue_lines("kraken")):
+            f.write(encode_entry(start + 1000 + i * 10_000_000, 2, line))
+    out, summary = export(tmp_path, capture)
+    folder = out / "book_changes" / "venue=kraken" / "instrument=BTC_USD"
+    assert sorted(p.name for p in folder.iterdir()) == ["date=2024-06-11", "date=2024-06-12"]
+    total = 0
+    for day in ("2024-06-11", "2024-06-12"):
+        for instrument in ("BTC_USD", "ETH_USD"):
+            part = pd.read_parquet(out / "book_changes" / "venue=kraken" / f"instrument={instrument}" / f"date={day}")
+            assert (part.recv_time.dt.strftime("%Y-%m-%d") == day).all()
+            assert part.seq.is_monotonic_increasing
+            total += len(part)
+    assert total == summary["rows"]["book_changes"]
