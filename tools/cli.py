@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "launch": "shmpipe_tools.launch",
     "ctl": "shmpipe_tools.ctl",
     "verify": "shmpipe_tools.verify",
+    "export": "shmpipe_tools.export",
 }
 
 
@@ -37,7 +38,8 @@ SUBCOMMANDS = {
 GROUPS = {
     "run a pipeline": ("demo", "launch", "ctl", "clean"),
     "look at it": ("inspect", "metrics", "verify"),
-    "move data": ("capture", "replay", "feed-server", "orderbook", "bars", "features", "bridge", "assets"),
+    "move data": ("capture", "replay", "feed-server", "orderbook", "bars", "features", "bridge", "assets",
+                  "export"),
     "measure": ("bench",),
 }
 
@@ -108,6 +110,7 @@ EXTRA_HINTS = {
     "metrics": "pip install 'shmpipe[services]'",
     "bridge": "pip install 'shmpipe[services]'",
     "ctl": "pip install 'shmpipe[services]'",
+    "export": "pip install 'shmpipe[export]'",
 }
 
 
