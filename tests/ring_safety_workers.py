@@ -265,3 +265,35 @@ def fork_while_opening(name: str):
     finally:
         ring.close()
         ring.unlink()
+
+
+# -- joins racing a running producer, across processes ------------------------------------------------
+def join_repeatedly(name: str, rounds: int, per_round: int, result) -> None:
+    """Join a lossless broadcast ring `rounds` times while its producer runs (alternating
+    start="oldest" and "newest"), each time reading per_round records and checking every byte of
+    each: a join that raced the producer's claim would show as a gap, a torn or an overwritten
+    record, or a nonzero lost count."""
+    from ring_workers import check_ticks
+    try:
+        checked = 0
+        for i in range(rounds):
+            with shmpipe.Ring.open(name, TICK) as ring, \
+                    ring.consumer(start="oldest" if i % 2 == 0 else "newest") as consumer:
+                got = consumer.read(512, timeout=30)
+                if len(got) == 0:
+                    raise AssertionError(f"round {i}: nothing for 30 s after joining")
+                pos = (int(got["timestamp_ns"][0]) - 3) // 7
+                while True:
+                    check_ticks(got, pos)
+                    pos += len(got)
+                    checked += len(got)
+                    if checked >= (i + 1) * per_round:
+                        break
+                    got = consumer.read(512, timeout=30)
+                    if len(got) == 0:
+                        raise AssertionError(f"round {i}: nothing for 30 s at {pos}")
+                if consumer.lost:
+                    raise AssertionError(f"round {i}: a lossless member counted {consumer.lost} lost")
+        result.put(("ok", rounds, checked))
+    except BaseException as exc:
+        result.put(("error", f"{type(exc).__name__}: {exc}", None))

@@ -19,7 +19,6 @@ import ring_safety_workers as workers
 @pytest.fixture(scope="module")
 def c_api_dir(tmp_path_factory):
     """A directory holding ring_safety_capi, an out-of-tree module built against shmpipe.ring_api."""
-    pytest.importorskip("Cython")      # a build tool of the dev extra, not a first-party module
     directory = str(tmp_path_factory.mktemp("capi"))
     workers.build_c_api_module(directory)
     return directory
@@ -246,3 +245,38 @@ def test_order_book_pump_reports_an_eviction_between_its_peek_and_commit(ring_na
         for r in (levels_ring, books_ring):
             r.close()
             r.unlink()
+
+
+# -- joins race a running producer across real processes ---------------------------------------------
+def test_joins_race_a_running_producer_across_processes(ring_name):
+    """The join protocol's other tests run in one process. Here a producer process streams into a
+    small lossless broadcast ring (every batch claims slots a joiner may be choosing a start in)
+    while two processes join and leave it over and over; every record each member reads is checked
+    whole and in sequence, and none may be counted lost."""
+    import multiprocessing as mp
+
+    from ring_workers import produce_forever
+
+    spawn = mp.get_context("spawn")
+    rounds, per_round = 150, 1500
+    with shmpipe.Ring.create(ring_name, TICK, 256, broadcast=True, consumer_timeout=30.0) as ring:
+        ready, result = spawn.Event(), spawn.Queue()
+        producer = spawn.Process(target=produce_forever, args=(ring_name, 37, ready), daemon=True)
+        joiners = [spawn.Process(target=workers.join_repeatedly, args=(ring_name, rounds, per_round, result),
+                                 daemon=True) for _ in range(2)]
+        producer.start()
+        try:
+            assert ready.wait(60), "the producer never started"
+            for j in joiners:
+                j.start()
+            outcomes = [result.get(timeout=300) for _ in joiners]
+            assert all(o[0] == "ok" and o[1] == rounds and o[2] >= rounds * per_round for o in outcomes), outcomes
+            stats = ring.stats()
+            assert stats["evictions"] == 0 and stats["producer"]["alive"]
+            assert ring._mapped.positions()["joins"] >= 2 * rounds
+        finally:
+            for proc in joiners + [producer]:
+                if proc.is_alive():
+                    proc.kill()
+                proc.join(10)
+    ring.unlink()
