@@ -140,8 +140,10 @@ def close_during_write_batch(name: str, wait: str, capacity: int, via: str, c_ap
             ring.unlink()
 
 
-def close_during_read(name: str, wait: str):
-    """A consumer blocked in read() on an empty ring, closed from another thread."""
+def close_during_read(name: str, wait: str, via: str = "python", c_api_dir: str | None = None):
+    """A consumer blocked in read() (or the C-level consumer_wait) on an empty ring, closed from
+    another thread."""
+    capi = _c_api(c_api_dir) if via == "c" else None
     with shmpipe.Ring.create(name, TICK, 64, wait=wait) as ring:
         try:
             consumer = ring.consumer()
@@ -149,7 +151,10 @@ def close_during_read(name: str, wait: str):
 
             def reader():
                 try:
-                    outcome["result"] = len(consumer.read(8, timeout=5.0))
+                    if capi is None:
+                        outcome["result"] = len(consumer.read(8, timeout=5.0))
+                    else:
+                        outcome["result"] = capi.wait(consumer, 5.0)
                 except Exception as exc:
                     outcome["result"] = type(exc).__name__
 

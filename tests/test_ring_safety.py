@@ -48,6 +48,12 @@ def test_close_during_a_read_raises(ring_name, wait):
     assert run_isolated(workers.close_during_read, ring_name, wait, timeout=60) == "RingClosedError"
 
 
+@pytest.mark.parametrize("wait", ["block", "spin"])
+def test_close_during_a_c_level_consumer_wait_raises(ring_name, wait, c_api_dir):
+    assert run_isolated(workers.close_during_read, ring_name, wait, "c", c_api_dir,
+                        timeout=60) == "RingClosedError"
+
+
 # -- 2. read(out=) returns a fresh view each call, and keeps no reference to out ----------------------
 def test_read_out_views_share_no_metadata(ring_name):
     with shmpipe.Ring.create(ring_name, TICK, 64) as ring, ring.producer() as p, ring.consumer() as c:
@@ -270,7 +276,8 @@ def test_joins_race_a_running_producer_across_processes(ring_name):
             for j in joiners:
                 j.start()
             outcomes = [result.get(timeout=300) for _ in joiners]
-            assert all(o[0] == "ok" and o[1] == rounds and o[2] >= rounds * per_round for o in outcomes), outcomes
+            assert all(o[0] == "ok" and o[1] == rounds and o[2] >= rounds * per_round
+                       for o in outcomes), outcomes
             stats = ring.stats()
             assert stats["evictions"] == 0 and stats["producer"]["alive"]
             assert ring._mapped.positions()["joins"] >= 2 * rounds

@@ -280,8 +280,9 @@ def _age(now_ns: int, then_ns: int) -> float | None:
 def _map(segment: segments.Segment, name: str, config: dict[str, Any]) -> _ring.MappedRing:
     """Map the validated geometry; the mapping takes over the segment's fd (closing it once)."""
     with _ring.fork_guard:      # the fd passes from the tracked set to the mapping, no fork between
-        mapped = _ring.MappedRing(segment.fd, name, config["capacity"], config["itemsize"], config["flags"],
-                                  config["wait_strategy"], config["max_consumers"], config["consumer_timeout_ns"])
+        mapped = _ring.MappedRing(segment.fd, name, config["capacity"], config["itemsize"],
+                                  config["flags"], config["wait_strategy"], config["max_consumers"],
+                                  config["consumer_timeout_ns"])
         _ring.untrack_fd(segment.fd)
     segment.fd = -1
     return mapped
