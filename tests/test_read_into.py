@@ -140,7 +140,7 @@ def test_read_out_on_a_lossy_ring_drops_what_was_overwritten(ring_name):
 
 
 def test_read_out_into_a_large_buffer_returns_exact_views(ring_name):
-    """Past 4096 records the views are made per call instead of kept: same promise."""
+    """A buffer larger than any count read: every view is exact, of out's own memory."""
     with shmpipe.Ring.create(ring_name, TICK, 1 << 14) as ring, ring.producer() as p, ring.consumer() as c:
         out = np.zeros(10_000, TICK)
         p.write_batch(make_ticks(0, 6000))
