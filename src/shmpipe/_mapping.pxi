@@ -56,8 +56,9 @@ _mappings = weakref.WeakSet()
 # Segment fds opened and not yet owned by a mapping (segments.py tracks them), closed in a child.
 _unmapped_fds = set()
 # Held from shm_open() until the fd is tracked, and while a mapping takes an fd over: a fork()
-# from another thread waits for it, so no fd of ours reaches a child untracked.
-fork_guard = threading.Lock()
+# from another thread waits for it, so no fd of ours reaches a child untracked. Reentrant: a signal
+# handler that forks on the thread holding it must not deadlock (that fork is not guarded).
+fork_guard = threading.RLock()
 
 
 def track_unmapped_fd(int fd):
