@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil  # a dependency of shmpipe: missing is a broken install, not a skip
 import pytest
-
-import psutil  # noqa: E402  a dependency of shmpipe: missing is a broken install, not a skip
 
 
 def _demo(*args, cwd, timeout=120):
