@@ -112,7 +112,7 @@ def wait_blocked(name: str, pipe) -> None:
             return
         usage = resource.getrusage(resource.RUSAGE_SELF)
         pipe.send(("got", (len(got), int(got["sequence"][0]) if len(got) else -1,
-                           usage.ru_utime + usage.ru_stime, time.monotonic())))
+                           usage.ru_utime + usage.ru_stime, time.monotonic(), consumer.sleep_stats)))
 
 
 def hold_role(name: str, role: str, ready, release) -> None:

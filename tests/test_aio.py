@@ -43,8 +43,9 @@ def test_read_async_waits_without_blocking_the_loop(ring_name, wait):
             return await ticker
         started = time.monotonic()
         ticks = asyncio.run(main())
-        # The 1 ms ticker ran throughout: at least a few ticks per 10 ms of wall time.
-        assert ticks >= (time.monotonic() - started) * 1000 * 0.1
+        # The 1 ms ticker ran throughout: the loop was never blocked for long. A blocked loop ticks
+        # ~never while a read waits; a loaded 2-core machine still gives it one tick per 50 ms.
+        assert ticks >= (time.monotonic() - started) * 1000 * 0.02
     ring.unlink()
 
 

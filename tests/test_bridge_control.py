@@ -10,10 +10,10 @@ import redis
 from bridge_helpers import RUNTIME_DIR, assert_alive, delete_keys, start_receiver, start_sender, stop, ticks
 
 import shmpipe
+from shmpipe import control  # first party: an import that breaks must fail, not skip
 from shmpipe.records import TICK
 
 pytestmark = pytest.mark.services
-control = pytest.importorskip("shmpipe.control")
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_status_pause_resume_and_stop_over_the_control_plane(bridge_env, redis_u
 
 
 def test_counters_reach_shmpipe_metrics(bridge_env, redis_url, tmp_path):
-    metrics = pytest.importorskip("shmpipe.metrics")
+    from shmpipe import metrics
     from prometheus_client import generate_latest
     from prometheus_client.core import CollectorRegistry
 

@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil  # a dependency of shmpipe: missing is a broken install, not a skip
 import pytest
-
-psutil = pytest.importorskip("psutil")
 
 
 def _demo(*args, cwd, timeout=120):
@@ -130,8 +129,9 @@ def test_the_verdict_fails_on_loss_disorder_restarts_and_exit_codes():
 
 
 def test_metrics_during_the_demo_show_ring_counters(tmp_path):
-    pytest.importorskip("shmpipe.metrics")
-    parser = pytest.importorskip("prometheus_client.parser")
+    import prometheus_client.parser as parser
+
+    import shmpipe.metrics  # noqa: F401  first party: must import, not skip
     import socket
     import urllib.request
 
@@ -163,7 +163,7 @@ def test_metrics_during_the_demo_show_ring_counters(tmp_path):
 
 
 def test_fixtures_feed_every_captured_tick_is_read(tmp_path):
-    pytest.importorskip("websockets")
+    import websockets  # noqa: F401  a dependency of shmpipe
     proc = _demo("--feed", "fixtures", "--seconds", "22", "--json", cwd=tmp_path)
     try:
         out, err = proc.communicate(timeout=180)

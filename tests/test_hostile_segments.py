@@ -11,6 +11,7 @@ import pytest
 
 import shmpipe
 from shmpipe import _ring, dtypes, inventory, segments
+from shmpipe import ring as ring_module
 from shmpipe.records import TICK
 from hardening_workers import poke
 from isolation import run_isolated
@@ -41,7 +42,10 @@ def _refused_fast(name: str, error=shmpipe.ShmpipeError, match: str | None = Non
     assert name in str(err.value)
     if match:
         assert match in str(err.value), str(err.value)
-    assert elapsed < 0.1, f"refusing took {elapsed * 1000:.0f} ms"
+    # "Fast" means it did not sit out the grace open() gives a creator still stamping its header
+    # (a segment nobody holds has none); the margin is for a loaded machine, not a speed claim.
+    assert elapsed < ring_module._HALF_MADE_GRACE_S * 0.8, \
+        f"refusing took {elapsed * 1000:.0f} ms: open() waited for a creator that does not exist"
     assert segments.free_bytes() >= free_before - (1 << 20), "opening grew /dev/shm"
     return str(err.value)
 

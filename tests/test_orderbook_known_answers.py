@@ -192,16 +192,6 @@ def test_capture_then_orderbook_flag_the_one_bad_kraken_checksum(ring_name, regi
     assert not entries[entries["symbol_id"] != sid]["flags"].any()
 
 
-def _feed_server_corrupts() -> bool:
-    import subprocess
-    import sys
-    out = subprocess.run([sys.executable, "-m", "shmpipe_tools.cli", "feed-server", "--help"],
-                         capture_output=True, text=True, check=False).stdout
-    return "--corrupt" in out
-
-
-@pytest.mark.skipif(not _feed_server_corrupts(),
-                    reason="needs the feed server's --corrupt and capture's resnapshot (branch capture-resync)")
 def test_a_corrupted_update_from_the_feed_server_is_flagged_and_repaired_by_capture(ring_name, registry):  # noqa: F811
     """The feed server sends book line 20 (BTC/USD) with one size off by a unit in its last digit: the
     order book's checksum fails, it marks the book invalid and asks capture (found by its status)

@@ -634,6 +634,7 @@ cdef class BookEngine:
         cdef const void *first
         cdef const shmpipe_level_update *recs
         cdef Py_ssize_t n, i
+        cdef int committed
         if self.levels == NULL:
             raise ValueError("this engine has no levels consumer")
         if self.peekable:
@@ -646,9 +647,14 @@ cdef class BookEngine:
                 for i in range(n):
                     self._apply(&recs[i])
             finally:
-                ring_api.consumer_commit(self.levels, n)
+                committed = ring_api.consumer_commit(self.levels, n)
                 if self.nstaged:
                     self._publish_staged()
+            if committed < 0:
+                # Evicted since the peek: the records just applied may have been overwritten
+                # under us. The Python commit raises ConsumerEvictedError, which says so.
+                self.consumer.commit(n)
+                raise RingClosedError("the levels consumer is unusable")
         else:
             n = ring_api.consumer_read(self.levels, self.read_buffer, min(max_records, <Py_ssize_t>READ_BATCH))
             if n < 0:

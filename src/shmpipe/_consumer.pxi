@@ -18,8 +18,6 @@ cdef class Consumer(_Side):
     cdef uint64_t generation       # broadcast: this join's generation of the slot
     cdef shmpipe_consumer_slot *mine
     cdef readonly uint64_t lost_here
-    cdef object views_of           # the array read(out=...) last filled
-    cdef list views                # views[n] is views_of[:n] (n <= VIEWS_KEPT), made when first returned
 
     def __cinit__(self):
         self.closed = True
@@ -105,7 +103,6 @@ cdef class Consumer(_Side):
 
     cdef void _release_role(self):
         self.lost_here = shm_load_relaxed_u64(&self.mine.lost)
-        self.views_of = self.views = None     # let go of the caller's read(out=) buffer
         if self.broadcast:
             shm_store_release_u64(&self.mine.state_word, _slot_word(self.generation, SHMPIPE_SLOT_FREE))
             if self.blocking:
@@ -222,11 +219,13 @@ cdef class Consumer(_Side):
         empty; timeout=0 never waits. An empty array means the timeout passed with no data.
         Records shown by peek() and not committed are read again here.
 
-        With out (a 1-d C-contiguous writeable array of the ring's dtype) nothing is allocated:
-        up to min(max_n, len(out)) records are copied into out and the view out[:n] is returned,
-        valid until the next read into out. The views of up to 4096 records are made once per
-        count and kept (with a reference to out) for the next call, so a loop over one buffer
-        allocates nothing."""
+        With out (a 1-d C-contiguous writeable array of the ring's dtype) no record memory is
+        allocated: up to min(max_n, len(out)) records are copied into out and a new view of
+        out[:n] is returned (numpy's out= convention: the next read into out overwrites what the
+        view shows). Each call returns its own view object (~60 ns), so nothing set on one
+        (shape, flags, dtype) carries into another, and the consumer keeps no reference to out
+        after the call: resizing out between calls is safe. Do not resize it from another
+        thread while a read into it is in flight."""
         self._enter()
         try:
             if out is None:
@@ -253,18 +252,8 @@ cdef class Consumer(_Side):
         room = _min_u64(<uint64_t>max_n, <uint64_t>cnp.PyArray_DIM(arr, 0))
         if room == 0:
             raise InvalidArgumentError("read(out=...) needs room for at least one record")
-        # out cannot be resized under us while we wait: numpy refuses while others hold it.
         n = self._read_into_memory(<char *>cnp.PyArray_DATA(arr), room * self.itemsize, timeout)
-        if n > VIEWS_KEPT:              # a copy this large dwarfs making its view
-            return out[:n]
-        if out is not self.views_of:
-            self.views_of = out
-            self.views = [None] * (_min_u64(<uint64_t>cnp.PyArray_DIM(arr, 0), VIEWS_KEPT) + 1)
-        view = self.views[n]
-        if view is None:
-            view = out[:n]
-            self.views[n] = view
-        return view
+        return shm_prefix_view(out, self.void_dtype, <cnp.npy_intp>n)
 
     cdef uint64_t _readable(self, uint64_t max_n, double timeout_s) except? 0xffffffffffffffff:
         """Wait (by the strategy, up to the timeout) for records; how many of at most max_n
@@ -423,9 +412,15 @@ cdef class Consumer(_Side):
         return view
 
     def commit(self, Py_ssize_t n):
-        """Consume the first n records the last peek() showed (hand their slots back)."""
+        """Consume the first n records the last peek() showed (hand their slots back). On a
+        broadcast ring, raises ConsumerEvictedError (and consumes nothing) when this consumer
+        was evicted since the peek: the producer may have overwritten the records the view
+        showed, so whatever was derived from them must be thrown away."""
         self._enter()
         try:
+            if self._evicted_since_peek():
+                self.shown = 0
+                self._check_slot()      # raises ConsumerEvictedError
             if n < 0 or <uint64_t>n > self.shown:
                 raise InvalidArgumentError(f"commit({n}): the last peek() of ring {self.ring.name!r} "
                                            f"showed {self.shown} records not yet committed")
@@ -437,6 +432,14 @@ cdef class Consumer(_Side):
             self._heartbeat()
         finally:
             self._leave()
+
+    cdef inline bint _evicted_since_peek(self) noexcept nogil:
+        """Lossless broadcast, at commit: re-validate what the caller read through the view since
+        peek() by the same seqlock check a read's copy gets (_evicted_while_copying): the
+        producer evicts (CAS) before it overwrites a member's slots, so if any record the view
+        showed was overwritten before the caller's reads of it, the acquire fence here makes the
+        EVICTED state visible. SPSC rings never evict; peek() refuses lossy ones."""
+        return self.broadcast and not self.lossy and self._evicted_while_copying()
 
     def read_async(self, Py_ssize_t max_n=1024, timeout=None):
         """Awaitable read(): waits for the next batch without blocking the event loop. One

@@ -45,20 +45,54 @@ def parse_header(bytes raw):
     }
 
 
+def fence_acquire():
+    """An acquire fence: ring.py re-reads a header after it saw the magic, and this orders the
+    re-read after that sighting (the creator stamps the magic last, with release)."""
+    shm_fence_acquire()
+
+
 # Every live mapping of this process, so a forked child can disown them all (see below).
 _mappings = weakref.WeakSet()
+# Segment fds opened and not yet owned by a mapping (segments.py tracks them), closed in a child.
+_unmapped_fds = set()
+# Held from shm_open() until the fd is tracked, and while a mapping takes an fd over: a fork()
+# from another thread waits for it, so no fd of ours reaches a child untracked. Reentrant: a signal
+# handler that forks on the thread holding it must not deadlock (that fork is not guarded).
+fork_guard = threading.RLock()
+
+
+def track_unmapped_fd(int fd):
+    """Call with fork_guard held, in the same stretch as the shm_open() that returned fd."""
+    _unmapped_fds.add(fd)
+
+
+def untrack_fd(int fd):
+    """Call with fork_guard held, before the fd is closed or once a MappedRing owns it."""
+    _unmapped_fds.discard(fd)
 
 
 def _disown_after_fork():
     for mapped in list(_mappings):
         (<MappedRing>mapped)._disown()
+    for fd in _unmapped_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _unmapped_fds.clear()
+
+
+def _after_fork_in_child():
+    fork_guard.release()        # taken by the thread that forked, which is this one now
+    _disown_after_fork()
 
 
 # A child of fork() inherits our fds and with them our open file descriptions, which carry the
 # OFD locks: it would keep a dead parent's producer "alive" and could write as a second producer.
 # The child closes its copies (the parent's locks live on in the parent) and every inherited
 # handle raises RingClosedError; the child opens the ring again to take a role of its own.
-os.register_at_fork(after_in_child=_disown_after_fork)
+os.register_at_fork(before=fork_guard.acquire, after_in_parent=fork_guard.release,
+                    after_in_child=_after_fork_in_child)
 
 
 cdef class MappedRing:

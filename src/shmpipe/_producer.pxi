@@ -333,6 +333,8 @@ cdef class Producer(_Side):
                     if not self._make_room(1, deadline):
                         break
                     room = self._free_slots()
+                    if room == 0:
+                        continue      # never publish an empty chunk: wait again (or time out)
                 if chunk > room:
                     chunk = room
             if self.broadcast:

@@ -48,6 +48,7 @@ cdef extern from * nogil:
 
 import errno
 import os
+import threading
 import time
 import weakref
 
@@ -79,8 +80,30 @@ cdef extern from "numpy/arrayobject.h":
         Py_SETREF(((PyArrayObject_fields *)arr)->descr, (PyArray_Descr *)descr);
         return arr;
     }
+    /* A fresh writeable view of the first n records of `out` (a 1-d C-contiguous writeable array
+     * the caller checked): what out[:n] gives, in ~60 ns instead of ~150 ns, by the same void-dtype
+     * route as above. A new object every call, its base `out`: nothing it carries (shape, flags,
+     * dtype) is shared with another call's result, and the ring keeps no reference to `out`. */
+    static PyObject *shm_prefix_view(PyObject *out, PyObject *void_descr, npy_intp n) {
+        PyArrayObject *src = (PyArrayObject *)out;
+        PyObject *arr;
+        PyArray_Descr *descr = PyArray_DESCR(src);
+        Py_INCREF(void_descr);
+        arr = PyArray_NewFromDescr(&PyArray_Type, (PyArray_Descr *)void_descr, 1, &n, NULL,
+                                   PyArray_DATA(src), NPY_ARRAY_CARRAY, NULL);
+        if (arr == NULL) return NULL;
+        Py_INCREF(descr);
+        Py_SETREF(((PyArrayObject_fields *)arr)->descr, descr);
+        Py_INCREF(out);
+        if (PyArray_SetBaseObject((PyArrayObject *)arr, out) < 0) {   /* steals out */
+            Py_DECREF(arr);
+            return NULL;
+        }
+        return arr;
+    }
     """
     object shm_new_array(object descr, object void_descr, cnp.npy_intp n, void *data)
+    object shm_prefix_view(object out, object void_descr, cnp.npy_intp n)
 
 cdef extern from "_locks.h" nogil:
     int shm_lock_try(int fd, long long byte, int exclusive)
@@ -117,9 +140,6 @@ cdef enum:
     # ~50-100 ns, as much as the hop between cores a ping-pong waits for; past this the cost is
     # small against the wait, and other threads get the GIL (Python itself holds it 5 ms a turn).
     GIL_HELD_SPIN_NS = 2000
-    # read(out=) keeps the views it returns up to this many records (a list entry per count);
-    # making a larger one (~150 ns) is small against its copy (>= 3 us).
-    VIEWS_KEPT = 4096
     # A producer that finds the ring full probes the consumers' locks at most this often.
     EVICTION_CHECK_NS = 1000000
 

@@ -57,9 +57,15 @@ cdef shmpipe_producer *_api_producer_handle(object producer) except NULL:
     return <shmpipe_producer *><void *>producer
 
 
+cdef inline bint _api_side_gone(_Side side) noexcept nogil:
+    """The handle is closed or being closed, or its ring is (closed, or inherited across fork():
+    the child's mapping is then private zero pages, so a call would read zeros or write nowhere)."""
+    return side.closed or side.closing or side.ring.closed
+
+
 cdef inline bint _api_unusable(Consumer c) noexcept nogil:
     """Closed, being closed, or evicted: the nogil calls answer -1 and Python-level calls explain."""
-    if c.closed or c.closing:
+    if _api_side_gone(c):
         return True
     return c.broadcast and _slot_state(shm_load_acquire_u64(&c.mine.state_word)) == SHMPIPE_SLOT_EVICTED
 
@@ -111,7 +117,10 @@ cdef Py_ssize_t _api_consumer_peek(Consumer c, const void **first, Py_ssize_t ma
 
 
 cdef int _api_consumer_commit(Consumer c, Py_ssize_t n) noexcept nogil:
-    if n < 0 or <uint64_t>n > c.shown or c.closed:
+    if n < 0 or <uint64_t>n > c.shown or _api_side_gone(c):
+        return -1
+    if c._evicted_since_peek():      # what the peek showed may be overwritten: count none of it
+        c.shown = 0
         return -1
     if n == 0:
         return 0
@@ -141,7 +150,7 @@ cdef Py_ssize_t _api_consumer_wait(Consumer c, double timeout_s) except -1:
 
 
 cdef Py_ssize_t _api_producer_write(Producer p, const void *src, Py_ssize_t n) noexcept nogil:
-    if n < 0 or p.closed or p.closing:
+    if n < 0 or _api_side_gone(p):
         return -1
     return <Py_ssize_t>p._write_now(<const char *>src, <uint64_t>n)
 

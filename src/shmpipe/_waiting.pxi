@@ -182,21 +182,29 @@ cdef class _Side:
             if (i & 15) == 0 and shm_monotonic_ns() >= end:
                 return False
 
+    cdef void _raise_if_closing(self) except *:
+        if self.closing or self.ring.closed:
+            raise RingClosedError(f"{type(self).__name__} of ring {self.ring.name!r} was "
+                                  f"closed while waiting")
+
     cdef int _wait(self, shmpipe_doorbell *bell, int64_t deadline) except -1:
-        """Wait for _ready() until the deadline (-1: forever). 1: ready, 0: timed out.
-        After a short spin the GIL is released while waiting; Ctrl-C raises KeyboardInterrupt
-        within a slice, and close() from another thread raises RingClosedError here."""
+        """Wait for _ready() until the deadline (-1: forever). 1: ready, 0: timed out, and
+        RingClosedError once close() was called: _ready() answers True for a closing side (so a
+        sleeper wakes at once), so every "ready" below is checked against `closing` before it is
+        believed; a caller that took it for room or data would loop on a ring that has neither.
+        The first GIL_HELD_SPIN_NS spin holds the GIL; after it the GIL is released while
+        waiting; Ctrl-C raises KeyboardInterrupt within a slice."""
         cdef int r
+        self._raise_if_closing()      # close() came during a GIL-free copy of this same call
         if self._spin_holding_gil(deadline):
+            self._raise_if_closing()
             return 1
         self.waiting = True
         try:
             while True:
                 with nogil:
                     r = self._wait_slice(bell, deadline)
-                if self.closing:
-                    raise RingClosedError(f"{type(self).__name__} of ring {self.ring.name!r} was "
-                                          f"closed while waiting")
+                self._raise_if_closing()
                 if r:
                     return 1
                 self.at_signal_check = True
@@ -204,9 +212,7 @@ cdef class _Side:
                     PyErr_CheckSignals()
                 finally:
                     self.at_signal_check = False
-                if self.closing:       # closed by a signal handler on this very thread
-                    raise RingClosedError(f"{type(self).__name__} of ring {self.ring.name!r} was "
-                                          f"closed while waiting")
+                self._raise_if_closing()    # closed by a signal handler on this very thread
                 self._on_wait_slice()
                 if deadline >= 0 and <int64_t>shm_monotonic_ns() >= deadline:
                     return 0

@@ -279,8 +279,11 @@ def _age(now_ns: int, then_ns: int) -> float | None:
 
 def _map(segment: segments.Segment, name: str, config: dict[str, Any]) -> _ring.MappedRing:
     """Map the validated geometry; the mapping takes over the segment's fd (closing it once)."""
-    mapped = _ring.MappedRing(segment.fd, name, config["capacity"], config["itemsize"], config["flags"],
-                              config["wait_strategy"], config["max_consumers"], config["consumer_timeout_ns"])
+    with _ring.fork_guard:      # the fd passes from the tracked set to the mapping, no fork between
+        mapped = _ring.MappedRing(segment.fd, name, config["capacity"], config["itemsize"],
+                                  config["flags"], config["wait_strategy"], config["max_consumers"],
+                                  config["consumer_timeout_ns"])
+        _ring.untrack_fd(segment.fd)
     segment.fd = -1
     return mapped
 
@@ -309,7 +312,11 @@ def _read_header(name: str, fd: int) -> tuple[dict[str, Any], os.stat_result]:
         raw = os.pread(fd, _ring.DATA_OFFSET, 0) if st.st_size >= _ring.DATA_OFFSET else b""
         config = _ring.parse_header(raw) if raw else None
         if config is not None and config["magic"] != 0:
-            return config, st
+            # The creator stamps the magic last (release), but a plain copy that sees it may
+            # still hold older bytes of the fields before it on a weakly ordered CPU: re-read
+            # them after an acquire fence, so what is validated is what the creator wrote.
+            _ring.fence_acquire()
+            return _ring.parse_header(os.pread(fd, _ring.DATA_OFFSET, 0)), st
         if not (time.monotonic() < deadline and _ring.segment_in_use(fd)):
             break
         time.sleep(0.001)

@@ -48,7 +48,9 @@ class Segment:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            with _ring.fork_guard:
+                _ring.untrack_fd(self.fd)
+                os.close(self.fd)
             self.fd = -1
 
 
@@ -64,7 +66,7 @@ def create(name: str, size: int, mode: int = 0o600) -> Segment:
             f"ring {name!r} needs {size} bytes but /dev/shm has {free} free; use a smaller capacity"
         )
     try:
-        shm = posix_ipc.SharedMemory(posix, flags=posix_ipc.O_CREX, mode=mode)
+        shm = _shm_open_tracked(posix, flags=posix_ipc.O_CREX, mode=mode)
     except posix_ipc.ExistentialError:
         raise RingExistsError(
             f"ring {name!r} already exists ({SHM_DIR / (PREFIX + name)}); open it with Ring.open, "
@@ -79,7 +81,7 @@ def create(name: str, size: int, mode: int = 0o600) -> Segment:
             os.fchmod(fd, mode)   # the umask may have cleared bits the caller asked for
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
-        os.close(fd)
+        Segment(name=name, fd=fd, size=size).close()
         _unlink_quietly(posix)
         if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
             raise NoSpaceError(f"ring {name!r}: /dev/shm has no room for {size} bytes ({exc.strerror})") from None
@@ -87,10 +89,19 @@ def create(name: str, size: int, mode: int = 0o600) -> Segment:
     return Segment(name=name, fd=fd, size=size)
 
 
+def _shm_open_tracked(posix: str, **kwargs) -> posix_ipc.SharedMemory:
+    """shm_open() with the fd tracked before any fork() can copy it: a child closes every tracked
+    fd (an untracked one would hold the parent's segment and its locks for the child's life)."""
+    with _ring.fork_guard:
+        shm = posix_ipc.SharedMemory(posix, **kwargs)
+        _ring.track_unmapped_fd(shm.fd)
+    return shm
+
+
 def open_existing(name: str) -> Segment:
     posix = shm_name(name)
     try:
-        shm = posix_ipc.SharedMemory(posix)
+        shm = _shm_open_tracked(posix)
     except posix_ipc.ExistentialError:
         raise RingNotFoundError(f"ring {name!r} does not exist (no {SHM_DIR / (PREFIX + name)})") from None
     except posix_ipc.PermissionsError as exc:

@@ -8,7 +8,7 @@
  *
  * Handles are the shmpipe.Consumer / shmpipe.Producer objects themselves, borrowed: keep the Python
  * object alive and open while you use its handle, and do not close it from another thread while a
- * C-level call is running. The nogil calls never wait and never raise; they use the ring's own
+ * nogil call is running (a *_wait call that another thread closes ends in RingClosedError). The nogil calls never wait and never raise; they use the ring's own
  * code paths (the same acquire/release ordering as read()/write()). The two *_wait calls need the
  * GIL: they wait by the ring's strategy (releasing the GIL meanwhile), notice Ctrl-C, and return -1
  * with a Python exception set on failure.
@@ -83,11 +83,15 @@ static inline Py_ssize_t shmpipe_consumer_read(shmpipe_consumer *c, void *dst, P
 }
 /* Zero-copy: *first points at up to max_n unread records, contiguous up to the wrap point; returns
  * how many (0: none), -1 as above or on a lossy ring (whose slots may be overwritten under a view).
+ * On a lossless broadcast ring the view is only known sound once consumer_commit() answers 0.
  * The same records are shown until consumer_commit(). No GIL needed. */
 static inline Py_ssize_t shmpipe_consumer_peek(shmpipe_consumer *c, const void **first, Py_ssize_t max_n) {
     return shmpipe_ring_api_table->consumer_peek(c, first, max_n);
 }
-/* Consume the first n records the last peek showed; -1 if n is more than it showed. No GIL needed. */
+/* Consume the first n records the last peek showed; 0 on success. -1 (consuming nothing) if n is more
+ * than it showed, the handle or ring is closed (or inherited across fork()), or the consumer was
+ * evicted since the peek: then the records it showed may have been overwritten while you used them,
+ * so discard what you derived from them (the Python commit() raises ConsumerEvictedError). */
 static inline int shmpipe_consumer_commit(shmpipe_consumer *c, Py_ssize_t n) {
     return shmpipe_ring_api_table->consumer_commit(c, n);
 }
@@ -97,12 +101,14 @@ static inline Py_ssize_t shmpipe_consumer_wait(shmpipe_consumer *c, double timeo
     return shmpipe_ring_api_table->consumer_wait(c, timeout_s);
 }
 /* Write up to n records now, in order; returns how many went in (fewer when a lossless ring is full;
- * a lossy one takes all), -1 when closed. Never waits; no GIL needed. */
+ * a lossy one takes all), -1 when closed (the handle or its ring, or inherited across fork()).
+ * Never waits; no GIL needed. */
 static inline Py_ssize_t shmpipe_producer_write(shmpipe_producer *p, const void *src, Py_ssize_t n) {
     return shmpipe_ring_api_table->producer_write(p, src, n);
 }
 /* GIL held: write n records, waiting for room by the ring's strategy (and evicting dead consumers) up
- * to timeout_s (< 0: as long as it takes); returns how many went in, -1 with an exception. */
+ * to timeout_s (< 0: as long as it takes); returns how many went in, -1 with an exception
+ * (RingClosedError when the producer is closed from another thread meanwhile, KeyboardInterrupt). */
 static inline Py_ssize_t shmpipe_producer_write_wait(shmpipe_producer *p, const void *src, Py_ssize_t n,
                                                      double timeout_s) {
     return shmpipe_ring_api_table->producer_write_wait(p, src, n, timeout_s);
