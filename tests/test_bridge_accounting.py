@@ -349,7 +349,7 @@ def test_receiver_goes_on_when_its_group_is_destroyed_or_its_stream_deleted(ring
             stop(receiver)
 
 
-# -- 8. a paused sender across a Redis restart --------------------------------------------------------
+# -- 7 and 8. a paused sender and an idle receiver across a Redis restart without persistence ---------
 def test_a_paused_sender_across_a_redis_restart_says_the_stream_was_lost_and_restores_dtype(rings, tmp_path,
                                                                                             monkeypatch):
     from bridge_helpers import RUNTIME_DIR
@@ -357,26 +357,34 @@ def test_a_paused_sender_across_a_redis_restart_says_the_stream_was_lost_and_res
     from shmpipe import control
     monkeypatch.setenv("SHMPIPE_RUNTIME_DIR", RUNTIME_DIR)      # where the bridges' endpoints are
     src, dst = rings
-    sender = None
+    sender = receiver = None
     (tmp_path / "redis").mkdir()
-    with private_redis(tmp_path / "redis", persistence=False) as server, src.producer() as producer:
+    with private_redis(tmp_path / "redis", persistence=False) as server, src.producer() as producer, \
+            dst.consumer() as consumer:
         client = redis.Redis.from_url(server.url)
+        got = Collector(consumer)
         try:
             sender = start_sender(src.name, server.url, "s", "--batch", "10")
+            receiver = start_receiver(dst.name, server.url, "s", "g", tmp_path / "state")
             wait_started([sender], f"{src.name}.to-redis")
             producer.write_batch(ticks(0, 100))
-            wait_for(lambda: last_seq(client, "s") == 100, 30, "100 records", [sender])
+            wait_for(lambda: got.poll() >= 100, 30, "100 records", [sender, receiver])
             control.request(f"{src.name}.to-redis", "pause")
             server.kill()
             server.start()
             control.request(f"{src.name}.to-redis", "resume")
-            wait_for(lambda: client.get("s:dtype") is not None, 30, ":dtype re-established", [sender])
+            wait_for(lambda: client.get("s:dtype") is not None, 30, ":dtype re-established", [sender, receiver])
             assert client.get("s:dtype").decode() == describe(TICK)
             wait_for(lambda: "lost" in stderr_of(sender), 30, "the loss said", [sender])
-            assert stop(sender) == 0
+            producer.write_batch(ticks(100, 50))     # the idle receiver goes on, nothing to count
+            wait_for(lambda: got.poll() >= 150, 30, "records after the restart", [sender, receiver])
+            assert np.array_equal(got.sequences, np.arange(150))
+            assert counters(f"{dst.name}.from-redis")["gap_records"] == 0
+            assert stop(sender) == 0 and stop(receiver) == 0
         finally:
             client.close()
             stop(sender)
+            stop(receiver)
 
 
 # -- 9. a garbage or foreign :dtype ----------------------------------------------------------------------
