@@ -135,7 +135,7 @@ def test_record_type_mismatch_in_an_entry_is_refused_not_reinterpreted(ring_name
         try:
             result = run_bridge("redis-to-ring", "--redis", redis_url, "--stream", stream_key, "--group", "g",
                                 "--ring", ring_name, "--state-dir", str(tmp_path))
-            one_line(result, 2, "tick", "level_update", "refusing")
+            one_line(result, 2, "tick", "level_update", "refusing", f"XACK {stream_key} g ")
             assert ring.stats()["written"] == 0
         finally:
             ring.unlink()

@@ -77,8 +77,9 @@ def add_parser(sub) -> None:
     inp.add_argument("--state-dir", type=Path, metavar="DIR",
                      help="where the ring's sequence anchor is kept (default $XDG_STATE_HOME/shmpipe/bridge)")
     inp.add_argument("--allow-gap", action="store_true",
-                     help="skip (and count) records missing from the stream (trimmed before this group read "
-                          "them) instead of stopping with an error")
+                     help="skip (and count in gap_records) records missing from the stream (trimmed before "
+                          "this group read them, or lost by Redis), and go on after a new epoch whose losses "
+                          "cannot be counted, instead of stopping with an error")
     inp.add_argument("--name", help="stats name (default RING.from-redis)")
     inp.set_defaults(func=run_redis_to_ring)
 

@@ -192,7 +192,12 @@ class RedisToRing:
                 done_ids.append(entry_id)
                 continue
             entry = decode_entry(entry_id, fields, self.cfg.stream, self.cfg.group)
-            check_entry(entry, self.ring.dtype, self.cfg.ring, self.cfg.stream)
+            try:
+                check_entry(entry, self.ring.dtype, self.cfg.ring, self.cfg.stream)
+            except BridgeInputError as exc:
+                # it stays pending and fails every start the same way: say how to get past it
+                raise type(exc)(f"{exc}; to skip it: XACK {self.cfg.stream} {self.cfg.group} "
+                                f"{entry_id.decode()}") from None
             if not self._write(entry):
                 complete = False
                 break
