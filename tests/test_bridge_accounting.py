@@ -230,6 +230,46 @@ def test_sender_allow_gap_numbers_forward_so_no_receiver_drops_new_records(rings
             stop(receiver)
 
 
+def test_sharded_sender_allow_gap_starts_new_epochs_that_receivers_refuse_as_uncountable(ring_name, tmp_path):
+    """Which shard an overwritten record was in is gone with it: each shard stream starts a new
+    epoch, and a receiver of a shard says it cannot count what it missed."""
+    src = shmpipe.Ring.create(f"{ring_name}-src", TICK, 1024, broadcast=True)
+    dst = shmpipe.Ring.create(f"{ring_name}-dst", TICK, 1 << 14)
+    sender = receiver = None
+    (tmp_path / "redis").mkdir()
+    shards = ["--shards", "2", "--batch", "10"]
+    try:
+        with private_redis(tmp_path / "redis") as server, src.producer() as producer, dst.consumer() as consumer:
+            client = redis.Redis.from_url(server.url)
+            got = Collector(consumer)
+            sender = start_sender(src.name, server.url, "s:{shard}", *shards)
+            receiver = start_receiver(dst.name, server.url, "s:0", "g", tmp_path / "state")
+            wait_for(lambda: any(c["state"] == "active" for c in src.stats()["consumers"]), 30, "sender attached",
+                     [sender])
+            producer.write_batch(ticks(0, 220))       # symbol_id = i % 11: 120 to shard 0, 100 to shard 1
+            wait_for(lambda: got.poll() >= 120, 30, "shard 0's records", [sender, receiver])
+            sender.kill()
+            stop(sender)
+            written, more = 0, ticks(220, 3000)
+            while written < len(more):                # the dead reader is evicted: the producer laps it
+                written += producer.write_batch(more[written:], timeout=0.1)
+            sender = start_sender(src.name, server.url, "s:{shard}", *shards, "--allow-gap")
+            wait_for(lambda: last_seq(client, "s:1") > 100, 30, "records after the gap", [sender])
+            last = client.xrevrange("s:0", "+", "-", count=1)[0][1]
+            assert last[b"prev"] == b"" and int(last[b"base"]) == 120
+            wait_for(lambda: receiver.poll() is not None, 30, "the receiver refusing")
+            assert receiver.returncode == 1 and "cannot be counted" in stderr_of(receiver), stderr_of(receiver)
+            assert counters(f"{src.name}.to-redis")["gap_records"] == 3220 - 1024 - 220
+            assert stop(sender) == 0
+            client.close()
+    finally:
+        stop(sender)
+        stop(receiver)
+        for ring in (src, dst):
+            ring.close()
+            ring.unlink()
+
+
 # -- 4. a broadcast source ring and a Redis outage longer than the ring's consumer timeout ----------
 def test_a_sender_waiting_for_redis_stays_a_live_consumer_of_a_broadcast_ring(ring_name, tmp_path):
     src = shmpipe.Ring.create(f"{ring_name}-src", TICK, 1024, broadcast=True, consumer_timeout=0.5)
