@@ -308,6 +308,47 @@ def test_a_sender_waiting_for_redis_stays_a_live_consumer_of_a_broadcast_ring(ri
             ring.unlink()
 
 
+def test_a_sender_blocked_in_a_command_to_a_stalled_redis_stays_a_live_consumer(ring_name, tmp_path):
+    """A Redis that stops answering (SIGSTOP: a partition, a stalled host) holds one command for up
+    to the socket timeout; the sender keeps heartbeating the broadcast ring meanwhile."""
+    import signal
+    src = shmpipe.Ring.create(f"{ring_name}-src", TICK, 1024, broadcast=True, consumer_timeout=1.0)
+    dst = shmpipe.Ring.create(f"{ring_name}-dst", TICK, 1 << 14)
+    sender = receiver = None
+    (tmp_path / "redis").mkdir()
+    try:
+        with private_redis(tmp_path / "redis") as server, src.producer() as producer, dst.consumer() as consumer:
+            got = Collector(consumer)
+            sender = start_sender(src.name, server.url, "s", "--batch", "100")
+            receiver = start_receiver(dst.name, server.url, "s", "g", tmp_path / "state")
+            wait_for(lambda: any(c["state"] == "active" for c in src.stats()["consumers"]), 30, "sender attached",
+                     [sender])
+            producer.write_batch(ticks(0, 500))
+            wait_for(lambda: got.poll() >= 500, 60, "500 records", [sender, receiver])
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                data, written = ticks(500, 3000), 0
+                stall_end = time.monotonic() + 4.0          # four consumer timeouts, inside one command
+                while time.monotonic() < stall_end:
+                    written += producer.write_batch(data[written:], timeout=0.05)
+                assert written < len(data), "the lossless producer waited for the live sender"
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            while written < len(data):
+                written += producer.write_batch(data[written:], timeout=0.05)
+                got.poll()
+                assert_alive(sender, receiver)
+            wait_for(lambda: got.poll() >= 3500, 60, "every record", [sender, receiver])
+            assert np.array_equal(got.sequences, np.arange(3500))
+            assert stop(sender) == 0 and stop(receiver) == 0
+    finally:
+        stop(sender)
+        stop(receiver)
+        for ring in (src, dst):
+            ring.close()
+            ring.unlink()
+
+
 # -- 5. a receiver without its state file while the ring holds records -----------------------------
 def test_a_missing_state_file_with_records_in_the_ring_is_refused_not_guessed(rings, tmp_path):
     src, dst = rings

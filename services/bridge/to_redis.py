@@ -3,6 +3,8 @@ once Redis has them. See the package docstring for why that is exactly-once."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,9 @@ SHARD_PLACEHOLDER = "{shard}"
 # --count entries at once; past a few MB per entry nothing gets faster (bench/README.md).
 MAX_ENTRY_BYTES = 64 << 20
 IDLE_PING_S = 1.0
+# how often a sender waiting on Redis shows a broadcast ring it is alive (well under any sane
+# consumer_timeout)
+HEARTBEAT_S = 0.05
 
 
 @dataclass
@@ -83,6 +88,8 @@ class RingToRedis:
         self.bases = [0] * len(self.keys)       # where each stream's epoch numbering starts
         self.prevs = [""] * len(self.keys)      # the epoch it goes on from
         self._last_contact = 0.0
+        self._shown = 0          # records the last peek() showed and no commit() took yet
+        self._io = None          # a broadcast source's Redis calls run here (see _call)
 
     # -- setup -----------------------------------------------------------------------------
     def _open(self) -> None:
@@ -105,6 +112,21 @@ class RingToRedis:
             self.consumer = self.ring.consumer(start="oldest")
         except shmpipe.ShmpipeError as exc:
             raise BridgeError(str(exc)) from None
+        if self.ring.broadcast:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="redis-io")
+
+    def _call(self, fn):
+        """fn() (a Redis exchange). A broadcast ring's producer evicts a reader silent for its
+        consumer_timeout, and an unanswering Redis holds one command up to the socket timeout
+        (10 s): so for a broadcast source fn runs in a worker thread while this one heartbeats."""
+        if self._io is None:
+            return fn()
+        future = self._io.submit(fn)
+        while True:
+            try:
+                return future.result(timeout=HEARTBEAT_S)
+            except FutureTimeout:
+                self._heartbeat()
 
     def _resync(self) -> None:
         """Read each stream's last entry back: what Redis has is the checkpoint. Numbering only
@@ -250,6 +272,8 @@ class RingToRedis:
                 rt.publish()
         finally:
             rt.publish(force=True)
+            if self._io is not None:
+                self._io.shutdown(wait=False, cancel_futures=True)
             self.consumer.close()
             self.ring.close()
             self.client.close()
@@ -258,7 +282,7 @@ class RingToRedis:
     def _resync_until_up(self, retrier: Retrier) -> None:
         while not self.rt.stopping():
             try:
-                self._resync()
+                self._call(self._resync)
                 retrier.succeeded()
                 return
             except TRANSIENT as exc:
@@ -266,8 +290,9 @@ class RingToRedis:
 
     def _heartbeat(self) -> None:
         """A broadcast ring's producer evicts a reader silent for its consumer_timeout: while the
-        sender waits for Redis it still shows it is alive (a peek of nothing, never committed)."""
-        self.consumer.peek(1, timeout=0)
+        sender waits for Redis it still shows it is alive. A peek shows again the records the
+        last one showed (same cursor, never fewer), so the commit that follows is unchanged."""
+        self.consumer.peek(max(self._shown, 1), timeout=0)
 
     def _keys_still_there(self) -> bool:
         """Idle or paused: every second, whether Redis still has our owner keys (a restart without
@@ -277,7 +302,7 @@ class RingToRedis:
         pipe = self.client.pipeline(transaction=False)
         for key in self.keys:
             pipe.exists(owner_key(key))
-        present = pipe.execute()
+        present = self._call(pipe.execute)
         self._last_contact = time.monotonic()
         return all(present)
 
@@ -289,7 +314,7 @@ class RingToRedis:
             time.sleep(0.02)
             return self._keys_still_there()
         view = self.consumer.peek(max_records, timeout=0.1)
-        n = len(view)
+        n = self._shown = len(view)
         self.rt.set(lag_records=self.consumer.available)
         if n == 0:
             return self._keys_still_there()
@@ -308,7 +333,7 @@ class RingToRedis:
                 pipe.set(owner_key(self.keys[j]), self._owner(j, end).encode(), xx=True)
             for j, fields in plan:
                 pipe.xadd(self.keys[j], fields, **retention)
-            replies = pipe.execute()
+            replies = self._call(pipe.execute)
             keys_kept = all(replies[:len(ends)])
             self._last_contact = time.monotonic()
         self.rt.crash_point("after_xadd")
@@ -318,6 +343,7 @@ class RingToRedis:
             self.covered[j] = fields[b"pos"]
             records += fields[b"n"]
         self.consumer.commit(n)
+        self._shown = 0
         self.rt.add(records=records, entries=len(plan), bytes=records * self.ring.itemsize,
                     duplicates_dropped=n - records if self.cfg.shards == 1 else 0)
         self.rt.set(last_seq=max(self.next_seq))
