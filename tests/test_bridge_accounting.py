@@ -430,7 +430,7 @@ def test_receiver_goes_on_when_its_group_is_destroyed_or_its_stream_deleted(ring
             stop(receiver)
 
 
-# -- 7 and 8. a paused sender and an idle receiver across a Redis restart without persistence ---------
+# -- 7 and 8. a paused sender and a paused receiver across a Redis restart without persistence ---------
 def test_a_paused_sender_across_a_redis_restart_says_the_stream_was_lost_and_restores_dtype(rings, tmp_path,
                                                                                             monkeypatch):
     from bridge_helpers import RUNTIME_DIR
@@ -447,17 +447,19 @@ def test_a_paused_sender_across_a_redis_restart_says_the_stream_was_lost_and_res
         try:
             sender = start_sender(src.name, server.url, "s", "--batch", "10")
             receiver = start_receiver(dst.name, server.url, "s", "g", tmp_path / "state")
-            wait_started([sender], f"{src.name}.to-redis")
+            wait_started([sender, receiver], f"{src.name}.to-redis", f"{dst.name}.from-redis")
             producer.write_batch(ticks(0, 100))
             wait_for(lambda: got.poll() >= 100, 30, "100 records", [sender, receiver])
-            control.request(f"{src.name}.to-redis", "pause")
+            for name in (f"{src.name}.to-redis", f"{dst.name}.from-redis"):
+                control.request(name, "pause")
             server.kill()
             server.start()
-            control.request(f"{src.name}.to-redis", "resume")
+            for name in (f"{src.name}.to-redis", f"{dst.name}.from-redis"):
+                control.request(name, "resume")
             wait_for(lambda: client.get("s:dtype") is not None, 30, ":dtype re-established", [sender, receiver])
             assert client.get("s:dtype").decode() == describe(TICK)
             wait_for(lambda: "lost" in stderr_of(sender), 30, "the loss said", [sender])
-            producer.write_batch(ticks(100, 50))     # the idle receiver goes on, nothing to count
+            producer.write_batch(ticks(100, 50))     # the receiver goes on, nothing to count
             wait_for(lambda: got.poll() >= 150, 30, "records after the restart", [sender, receiver])
             assert np.array_equal(got.sequences, np.arange(150))
             assert counters(f"{dst.name}.from-redis")["gap_records"] == 0
