@@ -418,6 +418,8 @@ def test_receiver_goes_on_when_its_group_is_destroyed_or_its_stream_deleted(ring
             producer.write_batch(ticks(100, 100))
             wait_for(lambda: got.poll() >= 200, 30, "records after XGROUP DESTROY", [sender, receiver])
             client.delete("s")
+            wait_for(lambda: "lost" in stderr_of(sender), 30, "the idle sender saying the stream was lost",
+                     [sender, receiver])
             producer.write_batch(ticks(200, 100))
             wait_for(lambda: got.poll() >= 300, 30, "records after DEL", [sender, receiver])
             assert np.array_equal(got.sequences, np.arange(300))

@@ -87,6 +87,9 @@ class RingToRedis:
         self.epochs = [""] * len(self.keys)
         self.bases = [0] * len(self.keys)       # where each stream's epoch numbering starts
         self.prevs = [""] * len(self.keys)      # the epoch it goes on from
+        # per stream: it holds entries of ours, so finding it empty means Redis lost it or it was
+        # deleted (XADD MAXLEN/MINID ~ never trims the entry it adds)
+        self.written = [False] * len(self.keys)
         self._last_contact = 0.0
         self._shown = 0          # records the last peek() showed and no commit() took yet
         self._io = None          # a broadcast source's Redis calls run here (see _call)
@@ -168,6 +171,7 @@ class RingToRedis:
                                    f"what they miss; re-established it and {dtype_key(key)!r}")
             self.next_seq[j] = entry.seq + entry.n
             self.epochs[j], self.bases[j], self.prevs[j] = entry.epoch, entry.base, entry.prev
+            self.written[j] = True
             # a new incarnation of the ring (re-created under its name): none of it is in Redis yet
             self.covered[j] = entry.pos if entry.ring_id == self.ring_id else 0
             if entry.ring_id == self.ring_id:
@@ -219,6 +223,7 @@ class RingToRedis:
         self.epochs[j], self.prevs[j] = epoch, lineage[0] if lineage else ""
         self.next_seq[j] = self.bases[j] = lineage[1] if lineage else 0
         self.covered[j] = 0
+        self.written[j] = False
 
     def _claim_keys(self) -> None:
         """KEY:dtype is never overwritten (a mismatch is refused before anything is written), then
@@ -295,16 +300,22 @@ class RingToRedis:
         self.consumer.peek(max(self._shown, 1), timeout=0)
 
     def _keys_still_there(self) -> bool:
-        """Idle or paused: every second, whether Redis still has our owner keys (a restart without
-        persistence, a DEL); False sends the loop to resync, which says what was lost."""
+        """Idle or paused: every second, whether Redis still has our owner keys and our streams'
+        entries (a restart without persistence, a DEL); False sends the loop to resync, which
+        says what was lost."""
         if time.monotonic() - self._last_contact < IDLE_PING_S:
             return True
         pipe = self.client.pipeline(transaction=False)
         for key in self.keys:
             pipe.exists(owner_key(key))
-        present = self._call(pipe.execute)
+        for j in self._written_streams():
+            pipe.xlen(self.keys[j])
+        replies = self._call(pipe.execute)
         self._last_contact = time.monotonic()
-        return all(present)
+        return all(replies)
+
+    def _written_streams(self) -> list[int]:
+        return [j for j in range(len(self.keys)) if self.written[j]]
 
     def _step(self, max_records: int) -> bool:
         """One batch; False when Redis turned out to have lost the stream's keys."""
@@ -331,16 +342,27 @@ class RingToRedis:
             # key Redis lost is noticed here, not re-made behind the loss)
             for j, end in ends.items():
                 pipe.set(owner_key(self.keys[j]), self._owner(j, end).encode(), xx=True)
+            emptied = [j for j in ends if self.written[j]]
+            for j in emptied:
+                pipe.xlen(self.keys[j])
             for j, fields in plan:
                 pipe.xadd(self.keys[j], fields, **retention)
             replies = self._call(pipe.execute)
             keys_kept = all(replies[:len(ends)])
+            for j, length in zip(emptied, replies[len(ends):len(ends) + len(emptied)]):
+                if length == 0:
+                    # the numbering goes on in these entries, so readers count exactly what they missed
+                    self.rt.warn(PROG, f"stream {self.keys[j]!r} was found empty: it was lost (Redis restarted "
+                                       f"without persistence, or it was deleted) with seq ..{self.next_seq[j] - 1}; "
+                                       f"records only in it are gone for readers that had not read them (they "
+                                       f"count them); numbering goes on at seq {self.next_seq[j]}")
             self._last_contact = time.monotonic()
         self.rt.crash_point("after_xadd")
         records = 0
         for j, fields in plan:
             self.next_seq[j] = fields[b"seq"] + fields[b"n"]
             self.covered[j] = fields[b"pos"]
+            self.written[j] = True
             records += fields[b"n"]
         self.consumer.commit(n)
         self._shown = 0
