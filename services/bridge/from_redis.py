@@ -104,21 +104,16 @@ class RedisToRing:
             raise BridgeError(str(exc)) from None
         self.ring_id = ring_identity(self.ring)
         self.anchors = AnchorFile(cfg.state_dir, cfg.ring)
-        try:
-            self.anchor = self.anchors.load(self.ring_id, cfg.stream)
-            self._check_anchor_needed()
-        except BaseException:
-            self.producer.close()
-            self.ring.close()
-            raise
-        rt.start_publishing()
         retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
                           lambda: rt.recovered(PROG))
         replay_pending = True
-        rt.serve_control(lambda: {
-            "mode": "redis-to-ring", "ring": cfg.ring, "stream": cfg.stream, "group": cfg.group,
-            "consumer": self.consumer_name, "redis": connection.redact(cfg.url)}, PROG)
         try:
+            self.anchor = self.anchors.load(self.ring_id, cfg.stream)
+            self._check_anchor_needed()
+            rt.start_publishing()
+            rt.serve_control(lambda: {
+                "mode": "redis-to-ring", "ring": cfg.ring, "stream": cfg.stream, "group": cfg.group,
+                "consumer": self.consumer_name, "redis": connection.redact(cfg.url)}, PROG)
             while not rt.stopping():
                 if rt.holding():         # entries wait in Redis, delivered to nobody
                     time.sleep(0.02)

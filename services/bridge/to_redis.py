@@ -259,12 +259,12 @@ class RingToRedis:
             raise
         retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
                           lambda: rt.recovered(PROG), while_waiting=self._heartbeat)
-        rt.start_publishing()
         max_records = cfg.batch * cfg.pipeline
-        rt.serve_control(lambda: {
-            "mode": "ring-to-redis", "ring": cfg.ring, "streams": self.keys, "redis": connection.redact(cfg.url),
-            "batch": cfg.batch, "next_seq": list(self.next_seq)}, PROG)
         try:
+            rt.start_publishing()
+            rt.serve_control(lambda: {
+                "mode": "ring-to-redis", "ring": cfg.ring, "streams": self.keys,
+                "redis": connection.redact(cfg.url), "batch": cfg.batch, "next_seq": list(self.next_seq)}, PROG)
             self._resync_until_up(retrier)
             while not rt.stopping():
                 try:
