@@ -102,7 +102,7 @@ class _Setup:
         for ring in (self.src, self.dst):
             ring.close()
             ring.unlink()
-        self.redis.delete(self.stream, f"{self.stream}:dtype")
+        self.redis.delete(self.stream, f"{self.stream}:dtype", f"{self.stream}:owner")
         self.redis.close()
         self.state.cleanup()
         return codes

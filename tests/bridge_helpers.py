@@ -110,8 +110,9 @@ class PrivateRedis:
     """A redis-server of this test's own (AOF, fsync on every write), so it can be killed and
     restarted without touching the machine's Redis."""
 
-    def __init__(self, binary: str, directory: Path, password: str | None = None, tls: bool = False) -> None:
-        self.binary, self.dir, self.password = binary, directory, password
+    def __init__(self, binary: str, directory: Path, password: str | None = None, tls: bool = False,
+                 persistence: bool = True) -> None:
+        self.binary, self.dir, self.password, self.persistence = binary, directory, password, persistence
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.ca = make_tls_files(directory) if tls else None
@@ -125,7 +126,8 @@ class PrivateRedis:
 
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+                "--appendonly", "yes" if self.persistence else "no", "--appendfsync", "always", "--save", "",
+                "--daemonize", "no",
                 "--logfile", str(self.dir / "redis.log")]
         if self.password:
             args += ["--requirepass", self.password]
@@ -178,13 +180,14 @@ def make_tls_files(directory: Path) -> Path:
 
 
 @contextmanager
-def private_redis(tmp_path: Path, password: str | None = None, tls: bool = False):
+def private_redis(tmp_path: Path, password: str | None = None, tls: bool = False, persistence: bool = True):
+    """persistence=False: a restart comes back empty (no AOF, no snapshot)."""
     binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
     if binary is None:
         if REQUIRE_SERVICES:
             pytest.fail("redis-server is not installed, and SHMPIPE_REQUIRE_SERVICES=1 requires it")
         pytest.skip("redis-server is not installed (a private server is needed to restart Redis mid-run)")
-    server = PrivateRedis(binary, tmp_path, password, tls)
+    server = PrivateRedis(binary, tmp_path, password, tls, persistence)
     server.start()
     try:
         yield server

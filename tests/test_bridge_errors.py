@@ -56,7 +56,7 @@ def test_unreachable_server_names_the_url_not_the_password(tmp_path):
     url = f"redis://:hunter2@127.0.0.1:{port}/0"
     result = run_bridge("redis-to-ring", "--redis", url, "--stream", "s", "--group", "g", "--ring", "x",
                         "--state-dir", str(tmp_path))
-    one_line(result, 1, "cannot reach Redis", f"redis://:***@127.0.0.1:{port}/0")
+    one_line(result, 2, "cannot reach Redis", f"redis://:***@127.0.0.1:{port}/0")
 
 
 def test_wrong_or_missing_password_is_refused_in_one_line(tmp_path, ring_name):
@@ -135,7 +135,7 @@ def test_record_type_mismatch_in_an_entry_is_refused_not_reinterpreted(ring_name
         try:
             result = run_bridge("redis-to-ring", "--redis", redis_url, "--stream", stream_key, "--group", "g",
                                 "--ring", ring_name, "--state-dir", str(tmp_path))
-            one_line(result, 2, "tick", "level_update", "refusing")
+            one_line(result, 2, "tick", "level_update", "refusing", f"XACK {stream_key} g ")
             assert ring.stats()["written"] == 0
         finally:
             ring.unlink()
@@ -289,7 +289,7 @@ def test_tls_with_password_round_trip_and_an_untrusted_certificate_in_one_line(r
             assert server.url.startswith("rediss://")
             no_ca = server.url.split("?")[0]      # the system's CAs do not know this test's CA
             result = run_bridge("ring-to-redis", "--ring", src.name, "--redis", no_ca, "--stream", "s")
-            one_line(result, 1, "cannot reach Redis", f"rediss://:***@127.0.0.1:{server.port}/0")
+            one_line(result, 2, "cannot reach Redis", f"rediss://:***@127.0.0.1:{server.port}/0")
             data = ticks(0, 3000)
             producer.write_batch(data)
             sender = start_sender(src.name, server.url, "tls-stream", "--batch", "64")

@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
         "  redis-to-ring  reads the stream through a consumer group into a local ring\n"
         "Both run until SIGTERM/SIGINT (then finish the batch in flight and exit 0), survive a Redis\n"
         "restart (reconnect, resume) and, when restarted, resume where they stopped: no record is lost\n"
-        "or delivered twice, even after kill -9. One ring-to-redis per stream, one redis-to-ring per\n"
-        "group and ring. Live counters: shmpipe.stats.read('RING.to-redis' / 'RING.from-redis').")
+        "or delivered twice, even after kill -9; what Redis itself loses is counted (gap_records) and\n"
+        "named, and stops the receiver unless --allow-gap. One ring-to-redis per stream (a sender from\n"
+        "another ring is refused), one redis-to-ring per group and ring. Live counters: shmpipe.stats.read('RING.to-redis' / 'RING.from-redis').")
     modes = p.add_subparsers(dest="mode", metavar="MODE", required=True)
 
     out = modes.add_parser("ring-to-redis", help="ring -> Redis stream",
@@ -77,8 +78,9 @@ def add_parser(sub) -> None:
     inp.add_argument("--state-dir", type=Path, metavar="DIR",
                      help="where the ring's sequence anchor is kept (default $XDG_STATE_HOME/shmpipe/bridge)")
     inp.add_argument("--allow-gap", action="store_true",
-                     help="skip (and count) records missing from the stream (trimmed before this group read "
-                          "them) instead of stopping with an error")
+                     help="skip (and count in gap_records) records missing from the stream (trimmed before "
+                          "this group read them, or lost by Redis), and go on after a new epoch whose losses "
+                          "cannot be counted, instead of stopping with an error")
     inp.add_argument("--name", help="stats name (default RING.from-redis)")
     inp.set_defaults(func=run_redis_to_ring)
 

@@ -21,5 +21,8 @@ contiguous sequence (``seq``) that the sender assigns and stores in each entry.
 
 A hole in the numbering (Redis trimmed entries no reader had read, a broadcast ring overwrote
 records while the sender was down, Redis lost acknowledged writes) is an error naming the
-missing range, or, with ``allow_gap``, a counted and logged skip.
+missing range, or, with ``allow_gap``, a counted and logged skip. Numbering only moves forward,
+across a lost stream too (a new epoch names the one it goes on from, and where its numbering
+starts), so a seq a receiver may have seen never names another record; ``stream_keys`` holds
+the stream's owner (one source ring per stream) and record type beside it.
 """

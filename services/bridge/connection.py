@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.cluster
 
-from .wire import BridgeError, BridgeInputError
+from .wire import BridgeInputError
 
 # A blocked XREADGROUP must return well inside this, or a healthy server reads as a dead one.
 SOCKET_TIMEOUT_S = 10.0
@@ -50,6 +50,7 @@ def connect(url: str):
     shown = redact(url)
     options = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S,
                "decode_responses": False}
+    _check_db(url, shown)
     try:
         client = redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
@@ -65,8 +66,24 @@ def connect(url: str):
         client.close()
         if _is_auth_failure(exc):
             raise BridgeInputError(f"Redis at {shown} refused the credentials: {_scrub(exc, url)}") from None
-        raise BridgeError(f"cannot reach Redis at {shown}: {_scrub(exc, url)}") from None
+        # at start this is what the user named (a wrong host, port or CA), hence a usage error;
+        # a server lost later is waited for (Retrier)
+        raise BridgeInputError(f"cannot reach Redis at {shown}: {_scrub(exc, url)}") from None
     return client
+
+
+def _check_db(url: str, shown: str) -> None:
+    """redis-py reads redis://host/abc as db 0: a typo would write into another database."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return                      # from_url names what is wrong
+    if parts.scheme not in ("redis", "rediss"):
+        return
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise BridgeInputError(f"bad Redis URL {shown}: the path must be a database number "
+                               f"(/0, /1, ...), not {db!r}")
 
 
 def _scrub(exc: BaseException, url: str) -> str:
@@ -78,10 +95,12 @@ def _scrub(exc: BaseException, url: str) -> str:
 class Retrier:
     """Backoff for a run of transient failures; fatal ones (bad credentials after a restart) raise."""
 
-    def __init__(self, url: str, on_retry, on_recovered=None) -> None:
+    def __init__(self, url: str, on_retry, on_recovered=None, while_waiting=None) -> None:
         self.url = url
         self._on_retry = on_retry
         self._on_recovered = on_recovered
+        # called every few ms of a backoff: the sender stays a live consumer of a broadcast ring
+        self._while_waiting = while_waiting
         self._delay = BACKOFF_FIRST_S
 
     def failed(self, exc: BaseException, stopping) -> None:
@@ -91,6 +110,8 @@ class Retrier:
         self._on_retry(exc)
         deadline = time.monotonic() + self._delay
         while time.monotonic() < deadline and not stopping():
+            if self._while_waiting is not None:
+                self._while_waiting()
             time.sleep(0.01)
         self._delay = min(self._delay * 2, BACKOFF_MAX_S)
 

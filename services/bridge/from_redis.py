@@ -12,20 +12,21 @@ import numpy as np
 import redis
 
 import shmpipe
-from shmpipe.dtypes import fingerprint, from_description
+from shmpipe.dtypes import fingerprint
 
 from . import connection
 from .connection import TRANSIENT, Retrier
 from .ring_state import AnchorFile, SeqAnchor, default_state_dir
 from .runtime import Runtime
+from .stream_keys import read_dtype
 from .wire import (
     BridgeError,
     BridgeInputError,
     GapError,
     RecordTypeMismatchError,
     check_entry,
+    check_ring_name,
     decode_entry,
-    dtype_key,
     record_type_name,
     ring_identity,
 )
@@ -67,21 +68,20 @@ class RedisToRing:
 
     def _open_ring(self) -> shmpipe.Ring:
         cfg = self.cfg
-        descr = self.client.get(dtype_key(cfg.stream))
+        theirs = read_dtype(self.client, cfg.stream)
         try:
             ring = shmpipe.Ring.open(cfg.ring)
         except shmpipe.RingNotFoundError:
-            if descr is None:
+            if theirs is None:
                 raise BridgeInputError(f"ring {cfg.ring!r} does not exist and stream {cfg.stream!r} names no "
                                        f"record type yet: create the ring, or start ring-to-redis first") from None
             try:
-                ring = shmpipe.Ring.create(cfg.ring, from_description(descr.decode()), cfg.capacity)
+                ring = shmpipe.Ring.create(cfg.ring, theirs, cfg.capacity)
             except shmpipe.RingExistsError:
                 ring = shmpipe.Ring.open(cfg.ring)
         except shmpipe.ShmpipeError as exc:
             raise BridgeInputError(str(exc)) from None
-        if descr is not None:
-            theirs = from_description(descr.decode())
+        if theirs is not None:
             if fingerprint(theirs) != fingerprint(ring.dtype):
                 ring.close()
                 raise RecordTypeMismatchError(
@@ -93,6 +93,7 @@ class RedisToRing:
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
         cfg, rt = self.cfg, self.rt
+        check_ring_name(cfg.ring)
         self.client = connection.connect(cfg.url)
         self._ensure_group()
         self.ring = self._open_ring()
@@ -103,14 +104,16 @@ class RedisToRing:
             raise BridgeError(str(exc)) from None
         self.ring_id = ring_identity(self.ring)
         self.anchors = AnchorFile(cfg.state_dir, cfg.ring)
-        self.anchor = self.anchors.load(self.ring_id, cfg.stream)
         retrier = Retrier(cfg.url, lambda exc: rt.retrying(PROG, connection.redact(cfg.url), exc),
                           lambda: rt.recovered(PROG))
         replay_pending = True
-        rt.serve_control(lambda: {
-            "mode": "redis-to-ring", "ring": cfg.ring, "stream": cfg.stream, "group": cfg.group,
-            "consumer": self.consumer_name, "redis": connection.redact(cfg.url)}, PROG)
         try:
+            self.anchor = self.anchors.load(self.ring_id, cfg.stream)
+            self._check_anchor_needed()
+            rt.start_publishing()
+            rt.serve_control(lambda: {
+                "mode": "redis-to-ring", "ring": cfg.ring, "stream": cfg.stream, "group": cfg.group,
+                "consumer": self.consumer_name, "redis": connection.redact(cfg.url)}, PROG)
             while not rt.stopping():
                 if rt.holding():         # entries wait in Redis, delivered to nobody
                     time.sleep(0.02)
@@ -127,6 +130,14 @@ class RedisToRing:
                 except TRANSIENT as exc:
                     retrier.failed(exc, rt.stopping)
                     replay_pending = True   # a reply lost in flight left entries pending, unseen
+                except redis.exceptions.ResponseError as exc:
+                    if not _group_gone(exc):
+                        raise
+                    rt.warn(PROG, f"group {cfg.group!r} of stream {cfg.stream!r} is gone (Redis restarted without "
+                                  f"persistence, XGROUP DESTROY, or DEL of the stream): re-creating it at the "
+                                  f"stream's start; entries the ring holds are dropped as duplicates, records the "
+                                  f"stream no longer has are a gap")
+                    replay_pending = True
                 rt.publish()
         finally:
             rt.publish(force=True)
@@ -134,6 +145,16 @@ class RedisToRing:
             self.ring.close()
             self.client.close()
         return 0
+
+    def _check_anchor_needed(self) -> None:
+        """Records in the ring and no anchor (another --state-dir, a lost disk): which seqs the
+        ring holds cannot be known, and a guess would duplicate or drop records."""
+        position = self.producer.position
+        if self.anchor is None and position > 0:
+            raise BridgeInputError(
+                f"ring {self.cfg.ring!r} already holds {position} records, but {self.anchors.path} has no "
+                f"anchor tying them to stream {self.cfg.stream!r}: which of its records the ring has cannot be "
+                f"known; run with the --state-dir that filled it, or re-create the ring")
 
     def _replay_pending(self) -> None:
         """Claim every pending entry of the group (ours from before a crash, or a previous
@@ -165,8 +186,13 @@ class RedisToRing:
             if not fields:            # deleted after delivery: the seq check sees the hole
                 done_ids.append(entry_id)
                 continue
-            entry = decode_entry(entry_id, fields, self.cfg.stream)
-            check_entry(entry, self.ring.dtype, self.cfg.ring, self.cfg.stream)
+            entry = decode_entry(entry_id, fields, self.cfg.stream, self.cfg.group)
+            try:
+                check_entry(entry, self.ring.dtype, self.cfg.ring, self.cfg.stream)
+            except BridgeInputError as exc:
+                # it stays pending and fails every start the same way: say how to get past it
+                raise type(exc)(f"{exc}; to skip it: XACK {self.cfg.stream} {self.cfg.group} "
+                                f"{entry_id.decode()}") from None
             if not self._write(entry):
                 complete = False
                 break
@@ -179,11 +205,10 @@ class RedisToRing:
     def _write(self, entry) -> bool:
         position = self.producer.position
         if self.anchor is not None and self.anchor.epoch != entry.epoch:
-            self.rt.warn(PROG, f"stream {self.cfg.stream!r} was started afresh (the sender found it empty; "
-                               f"epoch {self.anchor.epoch} -> {entry.epoch}): continuing from its seq {entry.seq}")
-            self.anchor = None
+            self._change_epoch(entry, position)
         if self.anchor is None:
-            self.anchor = SeqAnchor(self.ring_id, self.cfg.stream, entry.epoch, entry.seq, position)
+            # the epoch's numbering starts at entry.base: a first entry above it is a gap below
+            self.anchor = SeqAnchor(self.ring_id, self.cfg.stream, entry.epoch, entry.base, position)
             self.anchors.save(self.anchor)       # before the first record: no record without its seq
         expected = self.anchor.next_seq(position)
         if entry.seq + entry.n <= expected:
@@ -192,7 +217,8 @@ class RedisToRing:
         if entry.seq > expected:
             message = (f"stream {self.cfg.stream!r}: records with seq {expected}..{entry.seq - 1} "
                        f"({entry.seq - expected}) are missing before entry {entry.entry_id.decode()} "
-                       f"(trimmed by the stream's retention before group {self.cfg.group!r} read them?)")
+                       f"(trimmed by the stream's retention before group {self.cfg.group!r} read them, or "
+                       f"lost by Redis)")
             if not self.cfg.allow_gap:
                 raise GapError(message + "; --allow-gap skips them")
             self.rt.warn(PROG, message + "; skipped (--allow-gap)")
@@ -213,6 +239,24 @@ class RedisToRing:
         self._count(written, entry, skip)
         return True
 
+    def _change_epoch(self, entry, position: int) -> None:
+        old = self.anchor
+        expected = old.next_seq(position)
+        if entry.prev == old.epoch:
+            # the sender went on numbering from where the old epoch ended: the usual gap check counts
+            self.rt.warn(PROG, f"stream {self.cfg.stream!r} was started afresh (epoch {old.epoch} -> {entry.epoch}, "
+                               f"numbering going on from seq {entry.base}); the ring has up to seq {expected - 1}")
+            self.anchor = SeqAnchor(self.ring_id, self.cfg.stream, entry.epoch, expected, position)
+            self.anchors.save(self.anchor)
+            return
+        message = (f"stream {self.cfg.stream!r} was started afresh (epoch {old.epoch} -> {entry.epoch}) by a sender "
+                   f"that did not know where epoch {old.epoch} ended: how many of its records after seq "
+                   f"{expected - 1} this ring never got cannot be counted")
+        if not self.cfg.allow_gap:
+            raise GapError(message + "; --allow-gap goes on with the new epoch")
+        self.rt.warn(PROG, message + "; going on with the new epoch (--allow-gap)")
+        self.anchor = None
+
     def _count(self, written: int, entry, skip: int) -> None:
         self.rt.add(records=written, entries=1 if written else 0, bytes=written * self.ring.itemsize,
                     duplicates_dropped=skip)
@@ -223,9 +267,19 @@ class RedisToRing:
         if now - self._lag_checked < 1.0:
             return
         self._lag_checked = now
-        for group in self.client.xinfo_groups(self.cfg.stream):
+        try:
+            groups = self.client.xinfo_groups(self.cfg.stream)
+        except redis.exceptions.ResponseError:
+            return                  # the stream went away: the next read says so and re-creates it
+        for group in groups:
             name = group.get("name")
             if name in (self.cfg.group, self.cfg.group.encode()):
                 # Redis >= 7 reports lag: entries not yet delivered to the group
                 self.rt.set(lag_entries=int(group.get("lag") or 0), pending_entries=int(group.get("pending") or 0))
                 return
+
+
+def _group_gone(exc: BaseException) -> bool:
+    """The group or its stream vanished between two commands (XGROUP DESTROY, DEL, a restart)."""
+    text = str(exc)
+    return "NOGROUP" in text or "no longer exists" in text

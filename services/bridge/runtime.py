@@ -30,7 +30,7 @@ class Runtime:
         self._pause_seen = threading.Event()
         self._control = None
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self._publisher = stats.publish(stats_name, COUNTERS) if stats_name else None
+        self._publisher = None       # start_publishing(), once the bridge holds its ring role
         self._last_publish = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._crash_point, self._crash_left = None, 0
@@ -39,6 +39,13 @@ class Runtime:
         if spec:
             point, _, count = spec.partition(":")
             self._crash_point, self._crash_left = point, int(count or 1)
+
+    def start_publishing(self) -> None:
+        """After the bridge took its role in the ring: a second bridge on an SPSC ring is refused
+        as the ring's second consumer/producer, not as a clash of stats names."""
+        if self.name and self._publisher is None:
+            self._publisher = stats.publish(self.name, COUNTERS)
+            self._publisher.update(self.counters)
 
     def install_signal_handlers(self) -> None:
         def request_stop(_signum, _frame):

@@ -9,8 +9,13 @@ Fields (bytes keys, one entry per batch of up to N records of one ring):
   ring  the source ring's identity ("<name>@<created_unix_ns>.<creator_pid>")
   pos   the source ring position this entry covers up to (exclusive)
   epoch which numbering the seq belongs to: a sender that finds the stream empty (new, or deleted
-        and re-made) starts seq at 0 under a new epoch, so a receiver never takes the new
-        numbering's low seqs for records it already has
+        and re-made) starts a new epoch, so a receiver never takes the new numbering's seqs for
+        records it already has
+  base  the seq the epoch's numbering starts at: a reader whose first entry has a higher seq
+        knows how many records of the epoch it can never have
+  prev  the epoch this one goes on from ("" when the sender did not know one): its base is where
+        prev ended, so a reader of prev counts exactly what it missed across the change
+Entries written before base/prev existed read as base 0, prev "".
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ import numpy as np
 
 from shmpipe import records
 from shmpipe.dtypes import fingerprint
+from shmpipe.errors import ShmpipeError
+from shmpipe.segments import validate_name
 
 
 class BridgeError(Exception):
@@ -43,6 +50,14 @@ class RecordTypeMismatchError(BridgeInputError):
 
 class GapError(BridgeError):
     """Records between two points are missing and allow_gap is off."""
+
+
+def check_ring_name(name: str) -> None:
+    """Before anything else: a bad --ring is named as a ring, not as the stats name made from it."""
+    try:
+        validate_name(name)
+    except ShmpipeError as exc:
+        raise BridgeInputError(str(exc)) from None
 
 
 def record_type_name(dt: np.dtype) -> str:
@@ -68,9 +83,9 @@ def new_epoch() -> str:
 
 
 def encode_entry(data: bytes, n: int, seq: int, type_name: str, fp: int, ring_id: str, pos: int,
-                 epoch: str) -> dict:
+                 epoch: str, base: int = 0, prev: str = "") -> dict:
     return {b"data": data, b"n": n, b"seq": seq, b"type": type_name, b"fp": fp, b"ring": ring_id, b"pos": pos,
-            b"epoch": epoch}
+            b"epoch": epoch, b"base": base, b"prev": prev}
 
 
 @dataclass(frozen=True)
@@ -84,16 +99,23 @@ class Entry:
     pos: int
     epoch: str
     data: bytes
+    base: int = 0
+    prev: str = ""
 
 
-def decode_entry(entry_id: bytes, fields: dict, stream: str) -> Entry:
+def decode_entry(entry_id: bytes, fields: dict, stream: str, group: str | None = None) -> Entry:
+    """``group``: the reader's consumer group, so the error says how to get past the entry."""
     try:
         return Entry(entry_id, int(fields[b"n"]), int(fields[b"seq"]), fields[b"type"].decode(),
                      int(fields[b"fp"]), fields[b"ring"].decode(), int(fields[b"pos"]), fields[b"epoch"].decode(),
-                     fields[b"data"])
+                     fields[b"data"], int(fields.get(b"base", 0)), fields.get(b"prev", b"").decode())
     except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
+        hint = ""
+        if group is not None:
+            hint = (f"; it stays pending and stops every start: to skip it, XACK {stream} {group} "
+                    f"{entry_id.decode()}")
         raise BridgeInputError(f"stream {stream!r}: entry {entry_id.decode()} is not a shmpipe bridge entry "
-                               f"(fields {sorted(k.decode(errors='replace') for k in fields)})") from None
+                               f"(fields {sorted(k.decode(errors='replace') for k in fields)}){hint}") from None
 
 
 @functools.lru_cache(maxsize=16)
