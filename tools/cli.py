@@ -28,6 +28,9 @@ SUBCOMMANDS = {
     "launch": "shmpipe_tools.launch",
     "ctl": "shmpipe_tools.ctl",
     "verify": "shmpipe_tools.verify",
+    "alpaca-paper": "shmpipe_tools.alpaca_paper",
+    "execute": "shmpipe_tools.execute",
+    "risk": "shmpipe_tools.risk",
 }
 
 
@@ -61,6 +64,9 @@ EXTRA_HINTS = {
     "metrics": "pip install 'shmpipe[services]'",
     "bridge": "pip install 'shmpipe[services]'",
     "ctl": "pip install 'shmpipe[services]'",
+    "alpaca-paper": "pip install 'shmpipe[trading]'",
+    "execute": "pip install 'shmpipe[trading]'",
+    "risk": "pip install 'shmpipe[services]'",
 }
 
 
