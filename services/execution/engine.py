@@ -132,6 +132,12 @@ class Engine:
         for row in self.journal.unresolved():
             if self.stop.is_set():
                 return
+            if row.state == "queued":     # "sending" is journaled before a request leaves: none did
+                if self.halted:
+                    self._reject(row, "halted")
+                else:
+                    self.queue.put(row.client_order_id)
+                continue
             found = self.client.by_client_id(row.client_order_id)
             if found.ok:
                 self.counters.reconciled += 1
@@ -272,7 +278,7 @@ class Engine:
             self.counters.sent += 1
             self._record_venue_order(row, answer.body, "accepted")
             self._say(self.journal.get(cid), "sent")
-        elif is_duplicate(answer) or answer.status == 0 or answer.status >= 429:
+        elif is_duplicate(answer) or answer.status == 0 or answer.status >= 429 or answer.ambiguous:
             # It may be there already (a retry after a lost answer): look before anything else.
             if is_duplicate(answer):
                 self.counters.duplicates_prevented += 1
@@ -286,6 +292,8 @@ class Engine:
             self.counters.sent += 1
             self._record_venue_order(row, found.body, "found")
             self._say(self.journal.get(row.client_order_id), "sent")
+        elif found.status == 404 and 400 <= answer.status < 500 and answer.status != 429 and not is_duplicate(answer):
+            self._reject(row, f"venue {answer.status}: {answer.message}")   # refused, and holds nothing
         elif found.status == 404:
             self.counters.failed += 1
             reason = f"venue unavailable: {answer.error or answer.message}"

@@ -25,6 +25,9 @@ class Answer:
     body: Any
     error: str = ""             # why there is no usable answer, one line
     attempts: int = 1
+    # An earlier attempt may have been carried out without our hearing so (no answer, a 5xx): a
+    # refusal of a later attempt then does not prove the venue holds nothing.
+    ambiguous: bool = False
 
     @property
     def ok(self) -> bool:
@@ -63,6 +66,7 @@ class VenueClient:
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> Answer:
         last = Answer(0, None, "no attempt")
+        ambiguous = False
         for attempt in range(self.max_retries + 1):
             if not self.bucket.acquire(self.stop):
                 raise StopRequested(f"{method} {path}")
@@ -79,7 +83,7 @@ class VenueClient:
                     body = response.json() if response.content else None
                 except ValueError:
                     body = None
-                last = Answer(response.status_code, body, "", attempt + 1)
+                last = Answer(response.status_code, body, "", attempt + 1, ambiguous)
                 if response.status_code not in RETRYABLE_STATUS:
                     return last
                 if response.status_code == 429:
@@ -87,6 +91,8 @@ class VenueClient:
                         retry_after = float(response.headers.get("Retry-After", ""))
                     except ValueError:
                         retry_after = None
+            ambiguous = ambiguous or last.status != 429
+            last.ambiguous = ambiguous
             if attempt == self.max_retries:
                 break
             self.on_retry(f"HTTP {last.status}" if last.status else "no answer")
