@@ -45,7 +45,7 @@ class BookMarks:
                                        "first: shmpipe orderbook)") from None
         self.ring_name, self.stale_s = ring_name, stale_s
         self._quantum = Decimal(1).scaleb(-price_decimals)
-        self._consumer = self._ring.consumer("latest")
+        self._consumer = self._ring.consumer("newest")   # an older entry could pass for fresh
         self._latest: dict[int, _Latest] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
