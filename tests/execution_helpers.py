@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -111,6 +112,17 @@ class Listener:
         self._stop.set()
         self._thread.join(2)
         self.sub.close()
+
+
+def unique(kind: str) -> str:
+    """A service name of this test's own: control endpoint and stats segment (/dev/shm is shared)."""
+    return f"{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stats(*names: str) -> None:
+    """A process killed with SIGKILL leaves its stats segment by design (read() reports it stale)."""
+    for name in names:
+        Path(f"/dev/shm/shmpipe-stats.{name}").unlink(missing_ok=True)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from execution_helpers import Listener, start_emulator, start_engine, wait_until
+from execution_helpers import Listener, remove_stats, start_emulator, start_engine, unique, wait_until
 
 INTENTS = 1000
 KILLS = 20
@@ -34,18 +34,19 @@ def test_kill_9_twenty_times_leaves_each_order_once_and_positions_equal(private_
     from shmpipe_services.trading.intents import new_intent
 
     rng = random.Random(27)
+    venue_name, engine_name = unique("alpaca-paper"), unique("execute")
     bus = SignalBus()
     emulator, url = start_emulator(
         tmp_path, "--faults", "rate=0.03,error=0.03,timeout=0.02,drop=0.01,partial=0.1,reject=0.01",
         "--seed", "27", "--timeout-delay", "1.0", "--partial-delay", "0.1",
-        "--rate-limit", "100000", "--rate-window", "1")
+        "--rate-limit", "100000", "--rate-window", "1", name=venue_name)
     listener = Listener()
     publisher = SignalPublisher(None, source="test-strategy")
     symbols = ["AAPL", "MSFT", "XYZ"]
     intents = [new_intent("crash-test", f"i{i}", symbols[i % 3], "buy" if i % 4 else "sell", str(1 + i % 5))
                for i in range(INTENTS)]
     by_id = {it.intent_id: it for it in intents}
-    fast = ("--topics", "order.intent", "--rate-limit", "100000", "--rate-window", "1")
+    fast = ("--topics", "order.intent", "--rate-limit", "100000", "--rate-window", "1", "--name", engine_name)
     engine = start_engine(tmp_path, url, *fast, "--seed", "1", log="engine-0.log")
     stop_publishing = threading.Event()
 
@@ -74,11 +75,11 @@ def test_kill_9_twenty_times_leaves_each_order_once_and_positions_equal(private_
         stop_publishing.set()
         publishing.join(5)
         # The engine's positions settle once every fill (a partial's second half too) is in.
-        wait_until(lambda: not control.request("execute", "compare_positions", timeout=10)["mismatches"],
+        wait_until(lambda: not control.request(engine_name, "compare_positions", timeout=10)["mismatches"],
                    30, "the engine's positions equal the venue's")
-        engine_positions = control.request("execute", "positions")
-        venue_positions = {p["symbol"]: p["qty"] for p in control.request("alpaca-paper", "positions")["positions"]}
-        venue_orders = control.request("alpaca-paper", "orders", timeout=10)["orders"]
+        engine_positions = control.request(engine_name, "positions")
+        venue_positions = {p["symbol"]: p["qty"] for p in control.request(venue_name, "positions")["positions"]}
+        venue_orders = control.request(venue_name, "orders", timeout=10)["orders"]
         assert engine.stop() == 0, engine.text()
     finally:
         stop_publishing.set()
@@ -88,6 +89,7 @@ def test_kill_9_twenty_times_leaves_each_order_once_and_positions_equal(private_
         listener.close()
         publisher.close()
         bus.close()
+        remove_stats(engine_name)
     assert emulator_rc == 0, emulator.text()
     assert kills == KILLS
 

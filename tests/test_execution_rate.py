@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from execution_helpers import Listener, start_emulator, start_engine, wait_until
+from execution_helpers import Listener, remove_stats, start_emulator, start_engine, unique, wait_until
 
 BURST = 1000
 LIMIT, WINDOW_S = 100, 1.0
@@ -20,15 +20,17 @@ def test_burst_of_1000_keeps_the_rate_limit_and_answers_each(private_runtime_dir
     from shmpipe.signals import SignalBus, SignalPublisher
     from shmpipe_services.trading.intents import new_intent
 
+    venue_name, engine_name = unique("alpaca-paper"), unique("execute")
     bus = SignalBus()
-    emulator, url = start_emulator(tmp_path, "--rate-limit", str(LIMIT), "--rate-window", str(WINDOW_S))
+    emulator, url = start_emulator(tmp_path, "--rate-limit", str(LIMIT), "--rate-window", str(WINDOW_S),
+                                   name=venue_name)
     engine = start_engine(tmp_path, url, "--topics", "order.intent", "--rate-limit", str(LIMIT),
-                          "--rate-window", str(WINDOW_S), "--max-queue", str(MAX_QUEUE), "--refresh", "60")
+                          "--rate-window", str(WINDOW_S), "--max-queue", str(MAX_QUEUE), "--refresh", "60", "--name", engine_name)
     listener = Listener()
     publisher = SignalPublisher(None, source="test-strategy")
     try:
         engine.wait_for("reconciled", 30)
-        wait_until(lambda: control.ping("execute"), 10, "the engine answers")
+        wait_until(lambda: control.ping(engine_name), 10, "the engine answers")
         # the bus is subscribed end to end once a probe intent comes back answered
         probe = new_intent("burst", "probe", "AAPL", "buy", "1")
         wait_until(lambda: publisher.publish("order.intent", probe.to_data()) or "probe" in listener.states,
@@ -40,7 +42,7 @@ def test_burst_of_1000_keeps_the_rate_limit_and_answers_each(private_runtime_dir
                                  Counter(listener.states[i.intent_id] for i in intents), 30, "each intent answered")
         wait_until(lambda: all(listener.states[i.intent_id] in ("sent", "rejected") for i in intents), 60,
                    "each queued intent sent")
-        figures = control.request("execute", "stats")
+        figures = control.request(engine_name, "stats")
         assert engine.stop() == 0, engine.text()
     finally:
         if engine.p.poll() is None:
@@ -49,6 +51,7 @@ def test_burst_of_1000_keeps_the_rate_limit_and_answers_each(private_runtime_dir
         listener.close()
         publisher.close()
         bus.close()
+        remove_stats(engine_name)
     venue = json.loads(emulator.stdout)
     assert venue["rate_limited"] == 0, f"{venue['rate_limited']} requests over the venue's limit"
     assert venue["max_requests_in_window"] <= LIMIT

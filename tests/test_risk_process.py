@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from execution_helpers import Proc, wait_until
+from execution_helpers import Proc, remove_stats, unique
 
 LIMITS = """[limits]
 max_order_value = "{order}"
@@ -66,7 +66,9 @@ def test_risk_process_marks_to_the_live_book_and_reloads_limits(private_runtime_
     bus = SignalBus()
     ring = shmpipe.Ring.create(ring_name, ORDERBOOK_ENTRY, 256, broadcast=True)
     writer = BookWriter(ring, sid)
-    risk = Proc(["risk", "--limits", str(limits), "--books", ring_name, "--json"], tmp_path / "risk.log")
+    name = unique("risk")
+    risk = Proc(["risk", "--limits", str(limits), "--books", ring_name, "--json", "--name", name],
+                tmp_path / "risk.log")
     answers = SignalSubscriber(None, ["risk."])
     publisher = SignalPublisher(None, source="test")
     n = iter(range(1000))
@@ -98,13 +100,13 @@ def test_risk_process_marks_to_the_live_book_and_reloads_limits(private_runtime_
         time.sleep(0.2)
         assert ask("1") == ("risk.approved", "")
         limits.write_text(LIMITS.format(order="2000"))
-        assert control.request("risk", "reload")["limits"]["max_order_value"] == "2000"
+        assert control.request(name, "reload")["limits"]["max_order_value"] == "2000"
         assert ask("10") == ("risk.approved", "")
         limits.write_text(LIMITS.format(order="12.5").replace('"12.5"', "12.5"))   # a float: refused
         with pytest.raises(control.ControlError, match="floats are not exact.*unchanged"):
-            control.request("risk", "reload")
+            control.request(name, "reload")
         assert ask("19.99") == ("risk.approved", "")                   # 2000 still in force
-        status = control.request("risk", "status")
+        status = control.request(name, "status")
         assert status["rejects"] == {"max_order_value": 1, "book": 2} and status["limits"]["max_order_value"] == "2000"
         assert risk.stop() == 0, risk.text()
     finally:
@@ -116,3 +118,4 @@ def test_risk_process_marks_to_the_live_book_and_reloads_limits(private_runtime_
         bus.close()
         ring.unlink()
         ring.close()
+        remove_stats(name)
