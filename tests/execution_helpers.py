@@ -13,6 +13,8 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 KEYS = {"APCA_API_KEY_ID": "test-key-id-123", "APCA_API_SECRET_KEY": "test-secret-456"}
 SHMPIPE = [sys.executable, "-m", "shmpipe_tools.cli"]
 
@@ -133,3 +135,35 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"{what}: not within {timeout} s")
+
+
+class BookWriter:
+    """Writes one symbol's book to a books ring every 20 ms while ``live``."""
+
+    def __init__(self, ring, symbol_id: int) -> None:
+        from shmpipe.records import ORDERBOOK_ENTRY
+        self.entry = np.zeros(1, ORDERBOOK_ENTRY)
+        self.entry["symbol_id"] = symbol_id
+        self.entry["bids"][0, 0] = (99.99, 1.0)
+        self.entry["asks"][0, 0] = (100.01, 1.0)
+        self.entry["bid_count"] = self.entry["ask_count"] = 1
+        self.producer = ring.producer()
+        self.live = threading.Event()
+        self.live.set()
+        self.flags = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.live.is_set():
+                self.entry["timestamp_ns"] = time.time_ns()
+                self.entry["flags"] = self.flags
+                self.producer.write_batch(self.entry)
+            self._stop.wait(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.producer.close()

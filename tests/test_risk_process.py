@@ -3,13 +3,11 @@ rejection), limits reloaded over the control plane (a bad file refused, the limi
 each intent answered with its reason on the bus."""
 from __future__ import annotations
 
-import threading
 import time
 
-import numpy as np
 import pytest
 
-from execution_helpers import Proc, remove_stats, unique
+from execution_helpers import BookWriter, Proc, remove_stats, unique
 
 LIMITS = """[limits]
 max_order_value = "{order}"
@@ -18,38 +16,6 @@ buying_power = "1000000"
 max_daily_loss = "1000"
 stale_book_s = 0.5
 """
-
-
-class BookWriter:
-    """Writes one symbol's book to a books ring every 20 ms while ``live``."""
-
-    def __init__(self, ring, symbol_id: int) -> None:
-        from shmpipe.records import ORDERBOOK_ENTRY
-        self.entry = np.zeros(1, ORDERBOOK_ENTRY)
-        self.entry["symbol_id"] = symbol_id
-        self.entry["bids"][0, 0] = (99.99, 1.0)
-        self.entry["asks"][0, 0] = (100.01, 1.0)
-        self.entry["bid_count"] = self.entry["ask_count"] = 1
-        self.producer = ring.producer()
-        self.live = threading.Event()
-        self.live.set()
-        self.flags = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.live.is_set():
-                self.entry["timestamp_ns"] = time.time_ns()
-                self.entry["flags"] = self.flags
-                self.producer.write_batch(self.entry)
-            self._stop.wait(0.02)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.producer.close()
 
 
 @pytest.mark.timeout(90)

@@ -123,15 +123,29 @@ class Engine:
             if not self.stream.start():
                 self.log("the trade_updates stream is not up yet; fills are caught up from REST meanwhile")
         self.state = "reconciling"
-        self.reconcile()
+        delay = 1.0
+        while not self.stop.is_set():
+            why = self.reconcile()
+            if not why:
+                break
+            # Intents wait (in the bus subscriber's queue) until the venue's side is known.
+            self.state = f"reconciling: {why}"
+            self.log(f"cannot reconcile with {self.options.base_url}: {why}; trying again")
+            if self.stop.wait(delay * self.options.backoff_scale):
+                return
+            delay = min(delay * 2, 30.0)
         self._sender.start()
         self.state = "halted" if self.halted else "running"
 
-    def reconcile(self) -> None:
-        """What the venue holds, against the journal, before any new intent."""
+    def reconcile(self) -> str:
+        """What the venue holds, against the journal, before any new intent. Returns "" when done,
+        else why not (the venue unreachable, the keys refused): nothing is sent until it is done."""
+        probe = self.client.account()
+        if not probe.ok:
+            return probe.message if probe.status else probe.error
         for row in self.journal.unresolved():
             if self.stop.is_set():
-                return
+                return "stopping"
             if row.state == "queued":     # "sending" is journaled before a request leaves: none did
                 if self.halted:
                     self._reject(row, "halted")
@@ -148,7 +162,7 @@ class Engine:
                 else:
                     self.queue.put(row.client_order_id)       # never reached the venue: send it now
             else:
-                self.log(f"reconcile: cannot look up {row.client_order_id}: {found.message}; retried later")
+                return f"cannot look up {row.client_order_id}: {found.message}"
         self.refresh_open()
         listed = self.client.open_orders()
         if listed.ok and isinstance(listed.body, list):
@@ -164,8 +178,9 @@ class Engine:
                     row = self.journal.get(cid)
                 self._record_venue_order(row, order, "reconciled")
         elif not listed.ok:
-            self.log(f"reconcile: cannot list open orders: {listed.message}")
+            return f"cannot list open orders: {listed.message}"
         self.compare_positions()
+        return ""
 
     def compare_positions(self) -> dict[str, dict[str, str]]:
         """Positions from the journal against the venue's; each mismatch is counted and said."""

@@ -55,8 +55,12 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
         raise ExecuteError(str(exc)) from None
     stop = threading.Event()
 
-    def stop_cmd(_args: dict) -> dict[str, Any]:
+    def stop_all(*_: Any) -> None:
         stop.set()
+        engine.stop.set()         # also ends a reconcile that waits for the venue
+
+    def stop_cmd(_args: dict) -> dict[str, Any]:
+        stop_all()
         return {"state": "stopping"}
 
     def halt(args: dict) -> dict[str, Any]:
@@ -87,12 +91,13 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
         engine.close()
         raise ExecuteError(str(exc)) from None
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop_all)
     server.start_thread()
     try:
         engine.start()
-        print(f"shmpipe execute: reconciled with {options.base_url}; taking intents on "
-              f"{', '.join(topics)} ({engine.state})", file=sys.stderr, flush=True)
+        if not stop.is_set():
+            print(f"shmpipe execute: reconciled with {options.base_url}; taking intents on "
+                  f"{', '.join(topics)} ({engine.state})", file=sys.stderr, flush=True)
         next_stats = next_beat = 0.0
         while not stop.is_set():
             msg = subscriber.recv(timeout=0.05)
