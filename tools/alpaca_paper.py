@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--default-price", default=None, metavar="DECIMAL",
                    help="the fill price of symbols without --price (default: none; they stay unfilled)")
     p.add_argument("--books", metavar="RING", help="fill at the mid of this books ring instead")
+    p.add_argument("--quotes", metavar="RING", help="or at the mid of the latest quote Tick of this ticks ring")
     p.add_argument("--exchange", default="synthetic", help="the books' exchange in the symbol registry")
     p.add_argument("--stale", type=positive_float, default=2.0, metavar="S",
                    help="with --books: a book older than this gives no price (default 2)")
@@ -67,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         faults = Faults(**parse_faults(args.faults), timeout_delay_s=args.timeout_delay,
                         partial_delay_s=args.partial_delay, retry_after_s=args.retry_after, seed=args.seed)
         cash = Decimal(args.cash)
-        if args.books:
-            price_of, marks = book_prices(args.books, args.exchange, args.stale)
+        if args.books or args.quotes:
+            price_of, marks = book_prices(args.books, args.exchange, args.stale, args.quotes)
         else:
             price_of = price_table(args.price, None if args.default_price is None else Decimal(args.default_price))
         return run_emulator(host=args.host, port=args.port, keys=keys, faults=faults, rate_limit=args.rate_limit,

@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=positive_int, default=10_000, metavar="N",
                    help="intents waiting to be sent before new ones are rejected (default 10000)")
     p.add_argument("--books", metavar="RING", help="books ring for slippage protection (with --slippage-bps)")
+    p.add_argument("--quotes", metavar="RING", help="instead of --books: the quote Ticks of this ticks ring")
     p.add_argument("--exchange", default="synthetic", help="the books' exchange in the symbol registry")
     p.add_argument("--stale", type=positive_float, default=2.0, metavar="S", help="a book older is no mark (2 s)")
     p.add_argument("--slippage-bps", type=_bps, default=None, metavar="BPS",
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from shmpipe_services.execution.service import run as run_engine
     from shmpipe_services.trading.credentials import CredentialsError, load_keys
 
-    if args.slippage_bps is not None and not args.books:
+    if args.slippage_bps is not None and not (args.books or args.quotes):
         print("shmpipe execute: --slippage-bps needs --books (the live book to measure against)", file=sys.stderr)
         return 2
     if args.max_retries < 0:
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                             stream=not args.no_stream, seed=args.seed)
     try:
         return run_engine(options, keys, sub=args.sub, pub=args.pub, topics=[t for t in args.topics.split(",") if t],
-                          books=args.books, exchange=args.exchange, stale_s=args.stale, as_json=args.json)
+                          books=args.books, exchange=args.exchange, stale_s=args.stale, as_json=args.json,
+                          quotes=args.quotes)
     except ExecuteError as exc:
         print(f"shmpipe execute: {keys.redact(str(exc))}", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
         "force stay).")
     p.add_argument("--limits", required=True, metavar="PATH", help="TOML file with a [limits] table")
     p.add_argument("--books", metavar="RING", help="books ring (OrderbookEntry) whose mids mark exposure")
+    p.add_argument("--quotes", metavar="RING", help="instead of --books: the quote Ticks of this ticks ring "
+                   "(for the synthetic market, whose books cross by construction)")
     p.add_argument("--exchange", default="synthetic", help="the books' exchange in the symbol registry")
     p.add_argument("--price", action="append", default=[], metavar="SYMBOL=DECIMAL",
                    help="without --books: a fixed mark per symbol (tests, dry runs)")
@@ -34,11 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from shmpipe_services.risk.service import RiskError
     from shmpipe_services.risk.service import run as run_risk
 
-    if args.books and args.price:
-        print("shmpipe risk: give --books or --price, not both", file=sys.stderr)
-        return 2
-    if not args.books and not args.price:
-        print("shmpipe risk: marks come from --books RING (the live book) or --price SYMBOL=DECIMAL", file=sys.stderr)
+    if sum(map(bool, (args.books, args.quotes, args.price))) != 1:
+        print("shmpipe risk: marks come from one of --books RING (the live book), --quotes RING or "
+              "--price SYMBOL=DECIMAL", file=sys.stderr)
         return 2
     prices = {}
     for pair in args.price:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         return run_risk(args.limits, books=args.books, exchange=args.exchange, prices=prices, sub=args.sub,
-                        pub=args.pub, name=args.name, as_json=args.json)
+                        pub=args.pub, name=args.name, as_json=args.json, quotes=args.quotes)
     except RiskError as exc:
         print(f"shmpipe risk: {exc}", file=sys.stderr)
         return 1

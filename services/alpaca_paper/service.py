@@ -38,9 +38,9 @@ def price_table(pairs: list[str], default: Decimal | None) -> Any:
     return lambda symbol: table.get(symbol, default)
 
 
-def book_prices(ring: str, exchange: str, stale_s: float):
-    from ..trading.book_marks import BookMarks, symbol_id_of
-    marks = BookMarks(ring, stale_s=stale_s)
+def book_prices(ring: str | None, exchange: str, stale_s: float, quotes: str | None = None):
+    from ..trading.book_marks import open_marks, symbol_id_of
+    marks = open_marks(ring, quotes, stale_s)
     ids: dict[str, int | None] = {}
 
     def price(symbol: str) -> Decimal | None:

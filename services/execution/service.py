@@ -29,7 +29,7 @@ class ExecuteError(Exception):
 
 
 def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None, topics: list[str],
-        books: str | None, exchange: str, stale_s: float, as_json: bool) -> int:
+        books: str | None, exchange: str, stale_s: float, as_json: bool, quotes: str | None = None) -> int:
     marks_source = None
     try:
         publisher = SignalPublisher(pub, source=options.name)
@@ -37,10 +37,10 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
     except control.ControlError as exc:
         raise ExecuteError(str(exc)) from None
     marks = None
-    if books:
-        from ..trading.book_marks import BookMarks, symbol_id_of
+    if books or quotes:
+        from ..trading.book_marks import open_marks, symbol_id_of
         try:
-            marks_source = BookMarks(books, stale_s=stale_s)
+            marks_source = open_marks(books, quotes, stale_s)
         except ShmpipeError as exc:
             raise ExecuteError(str(exc)) from None
         ids: dict[str, int | None] = {}

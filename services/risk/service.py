@@ -18,7 +18,7 @@ from shmpipe import stats as shm_stats
 from shmpipe.errors import ShmpipeError
 from shmpipe.signals import SignalPublisher, SignalSubscriber
 
-from ..trading.book_marks import BookMarks, Mark, symbol_id_of
+from ..trading.book_marks import Mark, open_marks, symbol_id_of
 from ..trading.intents import (
     TOPIC_APPROVED,
     TOPIC_FILL,
@@ -48,6 +48,7 @@ class RiskService:
         self.rejects: collections.Counter[str] = collections.Counter()
         self.reloads = 0
         self.paused = False
+        self.last_reject: dict[str, str] = {}
 
     def on_signal(self, topic: str, data: dict[str, Any]) -> None:
         with self.lock:
@@ -83,6 +84,7 @@ class RiskService:
         else:
             self.counts["rejected"] += 1
             self.rejects[decision_reason] += 1
+            self.last_reject = {"intent_id": intent.intent_id, "reason": decision_reason, "detail": detail}
             self._publish(TOPIC_REJECTED, {"intent": intent.to_data(), "reason": decision_reason, "detail": detail})
 
     def reload(self, _args: dict) -> dict[str, Any]:
@@ -120,16 +122,16 @@ class RiskService:
                                   for s, p in book.positions.items() if p.qty},
                     "realized_today": str(book.realized_today), "realized_total": str(book.realized_total),
                     "daily_pnl": None if pnl is None else str(pnl), "daily_pnl_unknown_because": why,
-                    "rejects": dict(self.rejects), **self.figures()}
+                    "rejects": dict(self.rejects), "last_reject": self.last_reject, **self.figures()}
 
 
 def run(limits_path: str, *, books: str | None, exchange: str, prices: dict[str, Decimal], sub: str | None,
-        pub: str | None, name: str, as_json: bool) -> int:
+        pub: str | None, name: str, as_json: bool, quotes: str | None = None) -> int:
     marks_source = None
-    if books:
+    if books or quotes:
         try:
             probe = load_limits(limits_path)
-            marks_source = BookMarks(books, stale_s=probe.stale_book_s)
+            marks_source = open_marks(books, quotes, probe.stale_book_s)
         except (LimitsError, ShmpipeError) as exc:
             raise RiskError(str(exc)) from None
         ids: dict[str, int | None] = {}

@@ -15,7 +15,7 @@ from decimal import Decimal
 import numpy as np
 
 import shmpipe
-from shmpipe.records import BOOK_FLAG_INVALID, ORDERBOOK_ENTRY
+from shmpipe.records import BOOK_FLAG_INVALID, ORDERBOOK_ENTRY, TICK, TICK_FLAG_QUOTE
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,14 @@ class BookMarks:
     """Reads the books ring on a thread of its own (a reader of a lossless ring must keep up) and
     keeps each symbol's latest top of book. ``mark(symbol_id)`` is safe from any thread."""
 
+    dtype = ORDERBOOK_ENTRY
+    what = "books ring {!r} does not exist (start the order book first: shmpipe orderbook)"
+
     def __init__(self, ring_name: str, *, stale_s: float = 2.0, price_decimals: int = 8) -> None:
         try:
-            self._ring = shmpipe.Ring.open(ring_name, ORDERBOOK_ENTRY)
+            self._ring = shmpipe.Ring.open(ring_name, self.dtype)
         except shmpipe.RingNotFoundError:
-            raise shmpipe.ShmpipeError(f"books ring {ring_name!r} does not exist (start the order book "
-                                       "first: shmpipe orderbook)") from None
+            raise shmpipe.ShmpipeError(self.what.format(ring_name)) from None
         self.ring_name, self.stale_s = ring_name, stale_s
         self._quantum = Decimal(1).scaleb(-price_decimals)
         self._consumer = self._ring.consumer("newest")   # an older entry could pass for fresh
@@ -63,10 +65,13 @@ class BookMarks:
                 continue
             now = time.time_ns()
             with self._lock:
-                for entry in batch:
-                    self._latest[int(entry["symbol_id"])] = _Latest(
-                        entry["bids"][0][0], entry["asks"][0][0], int(entry["flags"]), now)
+                self._take(batch, now)
                 self.entries += len(batch)
+
+    def _take(self, batch, now: int) -> None:
+        for entry in batch:
+            self._latest[int(entry["symbol_id"])] = _Latest(
+                entry["bids"][0][0], entry["asks"][0][0], int(entry["flags"]), now)
 
     def mark(self, symbol_id: int | None) -> Mark:
         if symbol_id is None:
@@ -80,6 +85,30 @@ class BookMarks:
         self._thread.join(2)
         self._consumer.close()
         self._ring.close()
+
+
+class QuoteMarks(BookMarks):
+    """The same from a ticks ring: each symbol's latest quote Tick (bid, ask). For a market whose
+    books cannot be trusted by construction (the synthetic feed lets its book cross as the mid
+    walks: a load generator, not a market model) while its quotes can."""
+
+    dtype = TICK
+    what = "ticks ring {!r} does not exist (start capture first)"
+
+    def _take(self, batch, now: int) -> None:
+        quotes = batch[(batch["flags"] & TICK_FLAG_QUOTE) != 0]
+        for tick in quotes:
+            self._latest[int(tick["symbol_id"])] = _Latest(tick["bid"], tick["ask"], 0, now)
+
+
+def open_marks(books: str | None, quotes: str | None, stale_s: float) -> BookMarks | None:
+    if books and quotes:
+        raise shmpipe.ShmpipeError("marks come from --books or --quotes, not both")
+    if books:
+        return BookMarks(books, stale_s=stale_s)
+    if quotes:
+        return QuoteMarks(quotes, stale_s=stale_s)
+    return None
 
 
 def mark_of(latest: _Latest | None, stale_s: float, quantum: Decimal, now_ns: int | None = None) -> Mark:
