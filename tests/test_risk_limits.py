@@ -133,3 +133,29 @@ def test_bad_limits_are_one_line_naming_the_key(table, words):
     with pytest.raises(LimitsError) as info:
         parse_limits(table, "limits.toml")
     assert words in str(info.value) and "limits.toml" in str(info.value)
+
+
+def test_the_risk_service_follows_the_engines_fills_and_answers(tmp_path):
+    from shmpipe_services.risk.service import RiskService
+
+    limits = tmp_path / "limits.toml"
+    limits.write_text('[limits]\nmax_order_value = "1000"\nmax_position_value = "500"\nbuying_power = "10000"\n'
+                      'max_daily_loss = "100"\n')
+    published = []
+    service = RiskService(str(limits), lambda s: Mark(D("100"), ""), lambda t, d: published.append((t, d)))
+    first = intent("X", "buy", "3")
+    service.on_signal("order.intent", first.to_data())               # 300: approved, pending
+    service.on_signal("order.intent", intent("X", "buy", "2").to_data())   # 300 + 200 = 500: refused
+    assert [(t, d.get("reason")) for t, d in published] == [("risk.approved", None), ("risk.rejected",
+                                                                                       "max_position_value")]
+    service.on_signal("execution.fill", {"client_order_id": first.client_order_id, "symbol": "X", "side": "buy",
+                                         "qty": "3", "price": "99.5"})
+    status = service.status()
+    assert status["positions"] == {"X": {"qty": "3", "avg_price": "99.5"}} and status["daily_pnl"] == "1.5"
+    assert service.manager.pending == {}                              # filled: no longer pending
+    second = intent("X", "buy", "1")
+    service.on_signal("order.intent", second.to_data())
+    service.on_signal("execution.order", {"client_order_id": second.client_order_id, "state": "rejected"})
+    assert service.manager.pending == {}                              # refused by the engine: not held
+    service.on_signal("execution.fill", {"client_order_id": "x"})      # malformed: counted, not fatal
+    assert service.figures()["bad_messages"] == 1

@@ -116,6 +116,12 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
             if now >= next_beat:
                 publisher.heartbeat(kind="execute", state=engine.state)
                 next_beat = now + HEARTBEAT_S
+    except JournalError as exc:
+        # Without a journal nothing can be sent safely: stop, say why; a restart reconciles.
+        print(f"shmpipe execute: {exc}; stopping (nothing is sent without the journal)", file=sys.stderr, flush=True)
+        failed = True
+    else:
+        failed = False
     finally:
         engine.stop.set()
         figures = engine.figures()
@@ -127,6 +133,8 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
         publisher.close()
         if marks_source is not None:
             marks_source.close()
+    if failed:
+        return 1
     if as_json:
         print(json.dumps(figures, sort_keys=True), flush=True)
     else:
