@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sub", help="signals endpoint to read (default: the host's bus)")
     p.add_argument("--pub", help="signals endpoint to publish to (default: the host's bus)")
     args = p.parse_args(argv)
-    from shmpipe.signals import SignalPublisher, SignalSubscriber
     from shmpipe_services.trading.intents import TOPIC_INTENT
+
+    from shmpipe.signals import SignalPublisher, SignalSubscriber
 
     qty, threshold = Decimal(args.qty), Decimal(args.threshold)
     stop = threading.Event()

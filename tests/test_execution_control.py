@@ -6,16 +6,13 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
 import pytest
-
 from execution_helpers import (
     KEYS,
     SHMPIPE,
     BookWriter,
     Listener,
-    Proc,
     remove_stats,
     start_emulator,
     start_engine,
@@ -38,9 +35,10 @@ def answer_of(listener: Listener, publisher, intent, timeout: float = 15.0) -> t
 
 @pytest.mark.timeout(120)
 def test_halt_cancels_open_orders_refuses_new_ones_and_survives_a_restart(private_runtime_dir, tmp_path):
+    from shmpipe_services.trading.intents import new_intent
+
     from shmpipe import control
     from shmpipe.signals import SignalBus, SignalPublisher
-    from shmpipe_services.trading.intents import new_intent
 
     venue_name, engine_name = unique("alpaca-paper"), unique("execute")
     bus = SignalBus()
@@ -81,11 +79,12 @@ def test_halt_cancels_open_orders_refuses_new_ones_and_survives_a_restart(privat
 
 @pytest.mark.timeout(90)
 def test_slippage_protection_refuses_a_limit_through_the_mid(private_runtime_dir, ring_name, tmp_path):
+    from shmpipe_services.trading.intents import new_intent
+
     import shmpipe
     from shmpipe import symbols
     from shmpipe.records import ORDERBOOK_ENTRY
     from shmpipe.signals import SignalBus, SignalPublisher
-    from shmpipe_services.trading.intents import new_intent
 
     sid = symbols.id_of("synthetic", "SLP/USD")                 # mid 100.00 (99.99 / 100.01)
     venue_name, engine_name = unique("alpaca-paper"), unique("execute")
@@ -99,7 +98,7 @@ def test_slippage_protection_refuses_a_limit_through_the_mid(private_runtime_dir
     publisher = SignalPublisher(None, source="test")
     try:
         engine.wait_for("reconciled")
-        ask = lambda i, side, price: answer_of(listener, publisher,  # noqa: E731
+        ask = lambda i, side, price: answer_of(listener, publisher,
                                                new_intent("slip", i, "SLP/USD", side, "1", type="limit",
                                                           limit_price=price))
         assert ask("b1", "buy", "100.10") == ("sent", "")           # exactly 10 bps through: allowed

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 
 import pytest
-
 from execution_helpers import Listener, remove_stats, start_emulator, start_engine, unique, wait_until
 
 INTENTS = 1000
@@ -29,9 +28,10 @@ def journal_rows(path) -> dict[str, tuple[str, str, str]]:
 
 @pytest.mark.timeout(240)
 def test_kill_9_twenty_times_leaves_each_order_once_and_positions_equal(private_runtime_dir, tmp_path):
+    from shmpipe_services.trading.intents import new_intent
+
     from shmpipe import control
     from shmpipe.signals import SignalBus, SignalPublisher
-    from shmpipe_services.trading.intents import new_intent
 
     rng = random.Random(27)
     venue_name, engine_name = unique("alpaca-paper"), unique("execute")
@@ -70,7 +70,7 @@ def test_kill_9_twenty_times_leaves_each_order_once_and_positions_equal(private_
             kills += 1
             engine = start_engine(tmp_path, url, *fast, "--seed", str(kills + 1), log=f"engine-{kills}.log")
             engine.wait_for("reconciled", 30)
-        answered = lambda: sum(listener.states.get(i) in FINAL for i in by_id) == INTENTS  # noqa: E731
+        answered = lambda: sum(listener.states.get(i) in FINAL for i in by_id) == INTENTS
         wait_until(answered, 120, "every intent answered sent, rejected or failed")
         stop_publishing.set()
         publishing.join(5)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from execution_helpers import KEYS
 
 SHMPIPE = [sys.executable, "-m", "shmpipe_tools.cli"]

@@ -6,7 +6,6 @@ import json
 from collections import Counter
 
 import pytest
-
 from execution_helpers import Listener, remove_stats, start_emulator, start_engine, unique, wait_until
 
 BURST = 1000
@@ -16,9 +15,10 @@ MAX_QUEUE = 400
 
 @pytest.mark.timeout(120)
 def test_burst_of_1000_keeps_the_rate_limit_and_answers_each(private_runtime_dir, tmp_path):
+    from shmpipe_services.trading.intents import new_intent
+
     from shmpipe import control
     from shmpipe.signals import SignalBus, SignalPublisher
-    from shmpipe_services.trading.intents import new_intent
 
     venue_name, engine_name = unique("alpaca-paper"), unique("execute")
     bus = SignalBus()

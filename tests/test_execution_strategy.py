@@ -8,7 +8,6 @@ import time
 from decimal import Decimal
 
 import pytest
-
 from shmpipe_examples.bar_breakout import intent_for_bar
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal as D
 
 import pytest
-
 from shmpipe_services.risk.limits import LimitsError, parse_limits
 from shmpipe_services.risk.manager import RiskManager
 from shmpipe_services.trading.book_marks import Mark

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from execution_helpers import BookWriter, Proc, remove_stats, unique
 
 LIMITS = """[limits]
@@ -20,11 +19,12 @@ stale_book_s = 0.5
 
 @pytest.mark.timeout(90)
 def test_risk_process_marks_to_the_live_book_and_reloads_limits(private_runtime_dir, ring_name, tmp_path):
+    from shmpipe_services.trading.intents import new_intent
+
     import shmpipe
     from shmpipe import control, symbols
     from shmpipe.records import BOOK_FLAG_INVALID, ORDERBOOK_ENTRY
     from shmpipe.signals import SignalBus, SignalPublisher, SignalSubscriber
-    from shmpipe_services.trading.intents import new_intent
 
     sid = symbols.id_of("synthetic", "RSK/USD")
     limits = tmp_path / "limits.toml"

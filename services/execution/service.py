@@ -16,7 +16,6 @@ from shmpipe.errors import ShmpipeError
 from shmpipe.signals import SignalPublisher, SignalSubscriber
 
 from ..trading.credentials import Keys
-from ..trading.intents import TOPIC_APPROVED
 from .engine import Engine, EngineOptions
 from .journal import JournalError
 
