@@ -18,6 +18,7 @@ def test_burst_of_1000_keeps_the_rate_limit_and_answers_each(private_runtime_dir
     from shmpipe_services.trading.intents import new_intent
 
     from shmpipe import control
+    from shmpipe import stats as shm_stats
     from shmpipe.signals import SignalBus, SignalPublisher
 
     venue_name, engine_name = unique("alpaca-paper"), unique("execute")
@@ -43,6 +44,10 @@ def test_burst_of_1000_keeps_the_rate_limit_and_answers_each(private_runtime_dir
         wait_until(lambda: all(listener.states[i.intent_id] in ("sent", "rejected") for i in intents), 60,
                    "each queued intent sent")
         figures = control.request(engine_name, "stats")
+        # the same counters reach `shmpipe metrics` through the engine's stats segment
+        live = wait_until(lambda: (c := shm_stats.read(engine_name)["counters"])["orders_sent"] ==
+                          figures["orders_sent"] and c, 5, "the stats segment caught up")
+        assert live["rejected"] == figures["rejected"] and "signal_to_sent_p99_us" in live
         assert engine.stop() == 0, engine.text()
     finally:
         if engine.p.poll() is None:

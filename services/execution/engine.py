@@ -179,15 +179,17 @@ class Engine:
                 self._record_venue_order(row, order, "reconciled")
         elif not listed.ok:
             return f"cannot list open orders: {listed.message}"
-        self.compare_positions()
+        if self.compare_positions() is None:
+            return "cannot read the venue's positions"
         return ""
 
-    def compare_positions(self) -> dict[str, dict[str, str]]:
-        """Positions from the journal against the venue's; each mismatch is counted and said."""
+    def compare_positions(self) -> dict[str, dict[str, str]] | None:
+        """Positions from the journal against the venue's; each mismatch is counted and said. None
+        when the venue's cannot be read (never an empty "no mismatch")."""
         answer = self.client.positions()
         if not answer.ok or not isinstance(answer.body, list):
             self.log(f"cannot read the venue's positions: {answer.message}")
-            return {}
+            return None
         venue = {p["symbol"]: Decimal(str(p["qty"])) for p in answer.body}
         ours = self.journal.positions()
         mismatches = {s: {"engine": str(ours.get(s, 0)), "venue": str(venue.get(s, 0))}

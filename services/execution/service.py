@@ -65,6 +65,12 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
     def halt(args: dict) -> dict[str, Any]:
         return engine.halt(str(args.get("reason", "ctl halt")))
 
+    def compare_positions(_args: dict) -> dict[str, Any]:
+        mismatches = engine.compare_positions()
+        if mismatches is None:
+            raise control.CommandRefused("cannot read the venue's positions now (see the engine's log)")
+        return {"mismatches": mismatches}
+
     def pause(_args: dict) -> dict[str, Any]:
         engine.paused.set()
         return {"state": "paused (intents are journaled and queued, nothing is sent)"}
@@ -78,7 +84,7 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
             "status": lambda _a: engine.status(), "stats": lambda _a: engine.figures(), "halt": halt,
             "release": lambda _a: engine.release(), "pause": pause, "resume": resume, "stop": stop_cmd,
             "positions": lambda _a: {s: str(q) for s, q in engine.journal.positions().items()},
-            "compare_positions": lambda _a: {"mismatches": engine.compare_positions()}})
+            "compare_positions": compare_positions})
     except (control.ControlError, ValueError) as exc:
         engine.close()
         raise ExecuteError(str(exc)) from None
