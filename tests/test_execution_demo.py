@@ -22,6 +22,7 @@ def test_demo_trade_json_names_orders_fills_rejects_duplicates_and_pnl():
     for key in ("orders_sent", "fills", "rejects", "duplicate_orders", "pnl"):
         assert key in summary
     assert summary["duplicate_orders"] == 0 and summary["positions_match"] is True
+    assert summary["risk_engine_mismatches"] == 0
     assert summary["orders_sent"] > 0 and summary["fills"] > 0
     assert isinstance(summary["rejects"], dict)
     left = [p.name for p in set(Path("/dev/shm").iterdir()) - before if "trade-" in p.name]

@@ -158,3 +158,22 @@ def test_the_risk_service_follows_the_engines_fills_and_answers(tmp_path):
     assert service.manager.pending == {}                              # refused by the engine: not held
     service.on_signal("execution.fill", {"client_order_id": "x"})      # malformed: counted, not fatal
     assert service.figures()["bad_messages"] == 1
+
+
+def test_the_risk_service_adopts_the_engines_book_at_start_and_says_when_they_differ(tmp_path):
+    from shmpipe_services.risk.service import RiskService
+
+    limits = tmp_path / "limits.toml"
+    limits.write_text('[limits]\nmax_order_value = "1000"\nmax_position_value = "500"\nbuying_power = "10000"\n'
+                      'max_daily_loss = "100"\n')
+    service = RiskService(str(limits), lambda s: Mark(D("100"), ""), lambda t, d: None)
+    engine_book = {"positions": {"X": {"qty": "4", "avg_price": "99"}}, "realized_today": "-2.5",
+                   "realized_total": "7"}
+    assert "adopted" in service.sync_with_engine(engine_book)
+    assert service.status()["positions"] == {"X": {"qty": "4", "avg_price": "99"}}
+    assert service.status()["daily_pnl"] == "1.5"                      # -2.5 + (100 - 99) x 4
+    assert service.sync_with_engine(engine_book) == ""                 # equal: nothing to say
+    moved = {**engine_book, "positions": {"X": {"qty": "5", "avg_price": "99"}}}
+    assert service.sync_with_engine(moved) == ""                       # once: a fill may be in flight
+    assert "differ from the engine" in service.sync_with_engine(moved)  # twice: said and counted
+    assert service.figures()["engine_mismatches"] == 1

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--exchange", default="synthetic", help="the books' exchange in the symbol registry")
     p.add_argument("--price", action="append", default=[], metavar="SYMBOL=DECIMAL",
                    help="without --books: a fixed mark per symbol (tests, dry runs)")
+    p.add_argument("--engine", metavar="NAME", help="the execution engine's service name: its positions are "
+                   "adopted at start and checked against every --sync s (a difference is counted and said)")
+    p.add_argument("--sync", type=float, default=2.0, metavar="S", help="seconds between checks (default 2)")
     p.add_argument("--sub", metavar="ENDPOINT", help="signals endpoint to read (default: the host's bus)")
     p.add_argument("--pub", metavar="ENDPOINT", help="signals endpoint to publish to (default: the host's bus)")
     p.add_argument("--name", default="risk", help="control endpoint and stats name (default risk)")
@@ -40,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         print("shmpipe risk: marks come from one of --books RING (the live book), --quotes RING or "
               "--price SYMBOL=DECIMAL", file=sys.stderr)
         return 2
+    if not args.sync > 0:
+        print("shmpipe risk: --sync must be > 0", file=sys.stderr)
+        return 2
     prices = {}
     for pair in args.price:
         symbol, sep, value = pair.partition("=")
@@ -52,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         return run_risk(args.limits, books=args.books, exchange=args.exchange, prices=prices, sub=args.sub,
-                        pub=args.pub, name=args.name, as_json=args.json, quotes=args.quotes)
+                        pub=args.pub, name=args.name, as_json=args.json, quotes=args.quotes,
+                        engine=args.engine, sync_s=args.sync)
     except RiskError as exc:
         print(f"shmpipe risk: {exc}", file=sys.stderr)
         return 1

@@ -368,6 +368,22 @@ class Engine:
                                   "qty": str(qty), "price": str(price), "filled_qty": str(order.get("filled_qty")),
                                   "position_qty": str(position)})
 
+    def book(self) -> dict[str, Any]:
+        """Positions at average cost and realized P&L (today: UTC), replayed from the journal's
+        fills in the order they were recorded: what the risk manager checks its own against."""
+        import datetime as dt
+
+        from ..trading.positions import ZERO, PositionBook
+        book = PositionBook()
+        today = dt.datetime.now(dt.timezone.utc).date()
+        realized_today = ZERO
+        for ts_ns, symbol, side, qty, price in self.journal.fills():
+            realized = book.apply_fill(symbol, side, qty, price)
+            if dt.datetime.fromtimestamp(ts_ns / 1e9, dt.timezone.utc).date() == today:
+                realized_today += realized
+        book.realized_today = realized_today
+        return book.to_json()
+
     # -- kill switch -------------------------------------------------------------------------------
     def halt(self, reason: str = "ctl halt") -> dict[str, Any]:
         self.halted = True

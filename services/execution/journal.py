@@ -209,6 +209,20 @@ class Journal:
             out[symbol] += Decimal(filled) if side == "buy" else -Decimal(filled)
         return {s: q for s, q in out.items() if q}
 
+    def fills(self) -> list[tuple[int, str, str, Decimal, Decimal]]:
+        """Every fill the journal recorded, in order: (ts_ns, symbol, side, qty, price)."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT e.ts_ns, o.symbol, o.side, e.detail FROM events e JOIN orders o "
+                "ON o.client_order_id = e.client_order_id WHERE e.detail LIKE '%\"fill\": [%' ORDER BY e.seq"
+            ).fetchall()
+        out = []
+        for ts_ns, symbol, side, detail in found:
+            fill = json.loads(detail).get("fill")
+            if fill:
+                out.append((ts_ns, symbol, side, Decimal(fill[0]), Decimal(fill[1])))
+        return out
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

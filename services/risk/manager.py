@@ -1,9 +1,7 @@
 """The risk manager's decisions, with no I/O: intents in, approvals or rejections with a reason
 out; positions, pending orders and P&L from the engine's fills, in exact decimals.
 
-Positions use average cost: a fill that adds to a position moves its average price; one that
-reduces it realizes (fill price - average) x quantity; one that crosses zero realizes the closed
-part and opens the rest at the fill price.
+Positions and P&L: ``services/trading/positions.py`` (average cost).
 """
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ from decimal import Decimal
 
 from ..trading.book_marks import Mark
 from ..trading.intents import OrderIntent
+from ..trading.positions import Position, PositionBook
 from .limits import Limits
 
 ZERO = Decimal(0)
@@ -25,45 +24,6 @@ class Decision:
     reason: str = ""           # a short key: "max_order_value", "book", "daily_loss_halt", ...
     detail: str = ""           # the figures behind it, for people
     mark: Decimal | None = None
-
-
-@dataclass
-class Position:
-    qty: Decimal = ZERO
-    avg_price: Decimal = ZERO
-
-
-@dataclass
-class PositionBook:
-    positions: dict[str, Position] = field(default_factory=dict)
-    realized_today: Decimal = ZERO
-    realized_total: Decimal = ZERO
-
-    def apply_fill(self, symbol: str, side: str, qty: Decimal, price: Decimal) -> Decimal:
-        """Returns the P&L this fill realized."""
-        signed = qty if side == "buy" else -qty
-        pos = self.positions.setdefault(symbol, Position())
-        realized = ZERO
-        if pos.qty == 0 or (pos.qty > 0) == (signed > 0):
-            total = pos.qty + signed
-            pos.avg_price = (pos.avg_price * abs(pos.qty) + price * abs(signed)) / abs(total)
-            pos.qty = total
-        else:
-            closing = min(abs(signed), abs(pos.qty))
-            direction = 1 if pos.qty > 0 else -1
-            realized = (price - pos.avg_price) * closing * direction
-            pos.qty += signed
-            if pos.qty == 0:
-                pos.avg_price = ZERO
-            elif (pos.qty > 0) != (direction > 0):           # crossed through zero
-                pos.avg_price = price
-        self.realized_today += realized
-        self.realized_total += realized
-        return realized
-
-    def qty(self, symbol: str) -> Decimal:
-        pos = self.positions.get(symbol)
-        return ZERO if pos is None else pos.qty
 
 
 class RiskManager:

@@ -49,6 +49,9 @@ class RiskService:
         self.reloads = 0
         self.paused = False
         self.last_reject: dict[str, str] = {}
+        self.synced = False                    # the engine's book has been read at least once
+        self._mismatch_streak = 0
+        self.engine_mismatch: dict[str, Any] = {}
 
     def on_signal(self, topic: str, data: dict[str, Any]) -> None:
         with self.lock:
@@ -87,6 +90,35 @@ class RiskService:
             self.last_reject = {"intent_id": intent.intent_id, "reason": decision_reason, "detail": detail}
             self._publish(TOPIC_REJECTED, {"intent": intent.to_data(), "reason": decision_reason, "detail": detail})
 
+    def sync_with_engine(self, book: dict[str, Any]) -> str:
+        """Check the positions built from the bus's fills against the engine's (from its journal).
+        At start, before any fill, the engine's are adopted (the risk manager does not start flat
+        next to a book that is not). After that a difference seen twice in a row (a fill can be in
+        flight once) is counted and said: PUB/SUB can lose a fill, and risk must not trust a book
+        silently. Returns a line to log, or ""."""
+        from ..trading.positions import Position
+        theirs = {s: (Decimal(p["qty"]), Decimal(p["avg_price"])) for s, p in book["positions"].items()}
+        with self.lock:
+            mine = self.manager.book
+            if not self.synced and not self.counts["fills"]:
+                self.synced = True
+                mine.positions = {s: Position(q, a) for s, (q, a) in theirs.items()}
+                mine.realized_today = Decimal(book["realized_today"])
+                mine.realized_total = Decimal(book["realized_total"])
+                return f"adopted the engine's positions at start: {book['positions'] or 'flat'}" if theirs else ""
+            self.synced = True
+            ours = {s: p.qty for s, p in mine.positions.items() if p.qty}
+            if ours == {s: q for s, (q, _a) in theirs.items()}:
+                self._mismatch_streak, self.engine_mismatch = 0, {}
+                return ""
+            self._mismatch_streak += 1
+            if self._mismatch_streak != 2:
+                return ""
+            self.counts["engine_mismatches"] += 1
+            self.engine_mismatch = {"risk": {s: str(q) for s, q in ours.items()},
+                                    "engine": {s: str(q) for s, (q, _a) in theirs.items()}}
+            return f"positions differ from the engine's (a fill was lost on the bus?): {self.engine_mismatch}"
+
     def reload(self, _args: dict) -> dict[str, Any]:
         try:
             limits = load_limits(self.limits_path)
@@ -104,7 +136,8 @@ class RiskService:
         return {"halted": False, "was": was}
 
     def figures(self) -> dict[str, Any]:
-        out = {k: self.counts[k] for k in ("intents", "approved", "rejected", "fills", "bad_messages")}
+        out = {k: self.counts[k] for k in ("intents", "approved", "rejected", "fills", "bad_messages",
+                                           "engine_mismatches")}
         out.update({f"rejects_{r}": self.rejects[r] for r in REASONS})
         out["reloads"] = self.reloads
         out["halted"] = int(bool(self.manager.halted_reason))
@@ -122,11 +155,13 @@ class RiskService:
                                   for s, p in book.positions.items() if p.qty},
                     "realized_today": str(book.realized_today), "realized_total": str(book.realized_total),
                     "daily_pnl": None if pnl is None else str(pnl), "daily_pnl_unknown_because": why,
-                    "rejects": dict(self.rejects), "last_reject": self.last_reject, **self.figures()}
+                    "rejects": dict(self.rejects), "last_reject": self.last_reject,
+                    "engine_synced": self.synced, "engine_mismatch": self.engine_mismatch, **self.figures()}
 
 
 def run(limits_path: str, *, books: str | None, exchange: str, prices: dict[str, Decimal], sub: str | None,
-        pub: str | None, name: str, as_json: bool, quotes: str | None = None) -> int:
+        pub: str | None, name: str, as_json: bool, quotes: str | None = None, engine: str | None = None,
+        sync_s: float = 2.0) -> int:
     marks_source = None
     if books or quotes:
         try:
@@ -176,13 +211,24 @@ def run(limits_path: str, *, books: str | None, exchange: str, prices: dict[str,
     server.start_thread()
     print(f"shmpipe risk: limits from {limits_path}; marks from {'books ring ' + books if books else '--price'}; "
           f"answering order.intent", file=sys.stderr, flush=True)
-    next_stats = next_beat = 0.0
+    next_stats = next_beat = next_sync = 0.0
+    engine_unreachable = False
     try:
         while not stop.is_set():
             msg = subscriber.recv(timeout=0.05)
             if msg is not None:
                 service.on_signal(msg.topic, msg.data)
             now = time.monotonic()
+            if engine and now >= next_sync:
+                next_sync = now + sync_s
+                try:
+                    line = service.sync_with_engine(control.request(engine, "book", timeout=1.0))
+                    engine_unreachable = False
+                except control.ControlError as exc:
+                    line = "" if engine_unreachable else f"cannot read the engine's positions: {exc}"
+                    engine_unreachable = True
+                if line:
+                    print(f"shmpipe risk: {line}", file=sys.stderr, flush=True)
             if now >= next_stats:
                 stats_pub.update(service.figures())
                 next_stats = now + 0.5
