@@ -46,3 +46,23 @@ def test_a_journal_that_cannot_be_opened_is_one_line(tmp_path):
     from shmpipe_services.execution.journal import JournalError
     with pytest.raises(JournalError, match=r"journal .*/missing/j.sqlite"):
         Journal(str(tmp_path / "missing" / "j.sqlite"))
+
+
+def test_a_stream_fill_gives_the_exact_price_where_the_average_is_rounded(tmp_path):
+    journal = Journal(str(tmp_path / "j.sqlite"))
+    try:
+        it = new_intent("s", "c", "X", "buy", "3")
+        cid = it.client_order_id
+        journal.add_intent(cid, it.to_data(), "queued", "", 1)
+        # 1 at 0.1 then 2 at 0.2000000001: the venue's average 0.1666666667 is rounded
+        assert journal.apply_venue_order(cid, order(cid, "partially_filled", "1", "0.1"), "partial_fill",
+                                         (D("1"), D("0.1"))) == (D("1"), D("0.1"))
+        assert journal.apply_venue_order(cid, order(cid, "filled", "3", "0.1666666667"), "fill",
+                                         (D("2"), D("0.2000000001"))) == (D("2"), D("0.2000000001"))
+        # a fill event that does not account for the whole increase: derived from the average
+        it2 = new_intent("s", "d", "X", "buy", "2")
+        journal.add_intent(it2.client_order_id, it2.to_data(), "queued", "", 1)
+        assert journal.apply_venue_order(it2.client_order_id, order(it2.client_order_id, "filled", "2", "0.5"),
+                                         "fill", (D("1"), D("0.4"))) == (D("2"), D("0.5"))
+    finally:
+        journal.close()

@@ -351,13 +351,21 @@ class Engine:
         if not isinstance(order, dict):
             return
         row = self.journal.get(order.get("client_order_id", ""))
-        if row is not None:
-            self._record_venue_order(row, order, data.get("event", "update"))
+        if row is None:
+            return
+        fill = None
+        if data.get("event") in ("fill", "partial_fill") and data.get("qty") and data.get("price"):
+            try:
+                fill = (Decimal(str(data["qty"])), Decimal(str(data["price"])))
+            except ArithmeticError:
+                fill = None
+        self._record_venue_order(row, order, data.get("event", "update"), fill)
 
-    def _record_venue_order(self, row: OrderRow, order: Any, kind: str) -> None:
+    def _record_venue_order(self, row: OrderRow, order: Any, kind: str,
+                            fill: tuple[Decimal, Decimal] | None = None) -> None:
         if not isinstance(order, dict):
             return
-        added = self.journal.apply_venue_order(row.client_order_id, order, kind)
+        added = self.journal.apply_venue_order(row.client_order_id, order, kind, fill)
         if added is None:
             return
         qty, price = added

@@ -128,9 +128,12 @@ class Journal:
     def note(self, cid: str | None, kind: str, detail: dict[str, Any]) -> None:
         self._write([self._event(cid, kind, detail)])
 
-    def apply_venue_order(self, cid: str, order: dict[str, Any], kind: str) -> tuple[Decimal, Decimal] | None:
+    def apply_venue_order(self, cid: str, order: dict[str, Any], kind: str,
+                          fill: tuple[Decimal, Decimal] | None = None) -> tuple[Decimal, Decimal] | None:
         """Record the venue's view of an order (state sent, its id and status, its cumulative fill).
-        Returns (qty, price) of the fill this update adds, or None when it adds none."""
+        ``fill``: the (qty, price) a trade_updates fill event names, exact where the order's
+        filled_avg_price is rounded; used when it accounts for the whole increase. Returns (qty,
+        price) of the fill this update adds, or None when it adds none."""
         with self._lock:
             row = self.get(cid)
             if row is None:
@@ -141,7 +144,11 @@ class Journal:
             added = None
             if filled > row.filled_qty:
                 delta_qty = filled - row.filled_qty
-                added = (delta_qty, (notional - row.filled_notional) / delta_qty)
+                if fill is not None and fill[0] == delta_qty:
+                    added = fill
+                    notional = row.filled_notional + fill[0] * fill[1]
+                else:
+                    added = (delta_qty, (notional - row.filled_notional) / delta_qty)
             else:
                 filled, notional = row.filled_qty, row.filled_notional   # an older update: keep the newer
             status = order.get("status") or row.venue_status
