@@ -32,6 +32,7 @@ from ..trading.intents import (
     OrderIntent,
     parse_intent,
 )
+from ..trading.positions import decimal_text
 from .journal import Journal, OrderRow
 from .rate_limit import TokenBucket
 from .trade_stream import TradeStream, stream_url
@@ -192,7 +193,7 @@ class Engine:
             return None
         venue = {p["symbol"]: Decimal(str(p["qty"])) for p in answer.body}
         ours = self.journal.positions()
-        mismatches = {s: {"engine": str(ours.get(s, 0)), "venue": str(venue.get(s, 0))}
+        mismatches = {s: {"engine": decimal_text(ours.get(s, Decimal(0))), "venue": decimal_text(venue.get(s, Decimal(0)))}
                       for s in set(venue) | set(ours) if ours.get(s, Decimal(0)) != venue.get(s, Decimal(0))}
         if mismatches:
             self.counters.position_mismatches += len(mismatches)
@@ -470,7 +471,7 @@ class Engine:
                 "rate_limit": f"{self.options.rate_limit}/{self.options.rate_window_s:g}s",
                 "slippage_bps": None if self.options.slippage_bps is None else str(self.options.slippage_bps),
                 "rejects": dict(self.counters.rejects), "orders": self.journal.state_counts(),
-                "positions": {s: str(q) for s, q in self.journal.positions().items()}, **self.figures()}
+                "positions": {s: decimal_text(q) for s, q in self.journal.positions().items()}, **self.figures()}
 
     def close(self) -> None:
         self.stop.set()

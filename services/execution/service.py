@@ -83,7 +83,7 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
         server = control.ControlServer(options.name, {
             "status": lambda _a: engine.status(), "stats": lambda _a: engine.figures(), "halt": halt,
             "release": lambda _a: engine.release(), "pause": pause, "resume": resume, "stop": stop_cmd,
-            "positions": lambda _a: {s: str(q) for s, q in engine.journal.positions().items()},
+            "positions": lambda _a: {s: decimal_text(q) for s, q in engine.journal.positions().items()},
             "book": lambda _a: engine.book(),
             "compare_positions": compare_positions})
     except (control.ControlError, ValueError) as exc:

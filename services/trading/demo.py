@@ -58,7 +58,9 @@ def _figures(services: dict[str, str]) -> dict[str, Any]:
         "duplicate_orders": venue["orders"] - execute["orders"].get("sent", 0),
         "duplicates_prevented": execute["duplicates_prevented"], "retries": execute["retries"],
         "pnl": str(Decimal(account["equity"]) - START_CASH),
-        "positions": execute["positions"], "positions_match": execute["positions"] == venue_positions,
+        "positions": execute["positions"],
+        "positions_match": {s: Decimal(q) for s, q in execute["positions"].items()} ==
+                           {s: Decimal(q) for s, q in venue_positions.items()},
         "last_risk_reject": risk["last_reject"], "risk_engine_mismatches": risk["engine_mismatches"],
         "venue_faults": {k: v for k, v in venue.items() if k.startswith("fault_") and v},
         "signal_to_sent_p50_us": execute["signal_to_sent_p50_us"],

@@ -10,6 +10,11 @@ from decimal import Decimal
 ZERO = Decimal(0)
 
 
+def decimal_text(value: Decimal) -> str:
+    """A decimal as Alpaca writes numbers: plain, no exponent, no trailing zeros ("491", "0.5")."""
+    return format(value.normalize(), "f") if value else "0"
+
+
 @dataclass
 class Position:
     qty: Decimal = ZERO
@@ -49,6 +54,6 @@ class PositionBook:
         return ZERO if pos is None else pos.qty
 
     def to_json(self) -> dict:
-        return {"positions": {s: {"qty": str(p.qty), "avg_price": str(p.avg_price)}
+        return {"positions": {s: {"qty": decimal_text(p.qty), "avg_price": decimal_text(p.avg_price)}
                               for s, p in sorted(self.positions.items()) if p.qty},
                 "realized_today": str(self.realized_today), "realized_total": str(self.realized_total)}
