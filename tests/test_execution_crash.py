@@ -80,6 +80,8 @@ def test_kill_9_twenty_times_leaves_each_order_once_and_positions_equal(private_
         stop_publishing.set()
         publishing.join(5)
         # The engine's positions settle once every fill (a partial's second half too) is in.
+        last: list = []
+
         def settled() -> tuple[dict, dict] | None:
             # Two reads of each side, equal, around a comparison the engine made itself: no fill
             # was in flight (a partial's second half, one a dropped stream lost) while reading.
@@ -87,14 +89,22 @@ def test_kill_9_twenty_times_leaves_each_order_once_and_positions_equal(private_
                 engine_positions = {s: Decimal(q) for s, q in control.request(engine_name, "positions").items()}
                 venue_positions = {p["symbol"]: Decimal(p["qty"])
                                    for p in control.request(venue_name, "positions")["positions"]}
-                if control.request(engine_name, "compare_positions", timeout=10)["mismatches"]:
+                last[:] = [engine_positions, venue_positions]
+                mismatches = control.request(engine_name, "compare_positions", timeout=10)["mismatches"]
+                if mismatches:
+                    last.append(mismatches)
                     return None
-            except control.ControlError:     # the venue's answer was a fault this time
+            except control.ControlError as exc:     # the venue's answer was a fault this time
+                last[:] = [str(exc)]
                 return None
             again = {s: Decimal(q) for s, q in control.request(engine_name, "positions").items()}
             return (engine_positions, venue_positions) if again == engine_positions else None
 
-        engine_positions, venue_positions = wait_until(settled, 30, "the engine's positions settle")
+        try:
+            engine_positions, venue_positions = wait_until(settled, 30, "the engine's positions settle")
+        except AssertionError:
+            raise AssertionError(f"the engine's positions did not settle to the venue's: {last}\n"
+                                 f"{engine.text()[-3000:]}") from None
         venue_orders = control.request(venue_name, "orders", timeout=10)["orders"]
         assert engine.stop() == 0, engine.text()
     finally:

@@ -16,6 +16,7 @@ from shmpipe.errors import ShmpipeError
 from shmpipe.signals import SignalPublisher, SignalSubscriber
 
 from ..trading.credentials import Keys
+from ..trading.positions import decimal_text
 from .engine import Engine, EngineOptions
 from .journal import JournalError
 

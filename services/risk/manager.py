@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 from ..trading.book_marks import Mark
 from ..trading.intents import OrderIntent
-from ..trading.positions import Position, PositionBook
+from ..trading.positions import PositionBook
 from .limits import Limits
 
 ZERO = Decimal(0)
