@@ -49,3 +49,14 @@ def test_a_port_in_use_is_one_line(tmp_path):
         done = run(["alpaca-paper", "--port", str(port)], tmp_path)
     assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command, module", [("execute", "httpx"), ("alpaca-paper", "aiohttp")])
+def test_without_the_trading_extra_it_says_what_to_install(tmp_path, command, module):
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / f"{module}.py").write_text(f"raise ImportError('no module named {module} (blocked by the test)')\n")
+    done = run([command, "--journal", "j.sqlite"] if command == "execute" else [command], tmp_path,
+               PYTHONPATH=f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    assert done.returncode == 2 and "pip install 'shmpipe[trading]'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -55,6 +55,11 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import aiohttp  # noqa: F401 - the emulator's server, in the trading extra
+    except ImportError:
+        print("shmpipe alpaca-paper: needs aiohttp: pip install 'shmpipe[trading]'", file=sys.stderr)
+        return 2
     from shmpipe_services.alpaca_paper.server import Faults, parse_faults
     from shmpipe_services.alpaca_paper.service import EmulatorError, book_prices, price_table
     from shmpipe_services.alpaca_paper.service import run as run_emulator

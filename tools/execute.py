@@ -66,6 +66,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import httpx  # noqa: F401 - the engine's HTTP client, in the trading extra
+    except ImportError:
+        print("shmpipe execute: needs httpx: pip install 'shmpipe[trading]'", file=sys.stderr)
+        return 2
     from shmpipe_services.execution.engine import EngineOptions
     from shmpipe_services.execution.service import ExecuteError
     from shmpipe_services.execution.service import run as run_engine
