@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 LIMITS = """[limits]
@@ -33,6 +34,18 @@ max_daily_loss = "500"
 stale_book_s = 2.0
 """
 START_CASH = Decimal(1_000_000)     # alpaca-paper's default --cash
+
+
+def example_path(name: str) -> Path:
+    """The installed example (package ``shmpipe_examples``), else the checkout's ``examples/``."""
+    try:
+        from shmpipe_examples import path
+        found = path(name)
+        if found.exists():
+            return found
+    except ImportError:
+        pass
+    return Path(__file__).resolve().parents[2] / "examples" / name
 
 
 def _free_port() -> int:
@@ -70,7 +83,6 @@ def _figures(services: dict[str, str]) -> dict[str, Any]:
 
 def run_trade_demo(seconds: float, *, as_json: bool = False, err=sys.stderr) -> tuple[dict[str, Any], list[str]]:
     from shmpipe_services.launcher.config import loads
-    from shmpipe_services.launcher.demo import example_path
     from shmpipe_services.launcher.supervisor import Launcher, LaunchError, install_stop_signals
 
     tmp = tempfile.mkdtemp(prefix="shmpipe-trade-", dir="/tmp")      # short: ipc:// paths are limited
