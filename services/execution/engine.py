@@ -100,6 +100,7 @@ class Engine:
         self.stream: TradeStream | None = None
         self._sender = threading.Thread(target=self._send_loop, name="sender", daemon=True)
         self._last_refresh = 0.0
+        self._sending = threading.Lock()     # held around each send: a halt waits for the one in flight
 
     # -- bus ---------------------------------------------------------------------------------------
     def publish(self, topic: str, data: dict[str, Any]) -> None:
@@ -266,7 +267,8 @@ class Engine:
             except queue.Empty:
                 continue
             try:
-                self.send(cid)
+                with self._sending:
+                    self.send(cid)
             except StopRequested:
                 return
             except Exception as exc:   # noqa: BLE001 - one intent's fault must not stop the sender
@@ -408,13 +410,15 @@ class Engine:
             if row is not None and row.state == "queued":
                 self._reject(row, "halted")
                 dropped += 1
-        open_orders = self.journal.venue_open()
-        threading.Thread(target=self._cancel_all, args=(open_orders, reason), name="halt", daemon=True).start()
+        open_now = len(self.journal.venue_open())
+        threading.Thread(target=self._cancel_all, args=(reason,), name="halt", daemon=True).start()
         self.log(f"HALTED ({reason}): new intents refused, {dropped} queued dropped, "
-                 f"cancelling {len(open_orders)} open orders")
-        return {"halted": True, "dropped_queued": dropped, "cancelling": len(open_orders)}
+                 f"cancelling {open_now} open orders (and any being sent now)")
+        return {"halted": True, "dropped_queued": dropped, "cancelling": open_now}
 
-    def _cancel_all(self, rows: list[OrderRow], reason: str) -> None:
+    def _cancel_all(self, reason: str) -> None:
+        with self._sending:                  # an order in flight when the halt came is journaled first
+            rows = self.journal.venue_open()
         cancelled = 0
         for row in rows:
             try:
