@@ -29,6 +29,9 @@ SUBCOMMANDS = {
     "ctl": "shmpipe_tools.ctl",
     "verify": "shmpipe_tools.verify",
     "export": "shmpipe_tools.export",
+    "alpaca-paper": "shmpipe_tools.alpaca_paper",
+    "execute": "shmpipe_tools.execute",
+    "risk": "shmpipe_tools.risk",
 }
 
 
@@ -40,6 +43,7 @@ GROUPS = {
     "look at it": ("inspect", "metrics", "verify"),
     "move data": ("capture", "replay", "feed-server", "orderbook", "bars", "features", "bridge", "assets",
                   "export"),
+    "trade": ("risk", "execute", "alpaca-paper"),
     "measure": ("bench",),
 }
 
@@ -111,6 +115,9 @@ EXTRA_HINTS = {
     "bridge": "pip install 'shmpipe[services]'",
     "ctl": "pip install 'shmpipe[services]'",
     "export": "pip install 'shmpipe[export]'",
+    "alpaca-paper": "pip install 'shmpipe[trading]'",
+    "execute": "pip install 'shmpipe[trading]'",
+    "risk": "pip install 'shmpipe[services]'",
 }
 
 

@@ -40,6 +40,10 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics of the demo's rings on 127.0.0.1:PORT while it runs")
     p.add_argument("--json", action="store_true", help="print only the final summary, as one JSON object")
+    p.add_argument("--trade", action="store_true",
+                   help="run the trading loop instead: strategy -> risk -> execute -> alpaca-paper emulator "
+                        "(see shmpipe_services.trading.demo); --json names orders_sent, fills, rejects, "
+                        "duplicate_orders, pnl")
     p.add_argument("--records", type=int,
                    help="ring-only demo: stream this many Ticks between two processes")
     p.add_argument("--batch", type=int, default=1024,
@@ -64,6 +68,9 @@ def _pipeline_unavailable() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.trade:
+        from shmpipe_services.trading.demo import main as trade_demo
+        return trade_demo(args.seconds, args.json)
     if args.records is not None:
         return run_stream(args)
     missing = _pipeline_unavailable()

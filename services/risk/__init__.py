@@ -1,0 +1,1 @@
+"""``shmpipe risk``: pre-trade checks between a strategy's order intents and the execution engine."""
