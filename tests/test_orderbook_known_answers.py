@@ -4,6 +4,7 @@ real processes (feed server -> shmpipe capture -> shmpipe orderbook)."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from shmpipe.records import (
     BOOK_FLAG_CHECKSUM_FAILED,
     BOOK_FLAG_GAP,
     BOOK_FLAG_INVALID,
+    LEVEL_FLAG_GAP_BEFORE,
     LEVEL_UPDATE,
     ORDERBOOK_ENTRY,
     SIDE_ASK,
@@ -54,10 +56,18 @@ def through_rings(fixture: ParsedFixture, ring_name: str):
 
 
 def assert_entry_top(entry, known_bids, known_asks):
-    """An entry's f32 levels against the known decimals (f32 holds ~7 significant digits)."""
+    """An entry's levels are exactly the venue's numbers (OrderbookEntry v2: f64, the same double the
+    venue's text parses to), so printed with the venue's decimals they give its text back."""
     for got, known in ((entry["bids"], known_bids), (entry["asks"], known_asks)):
         want = np.array([(float(p), float(s)) for p, s in known], np.float64)
-        np.testing.assert_allclose(got[:len(want)].astype(np.float64), want, rtol=2e-7, atol=1e-9)
+        np.testing.assert_array_equal(got[:len(want)], want)
+        for (price, size), (p_text, s_text) in zip(got[:len(want)].tolist(), known):
+            assert Decimal(f"{price:.{decimals(p_text)}f}") == Decimal(p_text)
+            assert Decimal(f"{size:.{decimals(s_text)}f}") == Decimal(s_text)
+
+
+def decimals(text: str) -> int:
+    return max(0, -Decimal(text).as_tuple().exponent)
 
 
 def last_per_symbol(entries) -> dict[int, np.void]:
@@ -93,12 +103,15 @@ def test_final_top_of_book_equals_the_known_answers(venue, fixture, ring_name):
             assert engine.flags(parsed.sid(symbol)) == 0
         assert not entries["flags"].any()
     else:
-        # the fixture's one sequence gap: capture flags the first level record after it, so that
-        # record's book is marked invalid from there (and a resnapshot asked for); its levels stay applied
-        assert c["gaps"] == 1
-        flagged = parsed.levels[parsed.levels["flags"] != 0]
-        assert engine.invalid_symbols() == [int(flagged["symbol_id"][0])]
-        assert last[int(flagged["symbol_id"][0])]["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_GAP
+        # the fixture's one sequence gap: the lost message could have touched any book, so capture
+        # writes an invalidate (gap-before) for each, and every book is invalid from there until a
+        # resnapshot; their levels stay applied
+        assert c["gaps"] == 2 and c["invalidations"] == 2
+        flagged = parsed.levels[(parsed.levels["flags"] & LEVEL_FLAG_GAP_BEFORE) != 0]
+        assert sorted(engine.invalid_symbols()) == sorted(flagged["symbol_id"].tolist()) == \
+            sorted(parsed.sid(s) for s in known["books"])
+        for sid in engine.invalid_symbols():
+            assert last[sid]["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_GAP
 
 
 def test_one_wrong_kraken_checksum_is_counted_and_marks_only_that_book(ring_name):
@@ -176,7 +189,8 @@ def test_capture_then_orderbook_processes_give_the_known_books(feed, fixture, ri
         assert counters["checksums_verified"] == known["checksums_verified"]
         assert counters["invalid_books"] == 0
     else:
-        assert counters["gaps"] == 1 and counters["invalid_books"] == 1
+        # the one sequence gap invalidates both books (an invalidate record each, with gap-before)
+        assert counters["gaps"] == 2 and counters["invalid_books"] == 2
         # whether capture answers resnapshot or not (or ends first), every request is accounted for
         assert counters["resnapshot_requests"] == counters["resnapshots"] + counters["resnapshot_failures"]
 
