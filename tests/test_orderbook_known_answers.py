@@ -20,6 +20,7 @@ from shmpipe.records import (
     BOOK_FLAG_CHECKSUM_FAILED,
     BOOK_FLAG_GAP,
     BOOK_FLAG_INVALID,
+    BOOK_FLAG_STALE,
     LEVEL_FLAG_GAP_BEFORE,
     LEVEL_UPDATE,
     ORDERBOOK_ENTRY,
@@ -133,7 +134,8 @@ def test_one_wrong_kraken_checksum_is_counted_and_marks_only_that_book(ring_name
 
 
 # -- as processes: feed server -> capture -> orderbook ----------------------------------------------
-def run_pipeline(fixture_path: str, feed: str, ring_name: str, *server_options: str) -> tuple[dict, np.ndarray]:
+def run_pipeline(fixture_path: str, feed: str, ring_name: str, *server_options: str,
+                 capture_options: tuple[str, ...] = ()) -> tuple[dict, np.ndarray]:
     ticks = shmpipe.Ring.create(ring_name + "-t", TICK, 1 << 16, broadcast=True)
     levels = shmpipe.Ring.create(ring_name + "-l", LEVEL_UPDATE, 1 << 18, broadcast=True)
     books = shmpipe.Ring.create(ring_name + "-b", ORDERBOOK_ENTRY, 1 << 12, broadcast=True)
@@ -152,7 +154,7 @@ def run_pipeline(fixture_path: str, feed: str, ring_name: str, *server_options: 
         server, url = start_feed_server(fixture_path, "--exit-after", "1", *server_options)
         procs.append(server)
         cap = spawn_cli("capture", "--feed", feed, "--url", url, "--ticks", ring_name + "-t",
-                        "--levels", ring_name + "-l", "--json", "--name", ring_name + "-cap")
+                        "--levels", ring_name + "-l", "--json", "--name", ring_name + "-cap", *capture_options)
         procs.append(cap)
         while book.poll() is None:
             chunks.append(reader.read(1 << 12, timeout=0.05))
@@ -232,3 +234,26 @@ def test_a_corrupted_update_from_the_feed_server_is_flagged_and_repaired_by_capt
     for symbol, book in known["books"].items():
         assert_entry_top(last[registry.find("kraken", symbol)], book["top5_bids"], book["top5_asks"])
         assert last[registry.find("kraken", symbol)]["flags"] == 0
+
+
+@pytest.mark.parametrize("fault", [("--disconnect-after", "600"), ("--stall-after", "600")])
+def test_a_dropped_or_silent_connection_makes_every_book_invalid_and_stale_until_a_fresh_snapshot(
+        fault, ring_name, registry):  # noqa: F811
+    """Issue 21 item 3: after a drop every book stayed valid through the reconnect delay, and a silent
+    socket kept its last books valid for good. The first connection fails (drop, or silence past
+    --silence 1 s); the second plays the whole recording, whose snapshots make the books valid again."""
+    # The reconnect waits 4-12 s (--backoff 8, jittered): the books must go stale long before that.
+    counters, entries = run_pipeline("kraken_v2.jsonl", "kraken", ring_name, *fault, "--faulty-connections", "1",
+                                     "--exit-after", "2", capture_options=("--silence", "1", "--backoff", "8"))
+    sids = [registry.find("kraken", s) for s in KNOWN["kraken_v2.jsonl"]["books"]]
+    assert counters["invalidations"] == len(sids) and counters["checksum_failures"] == 0
+    for sid in sids:
+        mine = entries[entries["symbol_id"] == sid]
+        flags = mine["flags"].tolist()
+        stale = flags.index(BOOK_FLAG_INVALID | BOOK_FLAG_STALE)            # published when it went
+        # within a few heartbeat intervals of the book's last valid entry (the feed plays at full speed)
+        assert int(mine["published_ns"][stale]) - int(mine["published_ns"][stale - 1]) < 3.5e9
+        assert 0 not in flags[stale:stale + 1] and flags[-1] == 0          # valid again at the end...
+        valid_again = flags.index(0, stale)
+        assert all(f & BOOK_FLAG_INVALID for f in flags[stale:valid_again])  # ...only after a snapshot
+        assert all(f == 0 for f in flags[:stale])
