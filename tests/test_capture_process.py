@@ -198,7 +198,7 @@ def test_capture_rings_equal_the_fixture_parsed_and_replay_reproduces_them(feed,
         assert not (levels["flags"] & TICK_FLAG_GAP_BEFORE).any()
     else:
         known = KNOWN["alpaca_stream.jsonl"]["items_by_type"]
-        assert len(ticks) == known["q"] + known["t"] and len(levels) == 0
+        assert len(ticks) == known["q"] + known["t"] and len(levels) == known["t"]
         assert counters["gaps"] == {}
 
     # the raw capture replayed into fresh rings: byte for byte what the live run wrote
