@@ -275,3 +275,25 @@ def test_a_dropped_or_silent_connection_makes_every_book_invalid_and_stale_until
         assert all(f & BOOK_FLAG_INVALID for f in flags[stale:valid_again])  # ...only after a snapshot
         assert all(f == 0 for f in flags[:stale])
     assert_valid_entries_are_uncrossed(entries)
+
+
+def test_a_dropped_coinbase_update_invalidates_the_book_it_touched(ring_name, tmp_path):
+    """Issue 21 item 3: without line 5312 (a BTC-USD update that moves the best bid) the gap flag landed
+    on the next record, an ETH-USD one: BTC-USD went on as valid with the wrong best bid."""
+    import re
+    lines = fixture_lines("coinbase_advanced.jsonl")
+    assert b'"product_id":"BTC-USD"' in lines[5311] and b'"price_level":"67012.84"' in lines[5311]
+    # the recording's own gap (sequence_num 2600 missing) closed up, so line 5312 is the only one lost
+    seq = re.compile(rb'"sequence_num":(\d+)')
+    fixed = [seq.sub(lambda m: b'"sequence_num":%d' % (int(m[1]) - (int(m[1]) >= 2601)), line) for line in lines]
+    path = tmp_path / "dropped.jsonl"
+    path.write_bytes(b"\n".join(fixed[:5311] + fixed[5312:]) + b"\n")
+    parsed = ParsedFixture("coinbase", path)
+    assert [g.kind for g in parsed.parser.gaps] == ["sequence"]
+    engine, entries = through_rings(parsed, ring_name)
+    for symbol in ("BTC-USD", "ETH-USD"):     # the lost message could have been either's
+        mine = entries[entries["symbol_id"] == parsed.sid(symbol)]
+        assert mine[-1]["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_GAP
+    btc = entries[entries["symbol_id"] == parsed.sid("BTC-USD")]
+    assert btc[-1]["bids"][0, 0] != 67012.84          # the book is wrong, and says so
+    assert_valid_entries_are_uncrossed(entries)
