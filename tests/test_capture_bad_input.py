@@ -249,3 +249,17 @@ def test_a_failing_error_path_is_still_counted(monkeypatch):
     monkeypatch.setattr(parser, "_classify", lambda obj: 1 / 0)
     parser.parse(b'{"channel":"book","type":"update","data":"not a list"}')
     assert parser.errors == {bad.INTERNAL: 1}
+
+
+@pytest.mark.parametrize("price,qty", [("1e39", "1"), ("100.5", "1e20"), ("1e15", "1")])
+def test_a_level_no_market_has_is_refused_at_capture(price, qty):
+    """Issue 21 item 5: an ask of 1e39 is a finite f64, so capture let it through to the books."""
+    parser = CoinbaseParser()
+    parser.parse(cb_snapshot(0, "BTC-USD"))
+    _ticks, levels = parser.parse(cb_update(1, "BTC-USD", price, qty))
+    assert len(levels) == 0 and parser.errors == {bad.BAD_VALUE: 1}
+    assert parser.take_resync() == {"BTC-USD"}
+    kparser = KrakenParser()
+    kparser.parse(kraken_book("BTC/USD", "snapshot", '[{"price":100.0,"qty":1.00000000}]'))
+    _, levels = kparser.parse(kraken_book("BTC/USD", "update", f'[{{"price":{price},"qty":{qty}}}]'))
+    assert len(levels) == 0 and kparser.errors == {bad.BAD_VALUE: 1}

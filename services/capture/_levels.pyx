@@ -64,10 +64,13 @@ cdef inline void _put(capture_level_update* r, uint64_t ts, double price, double
     r.flags = flags
 
 
+cdef double MAX_LEVEL_VALUE = 1e15      # feed_parser.MAX_LEVEL_VALUE
+
+
 cdef inline void _check_level(double price, double size) except *:
-    if not (0.0 < price < INF and 0.0 <= size < INF):
-        raise BadValue(f"level price {price!r} size {size!r}: price must be finite and > 0, "
-                       "size finite and >= 0")
+    if not (0.0 < price < MAX_LEVEL_VALUE and 0.0 <= size < MAX_LEVEL_VALUE):
+        raise BadValue(f"level price {price!r} size {size!r}: price must be > 0, size >= 0, both below "
+                       f"{MAX_LEVEL_VALUE:g}")
 
 
 cdef double _raw_number(object raw) except? -1.0:

@@ -71,10 +71,16 @@ def non_negative(text: Any) -> float:
     return value
 
 
+# No market quotes a price or size this large: a value past it (an ask of 1e39) is a parsing accident,
+# refused here so that no book is built on it (the order book refuses it too).
+MAX_LEVEL_VALUE = 1e15
+
+
 def check_level(price: float, size: float) -> None:
-    """A book level: price finite and > 0, size finite and >= 0 (0 deletes)."""
-    if not (0.0 < price < INF and 0.0 <= size < INF):
-        raise BadValue(f"level price {price!r} size {size!r}: price must be finite and > 0, size finite and >= 0")
+    """A book level: price > 0, size >= 0 (0 deletes), both below MAX_LEVEL_VALUE (so finite)."""
+    if not (0.0 < price < MAX_LEVEL_VALUE and 0.0 <= size < MAX_LEVEL_VALUE):
+        raise BadValue(f"level price {price!r} size {size!r}: price must be > 0, size >= 0, both below "
+                       f"{MAX_LEVEL_VALUE:g}")
 
 
 def check_quote(bid: float, bid_size: float, ask: float, ask_size: float) -> None:
