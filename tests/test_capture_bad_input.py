@@ -14,7 +14,7 @@ from shmpipe_services.capture.coinbase import CoinbaseParser
 from shmpipe_services.capture.kraken import KrakenParser
 from shmpipe_services.capture.symbol_ids import InMemorySymbolIds
 
-from shmpipe.records import ACTION_SNAPSHOT_BEGIN, TICK_FLAG_GAP_BEFORE
+from shmpipe.records import ACTION_SNAPSHOT_BEGIN, LEVEL_FLAG_LAST, TICK_FLAG_GAP_BEFORE
 
 TS = "2024-06-11T14:30:00.5Z"
 
@@ -82,7 +82,8 @@ def test_coinbase_bad_values_are_rejected_and_the_book_is_queued_for_resync(pric
     # ETH-USD is untouched: its next update carries no gap flag; BTC-USD's next one does
     _, eth = parser.parse(cb_update(3, "ETH-USD"))
     _, btc = parser.parse(cb_update(4, "BTC-USD"))
-    assert eth["flags"].tolist() == [0] and btc["flags"].tolist() == [TICK_FLAG_GAP_BEFORE]
+    assert eth["flags"].tolist() == [LEVEL_FLAG_LAST]
+    assert btc["flags"].tolist() == [TICK_FLAG_GAP_BEFORE | LEVEL_FLAG_LAST]
     assert parser.gap_counts == {"rejected": 1}
 
 
@@ -147,8 +148,8 @@ def test_kraken_bad_book_values_gap_only_that_symbol():
     assert parser.take_resync() == {"BTC/USD"}
     _, eth = parser.parse(kraken_book("ETH/USD", "update", '[{"price":10.00,"qty":2.00000000}]'))
     _, btc = parser.parse(kraken_book("BTC/USD", "update", '[{"price":100.0,"qty":2.00000000}]'))
-    assert eth["flags"].tolist() == [0, 0]
-    assert btc["flags"].tolist() == [TICK_FLAG_GAP_BEFORE, 0]  # the set, then the checksum record
+    assert eth["flags"].tolist() == [0, LEVEL_FLAG_LAST]
+    assert btc["flags"].tolist() == [TICK_FLAG_GAP_BEFORE, LEVEL_FLAG_LAST]  # the set, then the checksum record
 
 
 def test_kraken_update_before_any_snapshot_is_counted():
@@ -248,3 +249,17 @@ def test_a_failing_error_path_is_still_counted(monkeypatch):
     monkeypatch.setattr(parser, "_classify", lambda obj: 1 / 0)
     parser.parse(b'{"channel":"book","type":"update","data":"not a list"}')
     assert parser.errors == {bad.INTERNAL: 1}
+
+
+@pytest.mark.parametrize("price,qty", [("1e39", "1"), ("100.5", "1e20"), ("1e15", "1")])
+def test_a_level_no_market_has_is_refused_at_capture(price, qty):
+    """Issue 21 item 5: an ask of 1e39 is a finite f64, so capture let it through to the books."""
+    parser = CoinbaseParser()
+    parser.parse(cb_snapshot(0, "BTC-USD"))
+    _ticks, levels = parser.parse(cb_update(1, "BTC-USD", price, qty))
+    assert len(levels) == 0 and parser.errors == {bad.BAD_VALUE: 1}
+    assert parser.take_resync() == {"BTC-USD"}
+    kparser = KrakenParser()
+    kparser.parse(kraken_book("BTC/USD", "snapshot", '[{"price":100.0,"qty":1.00000000}]'))
+    _, levels = kparser.parse(kraken_book("BTC/USD", "update", f'[{{"price":{price},"qty":{qty}}}]'))
+    assert len(levels) == 0 and kparser.errors == {bad.BAD_VALUE: 1}

@@ -25,8 +25,11 @@ from shmpipe_services.capture.symbol_ids import InMemorySymbolIds
 
 from shmpipe.records import (
     ACTION_CHECKSUM,
+    ACTION_INVALIDATE,
     ACTION_SNAPSHOT_BEGIN,
     ACTION_SNAPSHOT_END,
+    ACTION_TRADE,
+    LEVEL_FLAG_LAST,
     SOURCE_ALPACA,
     SOURCE_COINBASE,
     SOURCE_KRAKEN,
@@ -89,9 +92,15 @@ def test_coinbase_gap_flagged_on_the_first_records_after_it(coinbase):
     parser, _, run, _ = coinbase
     (gap,) = KNOWN["coinbase_advanced.jsonl"]["sequence_num"]["gaps"]
     assert [(g.kind, g.frame) for g in parser.gaps] == [("sequence", gap["line"])]
+    # LevelUpdates: a gap-before flag speaks for its own symbol only, so the connection-wide gap is one
+    # invalidate record (gap-before, last) per book, ahead of the gap line's own records.
     flagged_levels = np.flatnonzero(run.levels["flags"] & TICK_FLAG_GAP_BEFORE)
     first_level_of_gap_line = np.flatnonzero(run.level_lines == gap["line"])[0]
-    assert flagged_levels.tolist() == [first_level_of_gap_line]
+    assert flagged_levels.tolist() == [first_level_of_gap_line, first_level_of_gap_line + 1]
+    invalidates = run.levels[flagged_levels]
+    assert (invalidates["action"] == ACTION_INVALIDATE).all() and (invalidates["flags"] & LEVEL_FLAG_LAST).all()
+    assert sorted(invalidates["symbol_id"].tolist()) == sorted(parser.instruments[s].symbol_id
+                                                              for s in ("BTC-USD", "ETH-USD"))
     flagged_ticks = np.flatnonzero(run.ticks["flags"] & TICK_FLAG_GAP_BEFORE)
     first_tick_after = np.flatnonzero(run.tick_lines >= gap["line"])[0]
     assert flagged_ticks.tolist() == [first_tick_after]
@@ -232,7 +241,11 @@ def test_alpaca_counts_per_type_and_symbol(alpaca):
         {s: v["quotes"] for s, v in known["by_symbol"].items()}
     assert ticks_per_symbol(run.ticks, registry, TICK_FLAG_TRADE) == \
         {s: v["trades"] for s, v in known["by_symbol"].items()}
-    assert set(run.ticks["source"]) == {SOURCE_ALPACA} and len(run.levels) == 0
+    assert set(run.ticks["source"]) == {SOURCE_ALPACA}
+    # each trade is also a LevelUpdate trade record with the exact f64 numbers (issue 21), none else
+    trades = run.ticks[run.ticks["flags"] & TICK_FLAG_TRADE != 0]
+    assert len(run.levels) == len(trades) and (run.levels["action"] == ACTION_TRADE).all()
+    np.testing.assert_array_equal(run.levels["price"].astype(np.float32), trades["bid"])
     assert parser.errors == Counter()
 
 

@@ -100,6 +100,22 @@ class TradeMessage(Channel, tag="trade"):
     data: list[TradeData]
 
 
+class InstrumentPair(msgspec.Struct):
+    symbol: str
+    price_precision: int
+    qty_precision: int
+
+
+class InstrumentData(msgspec.Struct):
+    pairs: list[InstrumentPair] = []
+
+
+class InstrumentMessage(Channel, tag="instrument"):
+    """Kraken's reference data: where it announces a pair's change of precision."""
+    type: str
+    data: InstrumentData
+
+
 class HeartbeatMessage(Channel, tag="heartbeat"):
     pass
 
@@ -123,15 +139,22 @@ class MethodResponse(msgspec.Struct):
     error: str | None = None
 
 
-CHANNELS = ("book", "ticker", "trade", "heartbeat", "status")
-DECODER = msgspec.json.Decoder(BookMessage | TickerMessage | TradeMessage | HeartbeatMessage | StatusMessage)
+CHANNELS = ("book", "ticker", "trade", "heartbeat", "status", "instrument")
+DECODER = msgspec.json.Decoder(BookMessage | TickerMessage | TradeMessage | HeartbeatMessage | StatusMessage
+                               | InstrumentMessage)
 METHOD_DECODER = msgspec.json.Decoder(MethodResponse)
 
 
 def subscribe_messages(symbols: list[str], depth: int = DEFAULT_DEPTH,
-                       channels: tuple[str, ...] = ("book", "ticker", "trade")) -> list[str]:
+                       channels: tuple[str, ...] = ("book", "ticker", "trade", "instrument")) -> list[str]:
+    """One subscribe per channel; ``instrument`` (reference data, where Kraken announces a pair's
+    change of precision) takes no symbols."""
     frames = []
     for req_id, channel in enumerate(channels, 1):
+        if channel == "instrument":
+            frames.append(msgspec.json.encode({"method": "subscribe", "params": {"channel": "instrument",
+                                               "snapshot": True}, "req_id": req_id}).decode())
+            continue
         params: dict[str, Any] = {"channel": channel, "symbol": list(symbols)}
         if channel == "book":
             params["depth"] = depth
@@ -160,6 +183,9 @@ class KrakenParser(FeedParser):
             self.messages["trade"] += 1
             for data in msg.data:
                 self._on_trade(data, msg.type == "snapshot", out)
+        elif kind is InstrumentMessage:
+            self.messages["instrument"] += 1
+            self._on_instrument(msg.data, recv_ns)
         else:
             channel = msg.__struct_config__.tag
             self.messages[channel] += 1
@@ -191,8 +217,18 @@ class KrakenParser(FeedParser):
             first = data.bids[0] if data.bids else (data.asks[0] if data.asks else None)
             if first is not None:
                 self._learn(inst, price_decimals=decimals_of(bytes(first.price)),
-                            size_decimals=decimals_of(bytes(first.qty)))
+                            size_decimals=decimals_of(bytes(first.qty)), when_ns=ts)
             inst.has_book = True
+
+    def _on_instrument(self, data: InstrumentData, recv_ns: int) -> None:
+        """A pair's precision as Kraken announces it (snapshot, then updates when it changes): the
+        registry records a change with when it took effect (the frame's receipt: the channel carries
+        no time), so the order book's checksums follow. Only the pairs this connection follows."""
+        for pair in data.pairs:
+            inst = self.instruments.get(pair.symbol)
+            if inst is not None:
+                self._learn(inst, price_decimals=pair.price_precision, size_decimals=pair.qty_precision,
+                            when_ns=recv_ns)
 
     def _on_ticker(self, data: TickerData, out: RecordBatch) -> None:
         symbol = data.symbol
@@ -217,8 +253,10 @@ class KrakenParser(FeedParser):
         price, size, ts = positive(data.price), non_negative(data.qty), rfc3339_ns(data.timestamp)
         last = inst.last_trade_id
         if not snapshot and last is not None and data.trade_id != last + 1:
+            # A missed trade says nothing about the book (its own checksums vouch for it): only the
+            # trade stream of this symbol is flagged.
             self._raise_gap("trade_id", symbol, f"{symbol} trade_id {data.trade_id} after {last}",
-                            resync=False)
+                            resync=False, streams=(TICKS,))
         inst.last_trade_id = data.trade_id
         out.ticks += pack_tick(ts, inst.symbol_id, price, price, size, SOURCE_KRAKEN,
                                TICK_FLAG_TRADE | self._gap_flag(symbol, TICKS), 0, data.trade_id & U32_MASK)
