@@ -30,6 +30,8 @@ STATS_FIELDS = [
     "ring_lost",
     "latency_p50_us",
     "latency_p99_us",
+    "event_to_read_p50_us",
+    "event_to_read_p99_us",
     "last_sequence",
 ]
 STATS_INTERVAL_S = 0.1
@@ -123,6 +125,8 @@ class Verifier:
                 "last_sequence": c["last_sequence"] or 0,
                 "latency_p50_us": round(c.get("p50_us", 0)),
                 "latency_p99_us": round(c.get("p99_us", 0)),
+                "event_to_read_p50_us": round(c.get("event_to_read_p50_us", 0)),
+                "event_to_read_p99_us": round(c.get("event_to_read_p99_us", 0)),
             }
         )
 
