@@ -323,7 +323,8 @@ def run_demo(
         # processes can take most of a short run, and the last stage would then be judged on
         # the fraction of a second it had (seen: features 'moved no records' in a 4 s run
         # whose start took 3 s).
-        market = demo_market.MarketWatch(pipeline, faults=faults, seconds=seconds, say=say)
+        market = demo_market.MarketWatch(pipeline, faults=faults, seconds=seconds, say=say,
+                                         judged=feed == "synthetic")
         market.start()
         _watch(launcher, watcher, seconds, time.monotonic(), as_json, out, messages, live_view, market)
         final = watcher.sample()
