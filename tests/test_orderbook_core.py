@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import time
+
 import numpy as np
 import pytest
 from capture_helpers import KNOWN
@@ -253,8 +255,10 @@ def test_entries_carry_the_top_50_best_first_with_counts_flags_and_sequence(book
         assert last["symbol_id"] == 4 and list(entries["sequence"]) == [1, 2, 3]
         assert last["bid_count"] == 50 and last["ask_count"] == 2
         expected_bids = sorted(bids.items(), reverse=True)[:50]
-        np.testing.assert_array_equal(last["bids"], np.array(expected_bids, np.float32))
-        np.testing.assert_array_equal(last["asks"][:2], np.array([(100.01, 2.0), (100.03, 4.0)], np.float32))
+        # OrderbookEntry v2: the exact f64s the levels carried, not their f32 neighbours.
+        np.testing.assert_array_equal(last["bids"], np.array(expected_bids, np.float64))
+        np.testing.assert_array_equal(last["asks"][:2], np.array([(100.01, 2.0), (100.03, 4.0)], np.float64))
+        assert 0 < last["published_ns"] and abs(int(last["published_ns"]) - time.time_ns()) < 60 * 10**9
         assert not last["asks"][2:].any()
         assert entries[0]["ask_count"] == 3 and entries[0]["flags"] == 0
         assert last["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_CHECKSUM_FAILED

@@ -52,18 +52,21 @@ cdef extern from "_layout.h" nogil:
         uint64_t timestamp_ns
         uint32_t symbol_id
         uint32_t exchange_id
-        float bids[50][2]
-        float asks[50][2]
         uint32_t sequence
         uint8_t flags
         uint8_t bid_count
         uint8_t ask_count
+        uint64_t published_ns
+        double bids[50][2]
+        double asks[50][2]
     enum:
         SHMPIPE_ORDERBOOK_DEPTH
         SHMPIPE_BOOK_FLAG_INVALID
         SHMPIPE_BOOK_FLAG_CROSSED
         SHMPIPE_BOOK_FLAG_CHECKSUM_FAILED
         SHMPIPE_BOOK_FLAG_GAP
+        SHMPIPE_BOOK_FLAG_STALE
+        SHMPIPE_BOOK_FLAG_UNVERIFIED
 
 cdef extern from "_atomics.h" nogil:
     uint64_t shm_monotonic_ns()
@@ -124,19 +127,28 @@ cdef extern from *:
     #include <stddef.h>
     #define ENTRY_BIDS_OFFSET offsetof(shmpipe_orderbook_entry, bids)
     #define ENTRY_ASKS_OFFSET offsetof(shmpipe_orderbook_entry, asks)
-    /* Best first from arrays kept best last: (price, size) pairs as f32. Plain pointers (not the
-     * packed struct's fields) and restrict let the compiler vectorise the conversion. */
-    static inline void _fill_levels(float *restrict dst, const double *restrict best_key,
+    #include <time.h>
+    /* Best first from arrays kept best last: (price, size) pairs as the exact f64s the book holds
+     * (OrderbookEntry v2). Plain pointers (not the packed struct's fields) and restrict let the
+     * compiler vectorise the copy; negating an ask key back is exact. */
+    static inline void _fill_levels(double *restrict dst, const double *restrict best_key,
                                     const double *restrict best_size, Py_ssize_t n, double sign) {
         for (Py_ssize_t j = 0; j < n; j++) {
-            dst[2 * j] = (float)(sign * best_key[-j]);
-            dst[2 * j + 1] = (float)best_size[-j];
+            dst[2 * j] = sign * best_key[-j];
+            dst[2 * j + 1] = best_size[-j];
         }
+    }
+    /* OrderbookEntry.published_ns: wall-clock time, comparable with other hosts' exchange times. */
+    static inline uint64_t _realtime_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     }
     """
     size_t ENTRY_BIDS_OFFSET
     size_t ENTRY_ASKS_OFFSET
-    void _fill_levels(float *dst, const double *best_key, const double *best_size, Py_ssize_t n,
+    uint64_t _realtime_ns() noexcept nogil
+    void _fill_levels(double *dst, const double *best_key, const double *best_size, Py_ssize_t n,
                       double sign) noexcept nogil
 
 
@@ -562,14 +574,14 @@ cdef class BookEngine:
         e.flags = b.flags
         e.bid_count = <uint8_t>nb
         e.ask_count = <uint8_t>na
-        _fill_levels(<float *>(<char *>e + ENTRY_BIDS_OFFSET), b.bids.key + b.bids.count - 1,
+        _fill_levels(<double *>(<char *>e + ENTRY_BIDS_OFFSET), b.bids.key + b.bids.count - 1,
                      b.bids.size + b.bids.count - 1, nb, 1.0)
-        _fill_levels(<float *>(<char *>e + ENTRY_ASKS_OFFSET), b.asks.key + b.asks.count - 1,
+        _fill_levels(<double *>(<char *>e + ENTRY_ASKS_OFFSET), b.asks.key + b.asks.count - 1,
                      b.asks.size + b.asks.count - 1, na, -1.0)
         if old_b > nb:
-            memset(&e.bids[nb][0], 0, (old_b - nb) * 2 * sizeof(float))
+            memset(&e.bids[nb][0], 0, (old_b - nb) * 2 * sizeof(double))
         if old_a > na:
-            memset(&e.asks[na][0], 0, (old_a - na) * 2 * sizeof(float))
+            memset(&e.asks[na][0], 0, (old_a - na) * 2 * sizeof(double))
         self.nstaged += 1
         if self.nstaged == STAGE:
             self._publish_staged()
@@ -579,8 +591,13 @@ cdef class BookEngine:
         """Publish the staged entries, in order; waits (a slice at a time) while the books ring is full."""
         cdef Py_ssize_t done = 0, w
         cdef Py_ssize_t n = self.nstaged
+        cdef uint64_t published
         if n == 0:
             return 0
+        # One clock read per published batch: the entries of a batch leave together.
+        published = _realtime_ns()
+        for w in range(n):
+            self.staged[w].published_ns = published
         if self.out == NULL:             # build_without_ring: measured, then dropped
             self.nstaged = 0
             return 0
