@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import test_capture_process
 from shmpipe_services.capture.kraken_checksum import checksum_of_book
 from shmpipe_services.capture.synthetic_market import BLOCK, SyntheticMarket
 from shmpipe_services.orderbook._book import BookEngine
@@ -26,6 +27,9 @@ from shmpipe.records import (
 )
 
 LAST = 16   # LevelUpdate flags bit4 (DESIGN.md): the last record of one venue message
+# the rings and registry fixtures test_capture_process defines, used here too
+registry = test_capture_process.registry
+rings = test_capture_process.rings
 
 
 def facts(market: SyntheticMarket):
@@ -178,3 +182,92 @@ def test_bad_arguments(kwargs):
 def test_an_unknown_fault_names_the_kinds():
     with pytest.raises(ValueError, match="gap, corrupt"):
         SyntheticMarket(1).inject("flood", 0)
+
+
+# -- capture --market: the faults on request ---------------------------------------------------------
+def test_capture_refuses_a_fault_it_cannot_inject():
+    from shmpipe_services.capture.commands import CaptureCommands
+
+    from shmpipe.control import CommandRefused
+
+    class Venue:           # a real venue's capture has no faults to inject
+        exchange = "kraken"
+
+    with pytest.raises(CommandRefused, match="real venue"):
+        CaptureCommands(Venue(), name="x", feed="kraken", ticks="t", levels="l").fault({"kind": "gap"})
+
+    class LoadFeed:        # the load generator (no --market)
+        exchange = "synthetic"
+
+        def inject_fault(self, kind, symbol=None):
+            raise ValueError("faults are injected into the synthetic market only (capture --market)")
+
+    with pytest.raises(CommandRefused, match="--market"):
+        CaptureCommands(LoadFeed(), name="x", feed="synthetic", ticks="t", levels="l").fault({"kind": "gap"})
+
+
+@pytest.mark.usefixtures("private_runtime_dir")
+def test_capture_injects_each_fault_on_request(rings, registry):
+    """A gap (gap-before on the symbol's next record), a corrupted level (its message's checksum
+    fails), a dropped connection (one invalidate per symbol, then gap-before on each symbol's next
+    record); the tick stream stays whole; a fault it does not know is refused in one line."""
+    import json
+    import uuid
+
+    from test_asset_sync import _stop, spawn_cli
+
+    from shmpipe import control
+    from shmpipe.records import ACTION_INVALIDATE
+
+    def wait_levels(n):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if control.request(name, "stats").get("levels_written", 0) > n:
+                    return control.request(name, "stats")["levels_written"]
+            except control.ControlError:
+                pass
+            time.sleep(0.02)
+        pytest.fail(f"capture did not write {n} levels")
+
+    live, name = rings(), f"cap-{uuid.uuid4().hex[:8]}"
+    proc = spawn_cli("capture", "--feed", "synthetic", "--market", "--rate", "20000", "--symbols", "3",
+                     *live.args(), "--name", name, "--json")
+    try:
+        seen = wait_levels(2000)
+        before = time.time_ns()
+        gap = control.request(name, "fault", {"kind": "gap"})
+        assert before <= gap["injected_ns"] <= time.time_ns() and gap["symbols"] == ["SYN0001"]
+        seen = wait_levels(seen + 2000)
+        corrupt = control.request(name, "fault", {"kind": "corrupt"})
+        assert corrupt["symbols"] == ["SYN0002"]
+        seen = wait_levels(seen + 2000)
+        drop = control.request(name, "fault", {"kind": "drop"})
+        assert drop["symbols"] == ["SYN0000", "SYN0001", "SYN0002"]
+        with pytest.raises(control.ControlError, match="gap, corrupt, drop"):
+            control.request(name, "fault", {"kind": "flood"})
+        wait_levels(seen + 2000)        # written after the connection came back
+        control.request(name, "stop")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        counters = json.loads(out)
+    finally:
+        _stop(proc)
+    ticks, levels = live.read_all()
+    assert (len(ticks), len(levels)) == (counters["ticks_written"], counters["levels_written"])
+    assert (ticks["sequence"] == np.arange(len(ticks))).all()
+    ids = dict(zip(["SYN0000", "SYN0001", "SYN0002"], drop["symbol_ids"]))
+    invalidates = np.flatnonzero(levels["action"] == ACTION_INVALIDATE)
+    assert sorted(levels["symbol_id"][invalidates].tolist()) == sorted(ids.values())
+    assert (levels["flags"][invalidates] & LAST).all()
+    gapped = levels[(levels["flags"] & LEVEL_FLAG_GAP_BEFORE) != 0]
+    # SYN0001: the gap, then the drop; the others: the drop only, each after the invalidates
+    assert sorted(gapped["symbol_id"].tolist()) == sorted([ids["SYN0001"], *ids.values()])
+    after_drop = np.flatnonzero(levels["flags"] & LEVEL_FLAG_GAP_BEFORE)
+    assert (after_drop[-3:] > invalidates.max()).all()
+    # the corrupted level: the checksum of SYN0002's own message fails against the levels handed out
+    market = SyntheticMarket(1)   # decimals only
+    mine = levels[:invalidates.min()]
+    mine = mine[mine["symbol_id"] == ids["SYN0002"]]
+    _books, crossed, checksums, mismatched, _trades = replay(mine, market)
+    assert mismatched >= 1 and crossed == 0
