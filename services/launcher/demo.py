@@ -327,8 +327,8 @@ def run_demo(
                                          judged=feed == "synthetic")
         market.start()
         _watch(launcher, watcher, seconds, time.monotonic(), as_json, out, messages, live_view, market)
+        market.finish()          # before the last sample: what it read is then <= each ring's written
         final = watcher.sample()
-        market.finish()
         pids = [s.pid for s in launcher.processes.values() if s.pid]
         launcher.stop()
         result.summary = _summary(final, launcher, pipeline, time.monotonic() - started)

@@ -308,6 +308,11 @@ class MarketWatch:
             return [f"{stage}: its entries could not be read, so their validity is unknown"]
         fig = self.books.figures()
         f.update(fig)
+        # the books ring's own count is exact; the stage's counter is as of its last publication
+        spec = self.pipeline.processes.get(stage)
+        for key, ring in f.get("rings", {}).items():
+            if spec is not None and key in spec.writes and self.pipeline.rings[key].type == "orderbook_entry":
+                f["entries_published"] = ring["written"]
         f["valid_share_clock"] = self.books.clock
         out = []
         if fig["symbols_never_valid"]:
