@@ -300,6 +300,9 @@ def test_the_demo_shows_a_market_whose_books_bars_and_features_hold(tmp_path):
     # the demo read every entry the ring was given, no more
     assert 0 < book["entries_read"] <= book["entries_published"] == book["rings"]["books"]["written"]
     assert bars["late_share"] is not None and bars["late_share"] <= 0.001
+    # the market opens once every stage is up: no backlog of trades late for closed bars, no book
+    # whose snapshot the order book missed
+    assert bars["late"] <= 0.001 * bars["trades"] and book["entries_before_first_valid"] == 0
     assert bars["bars_published"]["1s"] >= 8 * 3 and "bars_missing" not in bars
     assert features["symbols_with_features"] == 8 and features["published"] >= 8
     assert 0 < verify["event_to_read_p50_us"] <= verify["event_to_read_p99_us"] < 5_000_000

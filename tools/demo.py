@@ -124,8 +124,10 @@ def _market_text(summary: dict, faults: list | None) -> str:
         if "trades" in s and "late" in s:
             per_tf = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("bars_published", {}).items()))
             share = s.get("late_share")
-            lines.append(f"{name}: bars published {per_tf or 'none'}; {s['trades']:,} trades, {s['late']:,} late"
-                         f" ({'-' if share is None else f'{share:.3%}'} while every stage was up)")
+            window = (f"while every stage was up {s['late_while_up']:,} of {s['trades_while_up']:,}"
+                      if "trades_while_up" in s else "")
+            lines.append(f"{name}: bars published {per_tf or 'none'}; {s['trades']:,} trades, {s['late']:,} late "
+                         f"in all ({window}, {'-' if share is None else f'{share:.3%}'})")
         if "skipped_invalid" in s:
             lines.append(f"{name}: {s.get('published', 0):,} published, for {s.get('symbols_with_features', 0)} "
                          f"symbols; {s.get('books', 0):,} books used, {s['skipped_invalid']:,} invalid ones skipped")

@@ -183,7 +183,7 @@ class SyntheticMarket:
 
     def next_batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The next n events: (n Ticks, their LevelUpdates; the first batch starts with one snapshot
-        per symbol). Event i's time is spread evenly from the previous batch's last event to now."""
+        per symbol). Live, events are stamped one interval apart, the last one now."""
         levels: list[tuple] = []
         ticks: list[tuple] = []
         events_of_level: list[int] = []
@@ -225,9 +225,12 @@ class SyntheticMarket:
             if n:
                 self._last_ns = int(ts[-1])
             return ts.astype(np.uint64)
+        # the events were due one interval apart up to now (not spread back over a pause), never
+        # before the previous batch's last
         prev, now = self._last_ns, max(self._last_ns, self.clock())
         self._last_ns = now
-        return (prev + np.rint((np.arange(1, n + 1) * (now - prev)) / max(n, 1))).astype(np.uint64)
+        ts = now - ((n - 1 - np.arange(n)) * self.interval_ns).astype(np.int64)
+        return np.maximum(ts, prev).astype(np.uint64)
 
     def _event(self, levels: list, ticks: list) -> None:
         """One message of one symbol: its level records (timestamps filled by the caller) and one Tick."""

@@ -312,6 +312,7 @@ def run_demo(
             raise ValueError(f"--faults injects into the synthetic market; --feed {feed} has none")
         prefix = f"demo-{os.getpid()}."
         pipeline = load_demo_pipeline(feed, prefix)
+        opens = _open_the_market_when_up(pipeline)
         launcher = Launcher(pipeline, log_dir=log_dir, metrics_port=metrics_port, say=say)
         from .supervisor import install_stop_signals
 
@@ -325,6 +326,8 @@ def run_demo(
         # whose start took 3 s).
         market = demo_market.MarketWatch(pipeline, faults=faults, seconds=seconds, say=say,
                                          judged=feed == "synthetic")
+        if opens is not None:
+            _resume(opens, say)
         market.start()
         _watch(launcher, watcher, seconds, time.monotonic(), as_json, out, messages, live_view, market)
         market.finish()          # before the last sample: what it read is then <= each ring's written
@@ -363,6 +366,30 @@ def run_demo(
                 for line in messages:
                     print(f"shmpipe demo: {line}", file=err)
     return result
+
+
+def _open_the_market_when_up(pipeline: Pipeline) -> str | None:
+    """The synthetic capture starts paused and is resumed once every stage is up: a reader that
+    started a second or two after capture would otherwise begin with a backlog whose trades are
+    late for bars already closed by the wall clock, and books it never saw the snapshot of. Returns
+    the service to resume, or None (another feed: it runs as the file says)."""
+    import dataclasses
+
+    for name, spec in pipeline.processes.items():
+        cmd = list(spec.command)
+        if "capture" in cmd and "synthetic" in cmd and spec.control and "--paused" not in cmd:
+            pipeline.processes[name] = dataclasses.replace(spec, command=[*cmd, "--paused"])
+            return spec.service
+    return None
+
+
+def _resume(service: str, say) -> None:
+    from shmpipe import control
+
+    try:
+        control.request(service, "resume", timeout=5.0)
+    except Exception as exc:  # noqa: BLE001 - it stays paused: "moved no records" will say so
+        say(f"could not resume {service}: {exc}")
 
 
 def _watch(launcher: Launcher, watcher: Watcher, seconds: float, started: float, as_json: bool, out,

@@ -328,6 +328,7 @@ class MarketWatch:
         out = []
         trades = f["trades"] - first.get("trades", 0)
         late = max([f[k] - first.get(k, 0) for k in f if k.startswith("late_")] or [0])
+        f["trades_while_up"], f["late_while_up"] = trades, late   # the window the share is judged on
         f["late_share"] = round(late / trades, 6) if trades else None
         if trades and late / trades > MAX_LATE_SHARE:
             out.append(f"{stage}: {late:,} of {trades:,} trades ({late / trades:.2%}) came late for their bar "
