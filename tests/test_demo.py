@@ -299,6 +299,10 @@ def test_the_demo_shows_a_market_whose_books_bars_and_features_hold(tmp_path):
     assert book["checksums_verified"] > 100 and book["checksums_failed"] == 0 and book["crossed"] == 0
     # the demo read every entry the ring was given, no more
     assert 0 < book["entries_read"] <= book["entries_published"] == book["rings"]["books"]["written"]
+    # the market closed and the stages drained before the last sample: the counts agree exactly
+    capture = summary["capture"]
+    assert verify["records"] == bars["records"] == capture["ticks"]
+    assert book["records"] == capture["levels"] and features["records"] == book["entries_published"]
     assert bars["late_share"] is not None and bars["late_share"] <= 0.001
     # the market opens once every stage is up: no backlog of trades late for closed bars, no book
     # whose snapshot the order book missed

@@ -39,6 +39,8 @@ from .supervisor import Launcher, LaunchError
 
 SAMPLE_S = 0.25
 RATE_WINDOW_S = 2.0
+CLOSE_SETTLE_S = 0.6          # longer than any stage's stats interval (0.5 s)
+CLOSE_DEADLINE_S = 5.0
 
 
 @dataclass
@@ -330,6 +332,8 @@ def run_demo(
             _resume(opens, say)
         market.start()
         _watch(launcher, watcher, seconds, time.monotonic(), as_json, out, messages, live_view, market)
+        if opens is not None:
+            _close_the_market(opens, launcher, watcher, market, say)
         market.finish()          # before the last sample: what it read is then <= each ring's written
         final = watcher.sample()
         pids = [s.pid for s in launcher.processes.values() if s.pid]
@@ -390,6 +394,32 @@ def _resume(service: str, say) -> None:
         control.request(service, "resume", timeout=5.0)
     except Exception as exc:  # noqa: BLE001 - it stays paused: "moved no records" will say so
         say(f"could not resume {service}: {exc}")
+
+
+def _close_the_market(service: str, launcher: Launcher, watcher: Watcher, market, say) -> None:
+    """Pause the market and let the stages drain, so the summary's counts agree with the rings'
+    (each stage publishes its counters every 0.1-0.5 s): until every reader of every ring has read
+    all and no stage's count moved over CLOSE_SETTLE_S, or CLOSE_DEADLINE_S."""
+    from shmpipe import control
+
+    try:
+        control.request(service, "pause", timeout=2.0)
+    except Exception as exc:  # noqa: BLE001 - the summary is then as of the last sample, and says so
+        say(f"could not pause {service} to close the market: {exc}")
+        return
+    deadline = time.monotonic() + CLOSE_DEADLINE_S
+    before = None
+    while time.monotonic() < deadline:
+        launcher.supervise_once()
+        market.poll(-1.0)
+        s = watcher.sample()
+        lag = sum(c["lag"] for r in s.rings.values() if "error" not in r for c in r["consumers"])
+        counts = {name: f["records"] for name, f in s.stages.items()}
+        if lag == 0 and counts == before:
+            return
+        before = counts
+        time.sleep(CLOSE_SETTLE_S)   # a Ctrl-C already set stop_event: still let them drain
+    say(f"the stages had not drained {CLOSE_DEADLINE_S:g} s after the market closed")
 
 
 def _watch(launcher: Launcher, watcher: Watcher, seconds: float, started: float, as_json: bool, out,
