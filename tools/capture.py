@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
                    help="reconnect attempts in a row before giving up (default 10)")
     p.add_argument("--backoff", type=positive_float, default=0.5,
                    help="first reconnect delay in seconds, doubled per failed attempt, jittered (default 0.5)")
+    p.add_argument("--silence", type=speed, default=5.0, metavar="S",
+                   help="Coinbase/Kraken: a connection silent this many seconds (their heartbeats come "
+                        "every ~1 s) gets its books invalidated and is replaced; 0 never (default 5)")
     p.add_argument("--rate", type=positive_float, default=100_000.0,
                    help="--feed synthetic: events per second (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="--feed synthetic: random seed (default 0)")
@@ -158,7 +161,8 @@ def run_capture(args: argparse.Namespace) -> int:
                 from shmpipe.wslog import WslogWriter
                 wslog = WslogWriter(args.raw_dir, {v: k for k, v in cp.EXCHANGE_IDS.items()})
             options = cp.CaptureOptions(args.feed, args.url, symbols, seconds=args.seconds,
-                                        max_attempts=args.max_attempts, backoff_s=args.backoff)
+                                        max_attempts=args.max_attempts, backoff_s=args.backoff,
+                                        silence_s=args.silence or None)
             capture = cp.Capture(options, writer, wslog, stats=stats_feed)
             server = _serve_control(capture, name, args)
 

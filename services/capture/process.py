@@ -31,6 +31,7 @@ from .coinbase import CoinbaseParser
 from .feed_parser import FeedParser
 from .kraken import KrakenParser
 from .record_batch import RecordBatch
+from .staleness import StalenessWatchdog
 from .symbol_ids import SymbolIdFn, host_registry_or_memory
 
 # The capture's exchange ids: the .wslog header's u16 (shared/data/README.md uses the same).
@@ -89,6 +90,8 @@ class Counters:
     reconnects: int = 0
     resubscribes: int = 0        # symbols resubscribed for a fresh snapshot (after a gap, or asked to)
     resnapshots: int = 0         # resnapshots asked for over the control plane
+    invalidates: int = 0         # invalidate records written (books capture could no longer vouch for)
+    silences: int = 0            # connections replaced because the venue went silent
     parse_errors: Counter = field(default_factory=Counter)
     gaps: Counter = field(default_factory=Counter)
     by_channel: Counter = field(default_factory=Counter)
@@ -105,7 +108,8 @@ class Counters:
         out = {"messages": self.messages, "bytes": self.bytes, "ticks_written": self.ticks_written,
                "levels_written": self.levels_written, "ring_full_waits": self.ring_full_waits,
                "reconnects": self.reconnects, "resubscribes": self.resubscribes,
-               "resnapshots": self.resnapshots, "parse_errors": dict(self.parse_errors), "gaps": dict(self.gaps),
+               "resnapshots": self.resnapshots, "invalidates": self.invalidates, "silences": self.silences,
+               "parse_errors": dict(self.parse_errors), "gaps": dict(self.gaps),
                "messages_by_channel": dict(self.by_channel)}
         if self.latency is not None and self.latency.get_total_count():
             out["latency_us"] = {"p50": self.latency.get_value_at_percentile(50),
@@ -252,7 +256,17 @@ class CaptureOptions:
     backoff_s: float = 0.5          # first reconnect delay; doubles per failed attempt
     max_backoff_s: float = 30.0
     open_timeout_s: float = 10.0
+    # A connection silent this long (several of the venue's ~1 s heartbeat intervals) with its socket
+    # open can no longer vouch for its books: they are invalidated and the connection is replaced.
+    # None: never (a venue with no heartbeats, like Alpaca's, may be quiet for good reasons).
+    silence_s: float | None = 5.0
 
+
+# The disconnect marker of a feed that ended on purpose: the one disconnect that invalidates nothing.
+NORMAL_CLOSE = "closed normally (1000)"
+# Venues whose streams carry heartbeats (so silence means trouble), and how often silence is checked.
+SILENCE_WATCHED = ("coinbase", "kraken")
+SILENCE_CHECK_S = 0.25
 
 # How often the event loop answers control-plane requests (shmpipe.control): a request waits this
 # long at most, and polling an idle ZeroMQ socket this often costs nothing next to the frames.
@@ -286,6 +300,8 @@ class Capture:
         self._resumed: asyncio.Event | None = None
         self._ws = None
         self._task: asyncio.Task | None = None
+        self.silences = 0            # connections replaced because the venue went silent
+        self._last_frame_mono = time.monotonic()
 
     # -- what the control plane asks (called in the event loop's thread, from ``_answer_control``) --
     @property
@@ -313,6 +329,7 @@ class Capture:
     def live_counters(self) -> dict:
         """The counters ``--json`` prints at the end, as they stand now."""
         out = self.counters.as_dict()
+        out.update(invalidates=self.parser.invalidates_written, silences=self.silences)
         out.update(parse_errors=dict(self.parser.errors), gaps=dict(self.parser.gap_counts),
                    messages_by_channel=dict(self.parser.messages), connections=self.connections)
         return out
@@ -353,9 +370,41 @@ class Capture:
             self.control.poll(0)
             await asyncio.sleep(CONTROL_POLL_S)
 
-    def _marker(self, kind: str, detail: str) -> None:
+    def _marker(self, kind: str, detail: str, when_ns: int | None = None) -> None:
         if self.wslog is not None:
-            self.wslog.marker(self.exchange_id, kind, detail, time.time_ns())
+            self.wslog.marker(self.exchange_id, kind, detail, time.time_ns() if when_ns is None else when_ns)
+
+    async def _connection_lost(self, detail: str) -> None:
+        """The connection is gone (or no longer trusted): its books are invalidated at once, not at
+        the reconnect (which may be 30 s away), and the raw log says when (replay does the same)."""
+        now = time.time_ns()
+        self._marker("disconnect", detail, now)
+        batch = RecordBatch()
+        if self.parser.invalidate_all(batch, now):
+            await self.writer.write(batch)
+
+    async def _watch_silence(self, ws, limit_s: float) -> None:
+        """Silence past ``limit_s`` with the socket open: close it, so the books are invalidated and
+        the reconnect brings fresh snapshots (the staleness watchdog, on the live connection)."""
+        watchdog = StalenessWatchdog(limit_s)
+        watchdog.watch("connection")
+        last = self._last_frame_mono
+        while True:
+            await asyncio.sleep(SILENCE_CHECK_S)
+            if self._last_frame_mono != last:
+                last = self._last_frame_mono
+                watchdog.touch("connection")
+            if self.paused:                      # not reading on purpose: silence is ours
+                watchdog.touch("connection")
+                continue
+            if watchdog.check():
+                self.silences += 1
+                self._silent = True
+                # invalidate now, then drop the socket without a closing handshake a silent peer
+                # would never answer; the reconnect resubscribes every book
+                await self._connection_lost(f"silent for {limit_s} s: connection replaced")
+                ws.transport.abort()
+                return
 
     async def run(self) -> None:
         deadline = None if self.options.seconds is None else time.monotonic() + self.options.seconds
@@ -378,6 +427,8 @@ class Capture:
             self.counters.parse_errors = Counter(self.parser.errors)
             self.counters.gaps = Counter(self.parser.gap_counts)
             self.counters.by_channel = Counter(self.parser.messages)
+            self.counters.invalidates = self.parser.invalidates_written
+            self.counters.silences = self.silences
             if control_task is not None:
                 control_task.cancel()
             if stats_task is not None:
@@ -414,6 +465,11 @@ class Capture:
             if self.connections > 1:
                 self.counters.reconnects += 1
                 self.parser.reset_connection()
+            self._silent = False
+            watcher = None
+            if self.options.silence_s and self.options.feed in SILENCE_WATCHED:
+                self._last_frame_mono = time.monotonic()
+                watcher = asyncio.get_running_loop().create_task(self._watch_silence(ws, self.options.silence_s))
             try:
                 async with ws:
                     for frame in subscribe_frames(self.options.feed, self.options.symbols):
@@ -425,21 +481,28 @@ class Capture:
                             # not read while paused: the socket's buffers fill and TCP holds the venue
                             # back; this frame, already received, waits here for the resume
                             await self._resumed.wait()
+                        self._last_frame_mono = time.monotonic()
                         await self._on_frame(ws, frame)
             except ConnectionClosedOK:   # a close frame: 1000 ends the capture, 1001 etc. reconnect
                 pass
             except (OSError, WebSocketException) as exc:
                 self._ws, self.connected = None, False
-                self._marker("disconnect", f"{type(exc).__name__}: {exc}")
+                if not self._silent:
+                    await self._connection_lost(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(self._backoff(1))
                 continue
             finally:
                 self._ws, self.connected = None, False
-            if ws.close_code == 1000:   # the server ended the feed on purpose: done
-                self._marker("disconnect", "closed normally (1000)")
+                if watcher is not None:
+                    watcher.cancel()
+            if ws.close_code == 1000 and not self._silent:   # the server ended the feed on purpose: done
+                # capture ends with it, and the order book with capture (producer gone): the last
+                # books stand as they were, not invalidated
+                self._marker("disconnect", NORMAL_CLOSE)
                 self.ended = "feed closed"
                 return
-            self._marker("disconnect", f"closed: code {ws.close_code} {ws.close_reason or ''}".strip())
+            if not self._silent:   # (a silence was dealt with when it was noticed)
+                await self._connection_lost(f"closed: code {ws.close_code} {ws.close_reason or ''}".strip())
             await asyncio.sleep(self._backoff(1))
 
     def _max_size(self) -> int:
@@ -694,6 +757,11 @@ def replay(paths: Iterable[str], writer: RingWriter, *, speed: float = 0.0,
                 if connects[entry.exchange_id] > 1:
                     parser.reset_connection()
                     writer.counters.reconnects += 1
+            elif entry.marker == "disconnect" and parser is not None and \
+                    not bytes(entry.payload).startswith(NORMAL_CLOSE.encode()):
+                # the live run invalidated this connection's books here
+                if parser.invalidate_all(batch, entry.recv_ns):
+                    writer.write_blocking(batch)
             continue
         if parser is None:
             result.unknown_exchange += 1
@@ -710,6 +778,7 @@ def replay(paths: Iterable[str], writer: RingWriter, *, speed: float = 0.0,
         writer.counters.parse_errors.update(parser.errors)
         writer.counters.gaps.update(parser.gap_counts)
         writer.counters.by_channel.update({f"{parser.exchange}.{k}": v for k, v in parser.messages.items()})
+        writer.counters.invalidates += parser.invalidates_written
     return result
 
 
