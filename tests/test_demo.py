@@ -420,7 +420,8 @@ def test_a_fault_not_detected_or_not_repaired_fails_the_run(times, reason):
     w = _watch(_Books(GOOD_BOOKS, times), _signals(), faults=True)
 
     class Plan:
-        faults = [Fault("gap", 2.0, injected_ns=1, symbol_ids=[1], symbols=["SYN0000"])]
+        def __init__(self):
+            self.faults = [Fault("gap", 2.0, injected_ns=1, symbol_ids=[1], symbols=["SYN0000"])]
 
     w.plan = Plan()
     problems = w.judge({}, {})
