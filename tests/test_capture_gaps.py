@@ -273,3 +273,16 @@ def test_decimals_of_numbers_in_scientific_notation(text, decimals):
     """Issue 21 item 5: "1.5e-3" used to learn 4 decimals by counting the text after the dot ("5e-3")."""
     from shmpipe_services.capture.feed_parser import decimals_of
     assert decimals_of(text) == decimals
+
+
+def test_a_kraken_precision_change_reaches_the_registry_with_when_it_took_effect():
+    """Issue 21 item 4: a later snapshot written with more decimals is the venue's change, recorded."""
+    from test_capture_bad_input import kraken_book
+    registry = InMemorySymbolIds()
+    parser = KrakenParser(registry)
+    parser.parse(kraken_book("BTC/USD", "snapshot", '[{"price":67000.1,"qty":1.50000000}]'), 1_000)
+    sid = parser.instruments["BTC/USD"].symbol_id
+    assert (registry.facts[sid].price_decimals, registry.facts[sid].size_decimals) == (1, 8)
+    parser.parse(kraken_book("BTC/USD", "snapshot", '[{"price":67000.12,"qty":1.50000000}]'), 2_000)
+    assert registry.facts[sid].price_decimals == 2 and parser.facts_changed == 1
+    assert registry.changes == [(sid, 2_000, 2, 8, None)]

@@ -191,7 +191,7 @@ class KrakenParser(FeedParser):
             first = data.bids[0] if data.bids else (data.asks[0] if data.asks else None)
             if first is not None:
                 self._learn(inst, price_decimals=decimals_of(bytes(first.price)),
-                            size_decimals=decimals_of(bytes(first.qty)))
+                            size_decimals=decimals_of(bytes(first.qty)), when_ns=ts)
             inst.has_book = True
 
     def _on_ticker(self, data: TickerData, out: RecordBatch) -> None:
