@@ -51,6 +51,14 @@ def add_parser(sub) -> None:
     p.add_argument("--rate", type=positive_float, default=100_000.0,
                    help="--feed synthetic: events per second (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="--feed synthetic: random seed (default 0)")
+    p.add_argument("--paused", action="store_true",
+                   help="--feed synthetic: start paused (answering the control plane); `resume` opens the "
+                        "market, as `shmpipe demo` does once every stage is up")
+    p.add_argument("--market", action="store_true",
+                   help="--feed synthetic: a market model (books that stay valid, trades at the touch, event "
+                        "times of now, Kraken checksums; a few µs an event, so rates up to ~50000/s) instead "
+                        "of the load generator; answers the control command fault {\"kind\": \"gap\"|"
+                        "\"corrupt\"|\"drop\"}")
     p.set_defaults(func=run_capture)
 
 
@@ -142,7 +150,9 @@ def run_capture(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
             synthetic = cp.SyntheticCapture(writer, rate=args.rate, symbols=n_symbols, seed=args.seed,
-                                            seconds=args.seconds, stop_flag=stop, stats=stats_feed)
+                                            seconds=args.seconds, stop_flag=stop, stats=stats_feed,
+                                            market=args.market)
+            synthetic.paused = args.paused
             server = _serve_control(synthetic, name, args)
             synthetic.run()
             result = counters.as_dict()

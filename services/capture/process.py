@@ -548,6 +548,9 @@ class Capture:
         self.counters.resubscribes += len(symbols)
 
 
+DROP_S = 0.3   # how long a "drop" fault keeps the synthetic market's connection down
+
+
 class SyntheticCapture:
     """The synthetic feed at a paced rate into the rings, in this thread; answers the control plane
     between rounds: ``pause`` stops generating (the stream resumes where it stopped, at the same
@@ -560,17 +563,22 @@ class SyntheticCapture:
 
     def __init__(self, writer: RingWriter, *, rate: float, symbols: int, seed: int, seconds: float | None,
                  stop_flag: list[bool], symbol_id: SymbolIdFn | None = None,
-                 stats: StatsFeed | None = None) -> None:
+                 stats: StatsFeed | None = None, market: bool = False) -> None:
         from .synthetic import SyntheticFeed
-        self.feed = SyntheticFeed(symbols, seed,
-                                  symbol_id=symbol_id if symbol_id is not None else host_registry_or_memory(),
-                                  events_per_second=rate)
+        from .synthetic_market import SyntheticMarket
+        make = SyntheticMarket if market else SyntheticFeed
+        self.feed = make(symbols, seed, symbol_id=symbol_id if symbol_id is not None else host_registry_or_memory(),
+                         events_per_second=rate)
+        self.market = market
         self.writer, self.counters = writer, writer.counters
         self.rate, self.seconds, self.stop_flag, self.stats = rate, seconds, stop_flag, stats
         self.control = None
         self.paused = False
         self.ended = ""
         self._snapshots_due: list[int] = []
+        self._down_until = 0.0       # a dropped connection (fault "drop"): no level record until then
+        self._was_down = False
+        self.faults_injected = 0
 
     @property
     def symbols(self) -> list[str]:
@@ -601,7 +609,50 @@ class SyntheticCapture:
         self.counters.resnapshots += 1
         return {"symbol_id": int(self.feed.symbol_ids[k]), "sent": True}
 
+    def inject_fault(self, kind: str, symbol: str | None = None) -> dict:
+        """The market only (``--market``): ``gap`` loses a few of one symbol's messages, ``corrupt``
+        hands out one wrong level, ``drop`` loses the connection for DROP_S (every book is
+        invalidated, its level messages are lost meanwhile, the first after it carries gap-before).
+        The order book is to find each and ask for a resnapshot."""
+        from .synthetic_market import FAULT_KINDS
+        if not self.market:
+            raise ValueError("faults are injected into the synthetic market only (capture --market)")
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}, not {kind!r}")
+        names = self.feed.names
+        if symbol is not None and symbol not in names:
+            raise ValueError(f"symbol {symbol!r} is not one of this capture's ({', '.join(names)})")
+        injected_ns = time.time_ns()
+        if kind == "drop":
+            hit = list(range(len(names)))
+            self._down_until = time.monotonic() + DROP_S
+            self.counters.reconnects += 1
+            self._write_invalidates(hit)
+        else:
+            default = {"gap": 1, "corrupt": 2}[kind] % len(names)
+            hit = [names.index(symbol) if symbol is not None else default]
+            self.feed.inject(kind, hit[0])
+        self.faults_injected += 1
+        return {"kind": kind, "symbols": [names[k] for k in hit],
+                "symbol_ids": [int(self.feed.symbol_ids[k]) for k in hit], "injected_ns": injected_ns}
+
+    def _write_invalidates(self, hit: list[int]) -> None:
+        """What capture writes when it can no longer vouch for a book (DESIGN.md, action 5)."""
+        from shmpipe import records
+        action = getattr(records, "ACTION_INVALIDATE", None)
+        if action is None:      # an order book that predates it: the gap-before flags after the drop say it
+            return
+        out = np.zeros(len(hit), LEVEL_UPDATE)
+        out["timestamp_ns"] = time.time_ns()
+        out["symbol_id"] = self.feed.symbol_ids[hit]
+        out["action"] = action
+        out["source"] = 7
+        out["flags"] = 16      # each is a message of its own
+        self.writer.write_arrays(np.empty(0, TICK), out, lambda: self.stop_flag[0])
+
     def _write_snapshots(self) -> None:
+        if time.monotonic() < self._down_until:
+            return          # asked for while disconnected: sent once the connection is back
         while self._snapshots_due:
             levels = self.feed.snapshot(self._snapshots_due.pop(0))
             self.writer.write_arrays(np.empty(0, TICK), levels, lambda: self.stop_flag[0])
@@ -636,7 +687,14 @@ class SyntheticCapture:
                 time.sleep(min(0.005, 1.0 / rate))
                 continue
             n = min(due, chunk)
+            down = now < self._down_until
+            if self._was_down and not down:       # reconnected: what was sent meanwhile is lost
+                self.feed.lose_everything_until_snapshot()
+                self._was_down = False
             ticks, levels = self.feed.next_batch(n)
+            if down:      # the market moved on; its level messages never arrived (ticks are kept:
+                levels = levels[:0]      # verify's sequence is the demo's loss check)
+                self._was_down = True
             writer.write_arrays(ticks, levels, lambda: stop_flag[0])
             writer.counters.messages += n
             sent += n
