@@ -13,6 +13,7 @@ from shmpipe.records import (
     ACTION_SET,
     ACTION_SNAPSHOT_BEGIN,
     ACTION_SNAPSHOT_END,
+    LEVEL_FLAG_LAST,
     LEVEL_UPDATE,
     SIDE_ASK,
     SIDE_BID,
@@ -23,20 +24,23 @@ PARSERS = {"coinbase": CoinbaseParser, "kraken": KrakenParser}
 
 
 def level(action: int, side: int = SIDE_BID, price: float = 0.0, size: float = 0.0, *, sid: int = 1,
-          ts: int = 1, flags: int = 0, source: int = SOURCE_KRAKEN) -> tuple:
-    return (ts, price, size, sid, side, action, source, flags)
+          ts: int = 1, flags: int = 0, source: int = SOURCE_KRAKEN, last: bool = True) -> tuple:
+    """One record; ``last`` (the default: a one-record message) sets flags bit4, where the order book
+    judges and publishes the book."""
+    return (ts, price, size, sid, side, action, source, flags | (LEVEL_FLAG_LAST if last else 0))
 
 
 def levels(*rows: tuple) -> np.ndarray:
     return np.array(list(rows), LEVEL_UPDATE)
 
 
-def snapshot(bids, asks, *, sid: int = 1, ts: int = 1, flags: int = 0) -> list[tuple]:
-    """snapshot-begin, the sets, snapshot-end for {price: size} bids and asks."""
-    rows = [level(ACTION_SNAPSHOT_BEGIN, sid=sid, ts=ts, flags=flags)]
-    rows += [level(ACTION_SET, SIDE_BID, p, s, sid=sid, ts=ts) for p, s in bids.items()]
-    rows += [level(ACTION_SET, SIDE_ASK, p, s, sid=sid, ts=ts) for p, s in asks.items()]
-    rows.append(level(ACTION_SNAPSHOT_END, sid=sid, ts=ts))
+def snapshot(bids, asks, *, sid: int = 1, ts: int = 1, flags: int = 0, last: bool = True) -> list[tuple]:
+    """snapshot-begin, the sets, snapshot-end for {price: size} bids and asks: one message, so only
+    the snapshot-end may carry bit4 (``last``; False when a checksum record follows)."""
+    rows = [level(ACTION_SNAPSHOT_BEGIN, sid=sid, ts=ts, flags=flags, last=False)]
+    rows += [level(ACTION_SET, SIDE_BID, p, s, sid=sid, ts=ts, last=False) for p, s in bids.items()]
+    rows += [level(ACTION_SET, SIDE_ASK, p, s, sid=sid, ts=ts, last=False) for p, s in asks.items()]
+    rows.append(level(ACTION_SNAPSHOT_END, sid=sid, ts=ts, last=last))
     return rows
 
 

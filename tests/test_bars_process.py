@@ -168,7 +168,7 @@ def test_ring_of_the_wrong_dtype_is_one_line_and_exit_1(ring_name, private_runti
         finally:
             ring.unlink()
     assert code == 1 and out == "" and len(err.splitlines()) == 1
-    assert err.startswith(f"shmpipe bars: ring {ring_name!r} holds records of dtype") and "itemsize 832" in err
+    assert err.startswith(f"shmpipe bars: ring {ring_name!r} holds records of dtype") and f"itemsize {ORDERBOOK_ENTRY.itemsize}" in err
 
 
 def test_bad_endpoint_and_taken_name_are_one_line(tick_ring, private_runtime_dir, tmp_path):

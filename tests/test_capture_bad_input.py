@@ -14,7 +14,7 @@ from shmpipe_services.capture.coinbase import CoinbaseParser
 from shmpipe_services.capture.kraken import KrakenParser
 from shmpipe_services.capture.symbol_ids import InMemorySymbolIds
 
-from shmpipe.records import ACTION_SNAPSHOT_BEGIN, TICK_FLAG_GAP_BEFORE
+from shmpipe.records import ACTION_SNAPSHOT_BEGIN, LEVEL_FLAG_LAST, TICK_FLAG_GAP_BEFORE
 
 TS = "2024-06-11T14:30:00.5Z"
 
@@ -82,7 +82,8 @@ def test_coinbase_bad_values_are_rejected_and_the_book_is_queued_for_resync(pric
     # ETH-USD is untouched: its next update carries no gap flag; BTC-USD's next one does
     _, eth = parser.parse(cb_update(3, "ETH-USD"))
     _, btc = parser.parse(cb_update(4, "BTC-USD"))
-    assert eth["flags"].tolist() == [0] and btc["flags"].tolist() == [TICK_FLAG_GAP_BEFORE]
+    assert eth["flags"].tolist() == [LEVEL_FLAG_LAST]
+    assert btc["flags"].tolist() == [TICK_FLAG_GAP_BEFORE | LEVEL_FLAG_LAST]
     assert parser.gap_counts == {"rejected": 1}
 
 
@@ -147,8 +148,8 @@ def test_kraken_bad_book_values_gap_only_that_symbol():
     assert parser.take_resync() == {"BTC/USD"}
     _, eth = parser.parse(kraken_book("ETH/USD", "update", '[{"price":10.00,"qty":2.00000000}]'))
     _, btc = parser.parse(kraken_book("BTC/USD", "update", '[{"price":100.0,"qty":2.00000000}]'))
-    assert eth["flags"].tolist() == [0, 0]
-    assert btc["flags"].tolist() == [TICK_FLAG_GAP_BEFORE, 0]  # the set, then the checksum record
+    assert eth["flags"].tolist() == [0, LEVEL_FLAG_LAST]
+    assert btc["flags"].tolist() == [TICK_FLAG_GAP_BEFORE, LEVEL_FLAG_LAST]  # the set, then the checksum record
 
 
 def test_kraken_update_before_any_snapshot_is_counted():

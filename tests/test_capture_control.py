@@ -23,7 +23,8 @@ STATUS_KEYS = {"role", "name", "pid", "feed", "exchange", "ticks", "levels", "st
                "symbol_ids"}
 # what --json prints at the end, less what only the end knows
 COUNTER_KEYS = {"messages", "bytes", "ticks_written", "levels_written", "ring_full_waits", "reconnects",
-                "resubscribes", "resnapshots", "parse_errors", "gaps", "messages_by_channel", "latency_us"}
+                "resubscribes", "resnapshots", "parse_errors", "gaps", "messages_by_channel", "latency_us",
+                "invalidates", "silences"}
 
 
 # the fixtures those modules define, used here too

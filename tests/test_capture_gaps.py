@@ -15,7 +15,12 @@ from shmpipe_services.capture.timestamps import rfc3339_ns
 from test_capture_bad_input import FakeClock, cb_snapshot, cb_update, coinbase_frame, kraken_book
 
 from shmpipe.records import (
+    ACTION_INVALIDATE,
+    ACTION_SET,
+    ACTION_SNAPSHOT_BEGIN,
     ACTION_TRADE,
+    LEVEL_FLAG_GAP_BEFORE,
+    LEVEL_FLAG_LAST,
     SIDE_ASK,
     SIDE_BID,
     SOURCE_COINBASE,
@@ -38,9 +43,24 @@ def test_coinbase_heartbeat_counter_jump_is_a_connection_gap():
     parser.parse(heartbeat(2, 11))
     parser.parse(heartbeat(3, 13))
     assert [(g.kind, g.detail) for g in parser.gaps] == [("heartbeat", "heartbeat_counter 13 after 11")]
-    _, levels = parser.parse(cb_update(4, "BTC-USD"))
-    assert levels["flags"].tolist() == [TICK_FLAG_GAP_BEFORE]
+    # the frame that revealed the gap carries one invalidate per book (gap-before: its own symbol)
+    _, levels = parser.parse(heartbeat(4, 14))
+    _, levels = parser.parse(cb_update(5, "BTC-USD"))
+    assert levels["flags"].tolist() == [LEVEL_FLAG_LAST]       # the next update speaks for itself only
     assert parser.take_resync() == {"BTC-USD"}
+
+
+def test_a_connection_wide_gap_invalidates_every_book_ahead_of_the_frames_records():
+    """Issue 21 item 3: the gap flag used to land on the next record whatever its symbol, so dropping
+    a BTC-USD update flagged ETH-USD and left BTC-USD valid with the wrong best bid."""
+    parser = CoinbaseParser()
+    parser.parse(cb_snapshot(0, "BTC-USD"))
+    parser.parse(cb_snapshot(1, "ETH-USD"))
+    _, levels = parser.parse(cb_update(3, "ETH-USD"))          # sequence 2 (say, a BTC-USD update) lost
+    ids = {s: parser.instruments[s].symbol_id for s in ("BTC-USD", "ETH-USD")}
+    assert levels["action"].tolist() == [ACTION_INVALIDATE, ACTION_INVALIDATE, ACTION_SET]
+    assert sorted(levels["symbol_id"][:2].tolist()) == sorted(ids.values())
+    assert levels["flags"].tolist() == [LEVEL_FLAG_GAP_BEFORE | LEVEL_FLAG_LAST] * 2 + [LEVEL_FLAG_LAST]
 
 
 def test_coinbase_string_heartbeat_counter_is_accepted():
@@ -61,9 +81,12 @@ def test_reconnect_waits_for_new_snapshots_and_flags_the_first_records():
     parser.parse(cb_snapshot(0))
     parser.reset_connection()
     _, levels = parser.parse(cb_update(0, "BTC-USD"))   # sequence restarts at 0: no sequence gap
-    assert len(levels) == 0 and parser.errors == {"update_without_snapshot": 1}
+    # the books of the dropped connection are invalidated (stale; if capture did not already) first
+    assert levels["action"].tolist() == [ACTION_INVALIDATE] and levels["flags"].tolist() == [LEVEL_FLAG_LAST]
+    assert parser.errors == {"update_without_snapshot": 1}
     _, levels = parser.parse(cb_snapshot(1))
-    assert levels["flags"][0] == TICK_FLAG_GAP_BEFORE and not levels["flags"][1:].any()
+    assert levels["action"][0] == ACTION_SNAPSHOT_BEGIN and not levels["flags"][:-1].any()
+    assert levels["flags"][-1] == LEVEL_FLAG_LAST
     assert [g.kind for g in parser.gaps] == ["reconnect"]
 
 
@@ -102,8 +125,12 @@ def test_kraken_trades_and_trade_id_gaps():
     ticks, levels = parser.parse(kraken_trade(105, "sell"))
     assert [(g.kind, g.symbol) for g in parser.gaps] == [("trade_id", "BTC/USD")]
     assert ticks["flags"].tolist() == [TICK_FLAG_TRADE | TICK_FLAG_GAP_BEFORE]
-    assert levels["flags"].tolist() == [TICK_FLAG_GAP_BEFORE] and levels["side"].tolist() == [SIDE_BID]
-    assert parser.take_resync() == set()   # a missed trade does not make the book wrong
+    # A missed trade does not make the book wrong (issue 21 item 5: it used to flag the symbol's next
+    # LevelUpdate, a book update, invalidating an intact book): only the trade Tick says so.
+    assert levels["flags"].tolist() == [LEVEL_FLAG_LAST] and levels["side"].tolist() == [SIDE_BID]
+    _, book = parser.parse(kraken_book("BTC/USD", "snapshot", '[{"price":67000.1,"qty":1.5}]'))
+    assert not (book["flags"] & LEVEL_FLAG_GAP_BEFORE).any()
+    assert parser.take_resync() == set()
 
 
 def test_kraken_snapshot_time_comes_from_recv_ns():
@@ -238,3 +265,11 @@ def test_batch_goes_into_rings_and_keeps_what_a_full_ring_refused(ring_name):
         ticks_ring.unlink()
         levels_ring.unlink()
     assert got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("text,decimals", [("67007.0", 1), ("3500", 0), ("1.5e-3", 4), (b"1.5e-05", 6),
+                                           ("1E-8", 8), ("2.50e2", 0), ("1.25e1", 1), (b"0.13047207", 8)])
+def test_decimals_of_numbers_in_scientific_notation(text, decimals):
+    """Issue 21 item 5: "1.5e-3" used to learn 4 decimals by counting the text after the dot ("5e-3")."""
+    from shmpipe_services.capture.feed_parser import decimals_of
+    assert decimals_of(text) == decimals

@@ -25,8 +25,10 @@ from shmpipe_services.capture.symbol_ids import InMemorySymbolIds
 
 from shmpipe.records import (
     ACTION_CHECKSUM,
+    ACTION_INVALIDATE,
     ACTION_SNAPSHOT_BEGIN,
     ACTION_SNAPSHOT_END,
+    LEVEL_FLAG_LAST,
     SOURCE_ALPACA,
     SOURCE_COINBASE,
     SOURCE_KRAKEN,
@@ -89,9 +91,15 @@ def test_coinbase_gap_flagged_on_the_first_records_after_it(coinbase):
     parser, _, run, _ = coinbase
     (gap,) = KNOWN["coinbase_advanced.jsonl"]["sequence_num"]["gaps"]
     assert [(g.kind, g.frame) for g in parser.gaps] == [("sequence", gap["line"])]
+    # LevelUpdates: a gap-before flag speaks for its own symbol only, so the connection-wide gap is one
+    # invalidate record (gap-before, last) per book, ahead of the gap line's own records.
     flagged_levels = np.flatnonzero(run.levels["flags"] & TICK_FLAG_GAP_BEFORE)
     first_level_of_gap_line = np.flatnonzero(run.level_lines == gap["line"])[0]
-    assert flagged_levels.tolist() == [first_level_of_gap_line]
+    assert flagged_levels.tolist() == [first_level_of_gap_line, first_level_of_gap_line + 1]
+    invalidates = run.levels[flagged_levels]
+    assert (invalidates["action"] == ACTION_INVALIDATE).all() and (invalidates["flags"] & LEVEL_FLAG_LAST).all()
+    assert sorted(invalidates["symbol_id"].tolist()) == sorted(parser.instruments[s].symbol_id
+                                                              for s in ("BTC-USD", "ETH-USD"))
     flagged_ticks = np.flatnonzero(run.ticks["flags"] & TICK_FLAG_GAP_BEFORE)
     first_tick_after = np.flatnonzero(run.tick_lines >= gap["line"])[0]
     assert flagged_ticks.tolist() == [first_tick_after]

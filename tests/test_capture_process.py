@@ -17,12 +17,13 @@ from capture_helpers import CAPTURE_FIXTURES, KNOWN, fixture_lines, played_as_re
 from shmpipe_services.capture.alpaca import AlpacaParser
 from shmpipe_services.capture.coinbase import CoinbaseParser
 from shmpipe_services.capture.kraken import KrakenParser
+from shmpipe_services.capture.record_batch import RecordBatch
 from test_asset_sync import LineReader, _stop, spawn_cli
 
 import shmpipe
 from shmpipe import symbols
 from shmpipe.journal import read_journal
-from shmpipe.records import LEVEL_UPDATE, TICK, TICK_FLAG_GAP_BEFORE
+from shmpipe.records import ACTION_INVALIDATE, LEVEL_FLAG_LAST, LEVEL_UPDATE, TICK, TICK_FLAG_GAP_BEFORE
 from shmpipe.symbols import SymbolRegistry
 from shmpipe.wslog import read_wslog, wslog_files
 
@@ -116,11 +117,31 @@ def raw_frames(raw_dir, exchange: str):
     return frames, times, [(m, p) for m, p, _ in markers], [n for m, _, n in markers if m == "connect"]
 
 
-def parse_direct(parser, frames, times, reset_at=()):
+def disconnects(raw_dir, exchange: str) -> dict[int, int]:
+    """{frames before it: its time} of each disconnect marker but a normal end's (capture invalidated
+    the connection's books there)."""
+    out, n = {}, 0
+    for path in wslog_files(raw_dir / exchange):
+        for entry in read_wslog(path):
+            if entry.marker is None:
+                n += 1
+            elif entry.marker == "disconnect" and not bytes(entry.payload).startswith(b"closed normally"):
+                out[n] = entry.recv_ns
+    return out
+
+
+def parse_direct(parser, frames, times, reset_at=(), lost_at=None):
     """The records the fixture frames give, parsed here with the recorded receive times; the
-    connection is reset before the frame indexes in ``reset_at`` (where capture reconnected)."""
+    connection is reset before the frame indexes in ``reset_at`` (where capture reconnected), after
+    its books are invalidated at the times ``lost_at`` gives (where capture lost the connection)."""
     ticks, levels, first_after_reset = [], [], {}
     for i, (frame, recv_ns) in enumerate(zip(frames, times)):
+        if lost_at and i in lost_at:
+            batch = RecordBatch()
+            parser.invalidate_all(batch, lost_at[i])
+            t, lv = batch.take()
+            ticks.append(t)
+            levels.append(lv)
         if i in reset_at:
             parser.reset_connection()
             first_after_reset[i] = (sum(map(len, ticks)), sum(map(len, levels)))
@@ -162,11 +183,11 @@ def test_capture_rings_equal_the_fixture_parsed_and_replay_reproduces_them(feed,
         known = KNOWN["coinbase_advanced.jsonl"]
         assert {c: counters["messages_by_channel"][c] - answers[c] + withheld[c]
                 for c in known["message_counts_by_channel"]} == known["message_counts_by_channel"]
-        # the one sequence gap of the fixture: flagged on the first level update of its line
+        # the one sequence gap of the fixture: an invalidate (gap-before) per book, ahead of its line
         gap_line = known["sequence_num"]["gaps"][0]["line"]
         assert counters["gaps"] == {"sequence": 1}
         flagged = np.flatnonzero(levels["flags"] & TICK_FLAG_GAP_BEFORE)
-        assert len(flagged) == 1
+        assert len(flagged) == 2 and (levels["action"][flagged] == ACTION_INVALIDATE).all()
         fresh = CoinbaseParser(registered(registry))
         before = sum(len(fresh.parse(f, t)[1]) for f, t in zip(frames[:gap_line - 1], times[:gap_line - 1]))
         assert flagged[0] == before
@@ -218,14 +239,22 @@ def test_disconnect_reconnects_resubscribes_and_flags_the_gap(rings, registry, t
     assert counters["reconnects"] == 1 and counters["ended"] == "feed closed"
     assert counters["gaps"].get("reconnect") == 1
 
+    lost = disconnects(tmp_path / "raw", "coinbase")
+    assert list(lost) == [cut]
     expected_ticks, expected_levels, at = parse_direct(CoinbaseParser(registered(registry)), frames, times,
-                                                       reset_at={cut})
+                                                       reset_at={cut}, lost_at=lost)
     assert ticks.tobytes() == expected_ticks.tobytes() and levels.tobytes() == expected_levels.tobytes()
     n_ticks, n_levels = at[cut]
-    # the first record of each stream after the reconnect carries the gap flag
+    # the first Tick after the reconnect carries the gap flag; the books were invalidated (stale) when
+    # the connection dropped, not at the reconnect: one invalidate per book, stamped with the drop
     assert ticks["flags"][n_ticks] & TICK_FLAG_GAP_BEFORE
-    assert levels["flags"][n_levels] & TICK_FLAG_GAP_BEFORE
     assert not (ticks["flags"][:n_ticks] & TICK_FLAG_GAP_BEFORE).any()
+    dropped = levels[n_levels - 2:n_levels]
+    assert dropped["action"].tolist() == [ACTION_INVALIDATE] * 2 and (dropped["timestamp_ns"] == lost[cut]).all()
+    assert dropped["flags"].tolist() == [LEVEL_FLAG_LAST] * 2
+    # (the fixture's own sequence gap, replayed on the second connection, adds its invalidates)
+    assert counters["invalidates"] == np.count_nonzero(levels["action"] == ACTION_INVALIDATE) > 2
+    assert not (levels["action"][:n_levels - 2] == ACTION_INVALIDATE).any()
 
     again = rings("-r")
     code, out, err = run_cli("replay", *again.args(), "--json", str(tmp_path / "raw"))

@@ -1,6 +1,7 @@
 """``shmpipe demo``: the example pipeline under the launcher, its JSON summary (one key per stage,
-records / lost / p50_us / p99_us), the live lines, Ctrl-C, nothing left behind, and the verdict
-failing when a stage lost records."""
+records / lost / p50_us / p99_us, plus ``ok``, ``reasons`` and, with --faults, ``faults``), the
+live lines, Ctrl-C, nothing left behind, the verdict failing when a stage lost records, and the
+market it shows: valid books, bars and features per symbol, faults detected and repaired."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_demo_json_has_one_object_per_stage_with_no_loss(tmp_path):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         summary = json.loads(out)  # stdout is exactly one JSON object
+        assert summary.pop("ok") is True and "reasons" not in summary and "faults" not in summary
         assert {"capture", "verify"} <= set(summary)
         for stage, figures in summary.items():
             assert isinstance(figures, dict)
@@ -169,6 +171,7 @@ def test_fixtures_feed_every_captured_tick_is_read(tmp_path):
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         summary = json.loads(out)
+        assert summary.pop("ok") is True
         assert "feed" not in summary  # the feed server moves no ring records: no stage of its own
         assert {"capture", "verify"} <= set(summary)
         assert all(stage["lost"] == 0 for stage in summary.values())
@@ -269,3 +272,158 @@ def test_demo_seconds_count_from_when_every_stage_is_up(tmp_path):
         assert summary["features"]["records"] > 0, summary["features"]
     finally:
         _cleanup(proc)
+
+
+# -- the market (issue 23) ---------------------------------------------------------------------------
+def _run_json(args, tmp_path, timeout=180, script=None):
+    cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", "shmpipe_tools.cli", "demo", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        assert _left_behind(proc.pid) == ([], [])
+        return proc.returncode, json.loads(out), err
+    finally:
+        _cleanup(proc)
+
+
+def test_the_demo_shows_a_market_whose_books_bars_and_features_hold(tmp_path):
+    """Each exit-status condition, read from the real processes of a plain run: nothing lost,
+    >= 99.9 % of the book entries valid, <= 0.1 % of trades late, a bar for every symbol and closed
+    second, features for every symbol; and the figures agree with the rings'."""
+    rc, summary, err = _run_json(["--seconds", "6", "--json"], tmp_path)
+    assert rc == 0 and summary["ok"] is True, (err, summary.get("reasons"))
+    stages = {k: v for k, v in summary.items() if isinstance(v, dict)}
+    assert all(s["lost"] == 0 for s in stages.values())
+    book, bars, features, verify = (summary[k] for k in ("orderbook", "bars", "features", "verify"))
+    assert book["valid_share"] >= 0.999 and book["symbols"] == 8 and book["symbols_never_valid"] == 0
+    assert book["checksums_verified"] > 100 and book["checksums_failed"] == 0 and book["crossed"] == 0
+    # the demo read every entry the ring was given, no more
+    assert 0 < book["entries_read"] <= book["entries_published"] == book["rings"]["books"]["written"]
+    # the market closed and the stages drained before the last sample: the counts agree exactly
+    capture = summary["capture"]
+    assert verify["records"] == bars["records"] == capture["ticks"]
+    assert book["records"] == capture["levels"] and features["records"] == book["entries_published"]
+    assert bars["late_share"] is not None and bars["late_share"] <= 0.001
+    # the market opens once every stage is up: no backlog of trades late for closed bars, no book
+    # whose snapshot the order book missed
+    assert bars["late"] <= 0.001 * bars["trades"] and book["entries_before_first_valid"] == 0
+    assert bars["bars_published"]["1s"] >= 8 * 3 and "bars_missing" not in bars
+    assert features["symbols_with_features"] == 8 and features["published"] >= 8
+    assert 0 < verify["event_to_read_p50_us"] <= verify["event_to_read_p99_us"] < 5_000_000
+
+
+FAULTS_AS_A_PLAIN_RUN = """
+import sys
+from shmpipe_services.launcher import demo_market
+start = demo_market.MarketWatch.start
+def start_with_faults(self):
+    start(self)
+    self.plan = demo_market.FaultPlan(self.capture_service, self.seconds)   # injected, judged as a plain run
+demo_market.MarketWatch.start = start_with_faults
+from shmpipe_tools.cli import main
+sys.exit(main(["demo", "--seconds", "6", "--json"]))
+"""
+
+
+def test_a_plain_run_whose_books_go_invalid_exits_1_and_says_why(tmp_path):
+    """The same faults injected without --faults: the books are invalid for a while, fewer than
+    99.9 % of the entries are valid, and the run fails naming that."""
+    rc, summary, err = _run_json([], tmp_path, script=FAULTS_AS_A_PLAIN_RUN)
+    assert rc == 1 and summary["ok"] is False, err
+    assert any("of entries were valid" in r for r in summary["reasons"]), summary["reasons"]
+    assert summary["orderbook"]["valid_share"] < 0.999
+    assert "faults" not in summary
+
+
+def test_faults_are_each_detected_and_repaired_within_the_run(tmp_path):
+    rc, summary, err = _run_json(["--faults", "--seconds", "10", "--json"], tmp_path)
+    assert rc == 0 and summary["ok"] is True, (err, summary.get("reasons"), summary.get("faults"))
+    faults = summary["faults"]
+    assert [f["kind"] for f in faults] == ["gap", "corrupt", "drop"]
+    for f in faults:
+        assert f["symbols"], f
+        assert 0 <= f["detected_s"] <= f["repaired_s"] < 10, f
+    assert len(faults[2]["symbols"]) == 8            # a dropped connection hits every book
+    book = summary["orderbook"]
+    assert book["checksums_failed"] >= 1            # the corrupted level, found by its checksum
+    assert book["resnapshots"] >= 3 and book["gaps"] >= 1
+
+
+class _Books:
+    def __init__(self, figures, times=(None, None)):
+        self._figures, self._times, self.clock = figures, times, "timestamp_ns"
+
+    def figures(self):
+        return dict(self._figures)
+
+    def fault_times(self, _sids, _at):
+        return self._times
+
+
+def _watch(books=None, signals=None, faults=False):
+    from shmpipe_services.launcher import demo_market
+    from shmpipe_services.launcher.config import loads
+
+    pipeline = loads('[processes.capture]\ncommand = "sleep 1"\n', "x.toml", ring_prefix="no-such-prefix.")
+    w = demo_market.MarketWatch(pipeline, faults=faults, seconds=10.0, say=lambda _line: None)
+    w.books, w.symbol_ids = books, {"SYN0000": 1, "SYN0001": 2}
+    if signals is not None:
+        w.signals = signals
+    w.start_ns, w.end_ns = 10 * 10**9, 20 * 10**9
+    return w
+
+
+GOOD_BOOKS = {"entries_read": 1000, "entries_invalid": 0, "entries_before_first_valid": 0, "valid_share": 1.0,
+              "symbols": 2, "symbols_never_valid": 0}
+
+
+def _signals(bars_for=(1, 2), features_for=(1, 2)):
+    """A SignalsWatch that saw 1 s bars from 9 s to 20 s for bars_for, features for features_for."""
+    from shmpipe_services.launcher.demo_market import SignalsWatch
+
+    s = SignalsWatch.__new__(SignalsWatch)
+    s.bars = {(sid, "1s"): {t * 10**9 for t in range(9, 21)} for sid in bars_for}
+    s.features = {sid: 5 for sid in features_for}
+    s.last_bar, s.last_features, s.names = {}, {}, {}
+    return s
+
+
+NO_LATE = {"trades": 10_000, "late": 0, "late_1s": 0}
+
+
+@pytest.mark.parametrize("books, bars, signals, reason", [
+    (GOOD_BOOKS, NO_LATE, {}, None),
+    ({**GOOD_BOOKS, "valid_share": 0.998}, NO_LATE, {}, "only 99.800% of entries were valid"),
+    ({**GOOD_BOOKS, "symbols_never_valid": 1}, NO_LATE, {}, "1 book(s) never had a valid entry"),
+    (GOOD_BOOKS, {"trades": 10_000, "late": 11, "late_1s": 11}, {}, "11 of 10,000 trades (0.11%) came late"),
+    (GOOD_BOOKS, NO_LATE, {"bars_for": (1,)}, "bars missing for closed periods: SYN0001 8"),
+    (GOOD_BOOKS, NO_LATE, {"features_for": (2,)}, "published nothing for 1 symbol(s): SYN0000"),
+], ids=["good", "valid-share", "never-valid", "late", "bars-missing", "features-silent"])
+def test_each_market_condition_fails_the_run(books, bars, signals, reason):
+    w = _watch(_Books(books), _signals(**signals))
+    summary = {"orderbook": {"checksums_verified": 5}, "bars": dict(bars), "features": {"skipped_invalid": 0}}
+    problems = w.judge(summary, {"bars": {"trades": 0, "late": 0, "late_1s": 0}})
+    if reason is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and reason in problems[0], problems
+
+
+@pytest.mark.parametrize("times, reason", [
+    ((0.01, 0.05), None),
+    ((None, None), "was never detected"),
+    ((0.01, None), "was detected after 0.01 s but never repaired"),
+])
+def test_a_fault_not_detected_or_not_repaired_fails_the_run(times, reason):
+    from shmpipe_services.launcher.demo_market import Fault
+
+    w = _watch(_Books(GOOD_BOOKS, times), _signals(), faults=True)
+
+    class Plan:
+        faults = [Fault("gap", 2.0, injected_ns=1, symbol_ids=[1], symbols=["SYN0000"])]
+
+    w.plan = Plan()
+    problems = w.judge({}, {})
+    assert problems == ([] if reason is None else [f"fault gap (SYN0000) {reason}"])
+    assert w.faults() == [{"kind": "gap", "at_s": 2.0, "symbols": ["SYN0000"], "detected_s": times[0],
+                           "repaired_s": times[1]}]

@@ -107,3 +107,18 @@ def test_bad_settings():
         FeatureEngine(top_n=ORDERBOOK_DEPTH + 1)
     with pytest.raises(ValueError, match="vol_window"):
         FeatureEngine(vol_window=1)
+
+
+def test_a_crossed_or_non_finite_book_with_flags_0_is_not_trusted():
+    """Issue 21 item 6: flags == 0 alone is no proof; bid < ask and finite levels are required."""
+    books = np.zeros(5, ORDERBOOK_ENTRY)
+    books["symbol_id"] = [1, 2, 3, 4, 5]
+    books["bid_count"] = books["ask_count"] = 1
+    books["bids"][:, 0] = [(102.0, 1), (100.0, 1), (99.0, 1), (99.0, np.nan), (99.0, 1)]
+    books["asks"][:, 0] = [(101.0, 1), (100.0, 1), (np.inf, 1), (101.0, 1), (101.0, 1)]
+    engine = FeatureEngine(top_n=1, vol_window=2)
+    got = engine.update(books)
+    assert got["symbol_id"].tolist() == [5]
+    assert engine.skipped.crossed == 2 and engine.skipped.not_finite == 2
+    assert engine.skipped.as_dict()["crossed"] == 2 and engine.skipped.as_dict()["not_finite"] == 2
+    assert engine.skipped.invalid == engine.skipped.empty_side == 0

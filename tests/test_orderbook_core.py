@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import time
+
 import numpy as np
 import pytest
 from capture_helpers import KNOWN
@@ -15,6 +17,7 @@ from shmpipe_services.orderbook._book import BookEngine, checksum_text_digits
 import shmpipe
 from shmpipe.records import (
     ACTION_CHECKSUM,
+    ACTION_INVALIDATE,
     ACTION_SET,
     ACTION_SNAPSHOT_BEGIN,
     ACTION_SNAPSHOT_END,
@@ -23,6 +26,8 @@ from shmpipe.records import (
     BOOK_FLAG_CROSSED,
     BOOK_FLAG_GAP,
     BOOK_FLAG_INVALID,
+    BOOK_FLAG_STALE,
+    BOOK_FLAG_UNVERIFIED,
     LEVEL_FLAG_GAP_BEFORE,
     LEVEL_UPDATE,
     ORDERBOOK_ENTRY,
@@ -150,21 +155,36 @@ def test_checksum_failure_invalidates_until_the_next_snapshot():
     assert (c["checksum_failures"], c["checksums_verified"], c["invalid_books"], c["repaired"]) == (1, 1, 1, 1)
 
 
-def test_checksum_without_decimals_is_counted_unverifiable_not_failed():
-    engine = BookEngine(facts=lambda sid: (None, None, 0))
-    engine.apply(levels(*snapshot({10.0: 1.0}, {11.0: 1.0}), checksum_record(1, ts=2)))
-    assert engine.counters()["checksums_unverifiable"] == 1 and engine.flags(1) == 0
+def test_checksum_without_decimals_truncates_to_the_depth_and_flags_unverified_not_valid():
+    """Issue 21 item 4: unknown decimals used to leave the book untruncated and valid (flags 0)."""
+    engine = BookEngine(facts=lambda sid: (None, None, 2))
+    engine.apply(levels(*snapshot({10.0: 1.0, 9.0: 1.0, 8.0: 1.0}, {11.0: 1.0, 12.0: 1.0, 13.0: 1.0}, last=False),
+                        checksum_record(1, ts=2)))
+    assert engine.counters()["checksums_unverifiable"] == 1
+    assert engine.flags(1) == BOOK_FLAG_INVALID | BOOK_FLAG_UNVERIFIED
+    assert engine.level_counts(1) == (2, 2)
+
+
+def test_an_unverified_book_is_valid_again_once_a_checksum_verifies():
+    known = {}
+    engine = BookEngine(facts=lambda sid: known.get(sid))
+    engine.apply(levels(*snapshot({10.0: 1.0}, {11.0: 1.0}, last=False), checksum_record(1, ts=2)))
+    assert engine.flags(1) == BOOK_FLAG_INVALID | BOOK_FLAG_UNVERIFIED
+    known[1] = (1, 1, 0)
+    engine.apply(levels(checksum_record(engine.checksum(1), ts=3)))
+    assert engine.flags(1) == 0
 
 
 # -- the other integrity checks --------------------------------------------------------------------
 def test_a_crossing_inside_one_message_is_not_flagged_but_one_that_stays_is():
     engine = BookEngine(facts=facts())
     engine.apply(levels(*snapshot({10.0: 1.0}, {11.0: 1.0})))
-    # one message (one timestamp): a bid at 11 before the ask at 11 goes: crossed only in between
-    engine.apply(levels(level(ACTION_SET, SIDE_BID, 11.0, 1.0, ts=2), level(ACTION_SET, SIDE_ASK, 11.0, 0.0, ts=2),
+    # one message (bit4 on its last record): a bid at 11 before the ask at 11 goes: crossed only in between
+    engine.apply(levels(level(ACTION_SET, SIDE_BID, 11.0, 1.0, ts=2, last=False),
+                        level(ACTION_SET, SIDE_ASK, 11.0, 0.0, ts=2, last=False),
                         level(ACTION_SET, SIDE_ASK, 11.5, 1.0, ts=2), level(ACTION_SET, SIDE_BID, 9.0, 1.0, ts=3)))
     assert engine.flags(1) == 0
-    engine.apply(levels(level(ACTION_SET, SIDE_BID, 12.0, 1.0, ts=4), level(ACTION_SET, SIDE_BID, 9.5, 1.0, ts=5)))
+    engine.apply(levels(level(ACTION_SET, SIDE_BID, 12.0, 1.0, ts=4)))
     assert engine.flags(1) == BOOK_FLAG_INVALID | BOOK_FLAG_CROSSED
     assert engine.counters()["crossed"] == 1
 
@@ -226,6 +246,27 @@ def test_rings_of_the_wrong_record_are_refused(ring_name):
         ring.unlink()
 
 
+def test_an_invalidate_record_makes_the_book_stale_until_its_next_snapshot():
+    engine = BookEngine(facts=facts())
+    engine.apply(levels(*snapshot({10.0: 1.0}, {11.0: 1.0})))
+    engine.apply(levels(level(ACTION_INVALIDATE, ts=2)))
+    assert engine.flags(1) == BOOK_FLAG_INVALID | BOOK_FLAG_STALE
+    engine.apply(levels(level(ACTION_SET, SIDE_BID, 10.5, 1.0, ts=3)))    # still not vouched for
+    assert engine.flags(1) == BOOK_FLAG_INVALID | BOOK_FLAG_STALE
+    engine.apply(levels(*snapshot({10.0: 1.0}, {11.0: 1.0}, ts=4)))
+    assert engine.flags(1) == 0 and engine.counters()["invalidations"] == 1
+
+
+@pytest.mark.parametrize("price", [1e39, 1e300, 1e15])
+def test_an_absurd_level_value_is_a_lost_change_not_a_valid_entry(price):
+    """Issue 21 item 5: an ask of 1e39 was published as inf in a valid entry."""
+    engine = BookEngine(facts=facts())
+    engine.apply(levels(*snapshot({10.0: 1.0}, {11.0: 1.0})))
+    engine.apply(levels(level(ACTION_SET, SIDE_ASK, price, 1.0, ts=2)))
+    assert engine.flags(1) == BOOK_FLAG_INVALID | BOOK_FLAG_GAP
+    assert engine.top(1, SIDE_ASK) == [(11.0, 1.0)] and engine.counters()["bad_records"] == 1
+
+
 # -- entries ---------------------------------------------------------------------------------------
 @pytest.fixture
 def book_rings(ring_name):
@@ -253,8 +294,10 @@ def test_entries_carry_the_top_50_best_first_with_counts_flags_and_sequence(book
         assert last["symbol_id"] == 4 and list(entries["sequence"]) == [1, 2, 3]
         assert last["bid_count"] == 50 and last["ask_count"] == 2
         expected_bids = sorted(bids.items(), reverse=True)[:50]
-        np.testing.assert_array_equal(last["bids"], np.array(expected_bids, np.float32))
-        np.testing.assert_array_equal(last["asks"][:2], np.array([(100.01, 2.0), (100.03, 4.0)], np.float32))
+        # OrderbookEntry v2: the exact f64s the levels carried, not their f32 neighbours.
+        np.testing.assert_array_equal(last["bids"], np.array(expected_bids, np.float64))
+        np.testing.assert_array_equal(last["asks"][:2], np.array([(100.01, 2.0), (100.03, 4.0)], np.float64))
+        assert 0 < last["published_ns"] and abs(int(last["published_ns"]) - time.time_ns()) < 60 * 10**9
         assert not last["asks"][2:].any()
         assert entries[0]["ask_count"] == 3 and entries[0]["flags"] == 0
         assert last["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_CHECKSUM_FAILED
@@ -264,6 +307,50 @@ def test_entries_carry_the_top_50_best_first_with_counts_flags_and_sequence(book
         (fresh,) = reader.read(10, timeout=0)
         assert fresh["bid_count"] == 1 and not fresh["bids"][1:].any() and fresh["flags"] == 0
         assert engine.counters()["snapshots_written"] == 4
+
+
+def test_a_message_is_published_once_at_its_last_record_never_in_between(book_rings):
+    """Issue 21 item 2: a Kraken message with one corrupted quantity went out as flags [0, 0, 5]
+    (the wrong book twice as valid before its checksum record), and a crossing update as flags 0."""
+    levels_ring, books_ring = book_rings
+    with levels_ring.producer() as lp, levels_ring.consumer() as lc, books_ring.producer() as bp, \
+            books_ring.consumer() as reader:
+        engine = BookEngine(lc, bp, facts=facts(1, 1))
+        lp.write_batch(levels(*snapshot({10.0: 1.0}, {11.0: 1.0}, last=False), checksum_record(0, ts=1)))
+        engine.pump()
+        reader.read(100, timeout=0)
+        engine.apply(levels(*snapshot({10.0: 1.0}, {11.0: 1.0})))
+        reader.read(100, timeout=0)
+        good = engine.checksum(1)
+        lp.write_batch(levels(level(ACTION_SET, SIDE_BID, 10.0, 2.0, ts=2, last=False),
+                              level(ACTION_SET, SIDE_ASK, 11.0, 3.0, ts=2, last=False),
+                              checksum_record(good ^ 1, ts=2)))
+        engine.pump()
+        entries = reader.read(100, timeout=0)
+        assert entries["flags"].tolist() == [BOOK_FLAG_INVALID | BOOK_FLAG_CHECKSUM_FAILED]
+        lp.write_batch(levels(*snapshot({10.0: 1.0}, {11.0: 1.0}, ts=3),
+                              level(ACTION_SET, SIDE_BID, 12.0, 1.0, ts=4)))     # bid 12 over ask 11
+        engine.pump()
+        entries = reader.read(100, timeout=0)
+        assert entries["flags"].tolist() == [0, BOOK_FLAG_INVALID | BOOK_FLAG_CROSSED]
+
+
+def test_a_conflated_entry_owed_is_not_written_in_the_middle_of_a_message(book_rings):
+    levels_ring, books_ring = book_rings
+    with levels_ring.producer() as lp, levels_ring.consumer() as lc, books_ring.producer() as bp, \
+            books_ring.consumer() as reader:
+        engine = BookEngine(lc, bp, conflate_ms=60_000, facts=facts())
+        lp.write_batch(levels(*snapshot({10.0: 1.0}, {11.0: 1.0}), level(ACTION_SET, SIDE_BID, 9.0, 1.0, ts=2)))
+        engine.pump()
+        assert len(reader.read(10, timeout=0)) == 1
+        lp.write_batch(levels(level(ACTION_SET, SIDE_BID, 12.0, 1.0, ts=3, last=False)))   # crosses, for now
+        engine.pump()
+        assert engine.flush_due(force=True) == 0 and len(reader.read(10, timeout=0)) == 0
+        lp.write_batch(levels(level(ACTION_SET, SIDE_BID, 12.0, 0.0, ts=3)))                # message ends
+        engine.pump()
+        assert engine.flush_due(force=True) == 1
+        (owed,) = reader.read(10, timeout=0)
+        assert owed["flags"] == 0 and owed["bids"][0].tolist() == [10.0, 1.0]
 
 
 def test_conflation_writes_at_most_one_entry_per_symbol_per_interval(book_rings):

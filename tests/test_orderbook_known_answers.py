@@ -4,6 +4,7 @@ real processes (feed server -> shmpipe capture -> shmpipe orderbook)."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 import time
 
 import numpy as np
@@ -19,6 +20,8 @@ from shmpipe.records import (
     BOOK_FLAG_CHECKSUM_FAILED,
     BOOK_FLAG_GAP,
     BOOK_FLAG_INVALID,
+    BOOK_FLAG_STALE,
+    LEVEL_FLAG_GAP_BEFORE,
     LEVEL_UPDATE,
     ORDERBOOK_ENTRY,
     SIDE_ASK,
@@ -54,10 +57,18 @@ def through_rings(fixture: ParsedFixture, ring_name: str):
 
 
 def assert_entry_top(entry, known_bids, known_asks):
-    """An entry's f32 levels against the known decimals (f32 holds ~7 significant digits)."""
+    """An entry's levels are exactly the venue's numbers (OrderbookEntry v2: f64, the same double the
+    venue's text parses to), so printed with the venue's decimals they give its text back."""
     for got, known in ((entry["bids"], known_bids), (entry["asks"], known_asks)):
         want = np.array([(float(p), float(s)) for p, s in known], np.float64)
-        np.testing.assert_allclose(got[:len(want)].astype(np.float64), want, rtol=2e-7, atol=1e-9)
+        np.testing.assert_array_equal(got[:len(want)], want)
+        for (price, size), (p_text, s_text) in zip(got[:len(want)].tolist(), known):
+            assert Decimal(f"{price:.{decimals(p_text)}f}") == Decimal(p_text)
+            assert Decimal(f"{size:.{decimals(s_text)}f}") == Decimal(s_text)
+
+
+def decimals(text: str) -> int:
+    return max(0, -Decimal(text).as_tuple().exponent)
 
 
 def last_per_symbol(entries) -> dict[int, np.void]:
@@ -93,12 +104,15 @@ def test_final_top_of_book_equals_the_known_answers(venue, fixture, ring_name):
             assert engine.flags(parsed.sid(symbol)) == 0
         assert not entries["flags"].any()
     else:
-        # the fixture's one sequence gap: capture flags the first level record after it, so that
-        # record's book is marked invalid from there (and a resnapshot asked for); its levels stay applied
-        assert c["gaps"] == 1
-        flagged = parsed.levels[parsed.levels["flags"] != 0]
-        assert engine.invalid_symbols() == [int(flagged["symbol_id"][0])]
-        assert last[int(flagged["symbol_id"][0])]["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_GAP
+        # the fixture's one sequence gap: the lost message could have touched any book, so capture
+        # writes an invalidate (gap-before) for each, and every book is invalid from there until a
+        # resnapshot; their levels stay applied
+        assert c["gaps"] == 2 and c["invalidations"] == 2
+        flagged = parsed.levels[(parsed.levels["flags"] & LEVEL_FLAG_GAP_BEFORE) != 0]
+        assert sorted(engine.invalid_symbols()) == sorted(flagged["symbol_id"].tolist()) == \
+            sorted(parsed.sid(s) for s in known["books"])
+        for sid in engine.invalid_symbols():
+            assert last[sid]["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_GAP
 
 
 def test_one_wrong_kraken_checksum_is_counted_and_marks_only_that_book(ring_name):
@@ -120,7 +134,8 @@ def test_one_wrong_kraken_checksum_is_counted_and_marks_only_that_book(ring_name
 
 
 # -- as processes: feed server -> capture -> orderbook ----------------------------------------------
-def run_pipeline(fixture_path: str, feed: str, ring_name: str, *server_options: str) -> tuple[dict, np.ndarray]:
+def run_pipeline(fixture_path: str, feed: str, ring_name: str, *server_options: str,
+                 capture_options: tuple[str, ...] = ()) -> tuple[dict, np.ndarray]:
     ticks = shmpipe.Ring.create(ring_name + "-t", TICK, 1 << 16, broadcast=True)
     levels = shmpipe.Ring.create(ring_name + "-l", LEVEL_UPDATE, 1 << 18, broadcast=True)
     books = shmpipe.Ring.create(ring_name + "-b", ORDERBOOK_ENTRY, 1 << 12, broadcast=True)
@@ -139,7 +154,7 @@ def run_pipeline(fixture_path: str, feed: str, ring_name: str, *server_options: 
         server, url = start_feed_server(fixture_path, "--exit-after", "1", *server_options)
         procs.append(server)
         cap = spawn_cli("capture", "--feed", feed, "--url", url, "--ticks", ring_name + "-t",
-                        "--levels", ring_name + "-l", "--json", "--name", ring_name + "-cap")
+                        "--levels", ring_name + "-l", "--json", "--name", ring_name + "-cap", *capture_options)
         procs.append(cap)
         while book.poll() is None:
             chunks.append(reader.read(1 << 12, timeout=0.05))
@@ -176,7 +191,8 @@ def test_capture_then_orderbook_processes_give_the_known_books(feed, fixture, ri
         assert counters["checksums_verified"] == known["checksums_verified"]
         assert counters["invalid_books"] == 0
     else:
-        assert counters["gaps"] == 1 and counters["invalid_books"] == 1
+        # the one sequence gap invalidates both books (an invalidate record each, with gap-before)
+        assert counters["gaps"] == 2 and counters["invalid_books"] == 2
         # whether capture answers resnapshot or not (or ends first), every request is accounted for
         assert counters["resnapshot_requests"] == counters["resnapshots"] + counters["resnapshot_failures"]
 
@@ -218,3 +234,26 @@ def test_a_corrupted_update_from_the_feed_server_is_flagged_and_repaired_by_capt
     for symbol, book in known["books"].items():
         assert_entry_top(last[registry.find("kraken", symbol)], book["top5_bids"], book["top5_asks"])
         assert last[registry.find("kraken", symbol)]["flags"] == 0
+
+
+@pytest.mark.parametrize("fault", [("--disconnect-after", "600"), ("--stall-after", "600")])
+def test_a_dropped_or_silent_connection_makes_every_book_invalid_and_stale_until_a_fresh_snapshot(
+        fault, ring_name, registry):  # noqa: F811
+    """Issue 21 item 3: after a drop every book stayed valid through the reconnect delay, and a silent
+    socket kept its last books valid for good. The first connection fails (drop, or silence past
+    --silence 1 s); the second plays the whole recording, whose snapshots make the books valid again."""
+    # The reconnect waits 4-12 s (--backoff 8, jittered): the books must go stale long before that.
+    counters, entries = run_pipeline("kraken_v2.jsonl", "kraken", ring_name, *fault, "--faulty-connections", "1",
+                                     "--exit-after", "2", capture_options=("--silence", "1", "--backoff", "8"))
+    sids = [registry.find("kraken", s) for s in KNOWN["kraken_v2.jsonl"]["books"]]
+    assert counters["invalidations"] == len(sids) and counters["checksum_failures"] == 0
+    for sid in sids:
+        mine = entries[entries["symbol_id"] == sid]
+        flags = mine["flags"].tolist()
+        stale = flags.index(BOOK_FLAG_INVALID | BOOK_FLAG_STALE)            # published when it went
+        # within a few heartbeat intervals of the book's last valid entry (the feed plays at full speed)
+        assert int(mine["published_ns"][stale]) - int(mine["published_ns"][stale - 1]) < 3.5e9
+        assert 0 not in flags[stale:stale + 1] and flags[-1] == 0          # valid again at the end...
+        valid_again = flags.index(0, stale)
+        assert all(f & BOOK_FLAG_INVALID for f in flags[stale:valid_again])  # ...only after a snapshot
+        assert all(f == 0 for f in flags[:stale])

@@ -28,7 +28,7 @@ def test_dtype_matches_c_struct(name):
 def test_documented_sizes():
     assert records.TICK.itemsize == 32
     assert records.LEVEL_UPDATE.itemsize == 32
-    assert records.ORDERBOOK_ENTRY.itemsize == 832
+    assert records.ORDERBOOK_ENTRY.itemsize == 1664
     assert records.ASSET.itemsize % 8 == 0
 
 
@@ -50,6 +50,33 @@ def test_level_update_is_layout_version_2():
     assert records.LEVEL_UPDATE_LAYOUT_VERSION == 2
     assert (records.ACTION_SET, records.ACTION_SNAPSHOT_BEGIN, records.ACTION_SNAPSHOT_END,
             records.ACTION_TRADE, records.ACTION_CHECKSUM) == (0, 1, 2, 3, 4)
+
+
+def test_orderbook_entry_is_layout_version_2():
+    """DESIGN.md's OrderbookEntry v2: f64 levels, published_ns @24, 1664 bytes (26 cache lines)."""
+    ob = records.ORDERBOOK_ENTRY
+    fields = {name: (ob.fields[name][0].base.str.replace("|", ""), ob.fields[name][1]) for name in ob.names}
+    assert fields == {"timestamp_ns": ("<u8", 0), "symbol_id": ("<u4", 8), "exchange_id": ("<u4", 12),
+                      "sequence": ("<u4", 16), "flags": ("u1", 20), "bid_count": ("u1", 21),
+                      "ask_count": ("u1", 22), "published_ns": ("<u8", 24), "bids": ("<f8", 32),
+                      "asks": ("<f8", 832)}
+    assert ob.fields["bids"][0].shape == ob.fields["asks"][0].shape == (records.ORDERBOOK_DEPTH, 2)
+    assert ob.itemsize == 1664 and records.ORDERBOOK_ENTRY_LAYOUT_VERSION == 2
+    assert (records.BOOK_FLAG_INVALID, records.BOOK_FLAG_CROSSED, records.BOOK_FLAG_CHECKSUM_FAILED,
+            records.BOOK_FLAG_GAP, records.BOOK_FLAG_STALE, records.BOOK_FLAG_UNVERIFIED) == (1, 2, 4, 8, 16, 32)
+    assert records.LEVEL_FLAG_LAST == 16 and records.ACTION_INVALIDATE == 5
+
+
+def test_orderbook_entry_gives_the_venues_numbers_back():
+    """Version 1's f32 read a one-cent spread at 97,000 as 0.015625 and merged 131072.01 with .02."""
+    e = np.zeros(1, records.ORDERBOOK_ENTRY)
+    e["bids"][0, 0] = (97000.12, 0.13047207)
+    e["asks"][0, 0] = (97000.13, 1234.56789012)
+    e["bids"][0, 1] = (131072.01, 1)
+    e["asks"][0, 1] = (131072.02, 1)
+    assert round(float(e["asks"][0, 0, 0] - e["bids"][0, 0, 0]), 8) == 0.01
+    assert f"{e['bids'][0, 0, 1]:.8f}" == "0.13047207" and f"{e['asks'][0, 0, 1]:.8f}" == "1234.56789012"
+    assert e["bids"][0, 1, 0] != e["asks"][0, 1, 0]
 
 
 def test_level_update_holds_eight_decimal_sizes_and_a_crc32_exactly():

@@ -113,7 +113,7 @@ def test_segment_mode_is_0600_and_space_reserved(ring_name):
     with shmpipe.Ring.create(ring_name, ORDERBOOK_ENTRY, 64) as ring:
         st = os.stat(f"/dev/shm/shmpipe.{ring_name}")
         assert stat.S_IMODE(st.st_mode) == 0o600
-        assert st.st_size == _ring.DATA_OFFSET + 64 * 832
+        assert st.st_size == _ring.DATA_OFFSET + 64 * ORDERBOOK_ENTRY.itemsize
         assert st.st_blocks * 512 >= st.st_size   # allocated now, not on first touch
     ring.unlink()
 

@@ -45,9 +45,20 @@ def add_parser(sub) -> None:
                    help="reconnect attempts in a row before giving up (default 10)")
     p.add_argument("--backoff", type=positive_float, default=0.5,
                    help="first reconnect delay in seconds, doubled per failed attempt, jittered (default 0.5)")
+    p.add_argument("--silence", type=speed, default=5.0, metavar="S",
+                   help="Coinbase/Kraken: a connection silent this many seconds (their heartbeats come "
+                        "every ~1 s) gets its books invalidated and is replaced; 0 never (default 5)")
     p.add_argument("--rate", type=positive_float, default=100_000.0,
                    help="--feed synthetic: events per second (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="--feed synthetic: random seed (default 0)")
+    p.add_argument("--paused", action="store_true",
+                   help="--feed synthetic: start paused (answering the control plane); `resume` opens the "
+                        "market, as `shmpipe demo` does once every stage is up")
+    p.add_argument("--market", action="store_true",
+                   help="--feed synthetic: a market model (books that stay valid, trades at the touch, event "
+                        "times of now, Kraken checksums; a few µs an event, so rates up to ~50000/s) instead "
+                        "of the load generator; answers the control command fault {\"kind\": \"gap\"|"
+                        "\"corrupt\"|\"drop\"}")
     p.set_defaults(func=run_capture)
 
 
@@ -139,7 +150,9 @@ def run_capture(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
             synthetic = cp.SyntheticCapture(writer, rate=args.rate, symbols=n_symbols, seed=args.seed,
-                                            seconds=args.seconds, stop_flag=stop, stats=stats_feed)
+                                            seconds=args.seconds, stop_flag=stop, stats=stats_feed,
+                                            market=args.market)
+            synthetic.paused = args.paused
             server = _serve_control(synthetic, name, args)
             synthetic.run()
             result = counters.as_dict()
@@ -148,7 +161,8 @@ def run_capture(args: argparse.Namespace) -> int:
                 from shmpipe.wslog import WslogWriter
                 wslog = WslogWriter(args.raw_dir, {v: k for k, v in cp.EXCHANGE_IDS.items()})
             options = cp.CaptureOptions(args.feed, args.url, symbols, seconds=args.seconds,
-                                        max_attempts=args.max_attempts, backoff_s=args.backoff)
+                                        max_attempts=args.max_attempts, backoff_s=args.backoff,
+                                        silence_s=args.silence or None)
             capture = cp.Capture(options, writer, wslog, stats=stats_feed)
             server = _serve_control(capture, name, args)
 

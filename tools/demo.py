@@ -40,6 +40,10 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics of the demo's rings on 127.0.0.1:PORT while it runs")
     p.add_argument("--json", action="store_true", help="print only the final summary, as one JSON object")
+    p.add_argument("--faults", action="store_true",
+                   help="inject a sequence gap, a corrupted level and a dropped connection into the synthetic "
+                        "market on a schedule; pass only if the order book detects each and a resnapshot "
+                        "repairs it within the run (the summary times both)")
     p.add_argument("--records", type=int,
                    help="ring-only demo: stream this many Ticks between two processes")
     p.add_argument("--batch", type=int, default=1024,
@@ -78,11 +82,13 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         print(f"shmpipe demo: --metrics-port must be 0-65535, not {args.metrics_port}", file=sys.stderr)
         return 2
-    result = run_demo(args.seconds, args.feed, as_json=args.json, metrics_port=args.metrics_port)
+    result = run_demo(args.seconds, args.feed, as_json=args.json, metrics_port=args.metrics_port,
+                      faults=args.faults)
     if args.json:
-        print(json.dumps(result.summary, sort_keys=True), flush=True)
+        print(json.dumps(result.as_json(), sort_keys=True), flush=True)
     elif result.summary:
         print(_summary_text(result.summary))
+        print(_market_text(result.summary, result.faults))
     for problem in result.problems:
         print(f"shmpipe demo: {problem}", file=sys.stderr)
     if result.problems and result.log_dir:
@@ -101,6 +107,38 @@ def _summary_text(summary: dict) -> str:
         cpus = ",".join(map(str, s["cpus"])) if s.get("cpus") else "-"
         figures = f"{s['records']:>12,} {s['records_per_s']:>10,} {s['lost']:>6,}"
         lines.append(f"{name:<10} {figures} {lat}  {cpus}")
+    return "\n".join(lines)
+
+
+def _market_text(summary: dict, faults: list | None) -> str:
+    """What the stages made of the market: books, bars, features, latency from event to read."""
+    lines = []
+    for name, s in summary.items():
+        if "checksums_verified" in s:
+            share = s.get("valid_share")
+            lines.append(f"{name}: {s.get('entries_published', 0):,} entries published, "
+                         f"{'-' if share is None else f'{share:.3%}'} valid (read {s.get('entries_read', 0):,}; "
+                         f"{s.get('entries_before_first_valid', 0):,} before each book's first valid one), "
+                         f"checksums {s['checksums_verified']:,} verified / {s.get('checksums_failed', 0):,} "
+                         f"failed, {s.get('resnapshots', 0):,} resnapshots")
+        if "trades" in s and "late" in s:
+            per_tf = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("bars_published", {}).items()))
+            share = s.get("late_share")
+            window = (f"while every stage was up {s['late_while_up']:,} of {s['trades_while_up']:,}"
+                      if "trades_while_up" in s else "")
+            lines.append(f"{name}: bars published {per_tf or 'none'}; {s['trades']:,} trades, {s['late']:,} late "
+                         f"in all ({window}, {'-' if share is None else f'{share:.3%}'})")
+        if "skipped_invalid" in s:
+            lines.append(f"{name}: {s.get('published', 0):,} published, for {s.get('symbols_with_features', 0)} "
+                         f"symbols; {s.get('books', 0):,} books used, {s['skipped_invalid']:,} invalid ones skipped")
+        if "event_to_read_p50_us" in s:
+            lines.append(f"{name}: event time -> read p50 {s['event_to_read_p50_us']:,} µs, "
+                         f"p99 {s['event_to_read_p99_us']:,} µs")
+    for f in faults or []:
+        det = "never" if f["detected_s"] is None else f"{f['detected_s'] * 1000:,.1f} ms"
+        rep = "never" if f["repaired_s"] is None else f"{f['repaired_s'] * 1000:,.1f} ms"
+        lines.append(f"fault {f['kind']:<8} at {f['at_s']:5.1f} s on {', '.join(f['symbols']) or '-'}: "
+                     f"detected after {det}, repaired after {rep}")
     return "\n".join(lines)
 
 

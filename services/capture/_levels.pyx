@@ -40,6 +40,7 @@ cdef enum:
     ACTION_SNAPSHOT_BEGIN = 1
     ACTION_SNAPSHOT_END = 2
     ACTION_CHECKSUM = 4
+    ACTION_INVALIDATE = 5
     MAX_NUMBER_TEXT = 64
 cdef double INF = float("inf")
 
@@ -161,6 +162,56 @@ def append_coinbase_updates(bytearray out, list updates, uint32_t symbol_id, uin
         PyByteArray_Resize(out, start)
         raise
     return ts
+
+
+cdef enum:
+    LEVEL_FLAG_LAST = 16
+    SEEN_INLINE = 16
+
+
+def mark_last(bytearray out, Py_ssize_t start):
+    """Set flags bit4 ("last", DESIGN.md) on the final record of each symbol among the records
+    appended to ``out`` from byte ``start`` on (one venue message's): the order book judges and
+    publishes a book only there. Returns how many records were marked."""
+    cdef Py_ssize_t n = (PyByteArray_GET_SIZE(out) - start) // 32
+    cdef capture_level_update* r = <capture_level_update*>(PyByteArray_AS_STRING(out) + start)
+    cdef uint32_t seen[SEEN_INLINE]
+    cdef Py_ssize_t nseen = 0, i, k, marked = 0
+    cdef uint32_t sid
+    cdef bint found
+    cdef set more = None             # a message naming more than SEEN_INLINE symbols (rare)
+    i = n - 1
+    while i >= 0:
+        sid = r[i].symbol_id
+        found = False
+        for k in range(nseen):
+            if seen[k] == sid:
+                found = True
+                break
+        if not found and more is not None and sid in more:
+            found = True
+        if not found:
+            if nseen < SEEN_INLINE:
+                seen[nseen] = sid
+                nseen += 1
+            else:
+                if more is None:
+                    more = set()
+                more.add(sid)
+            r[i].flags |= LEVEL_FLAG_LAST
+            marked += 1
+        i -= 1
+    return marked
+
+
+def append_invalidates(bytearray out, object symbol_ids, uint64_t ts, uint8_t source, uint8_t flags):
+    """One invalidate record (action 5, no level, bit4 set: a message of its own) per symbol id."""
+    cdef list sids = list(symbol_ids)
+    cdef capture_level_update* r = _grow(out, len(sids))
+    cdef Py_ssize_t i
+    for i in range(len(sids)):
+        _put(&r[i], ts, 0.0, 0.0, <uint32_t>sids[i], 0, ACTION_INVALIDATE, source, flags | LEVEL_FLAG_LAST)
+    return len(sids)
 
 
 # -- RFC 3339 -> ns --------------------------------------------------------------------------------

@@ -12,6 +12,8 @@
                 symbol's book (Kraken: the ``book`` channel resubscribed; Coinbase: ``level2``; the
                 synthetic feed writes one from its own book); Alpaca has no books
 
+    fault       {"kind": "gap"|"corrupt"|"drop"}: the synthetic market (--market) injects that fault;
+                answers which symbols it hit and when (``injected_ns``, CLOCK_REALTIME)
 The handlers run in the capture's own thread: the event loop (or the synthetic loop) polls the
 server between frames, so they touch the capture's state with no lock. A refused request raises
 CommandRefused, which the server turns into an error reply naming what was wrong; the capture runs on.
@@ -32,7 +34,7 @@ class CaptureCommands:
 
     def handlers(self) -> dict[str, Any]:
         return {"status": self.status, "stats": self.stats, "pause": self.pause, "resume": self.resume,
-                "stop": self.stop, "resnapshot": self.resnapshot}
+                "stop": self.stop, "resnapshot": self.resnapshot, "fault": self.fault}
 
     def _state(self) -> str:
         return "paused" if self.capture.paused else "running"
@@ -66,6 +68,17 @@ class CaptureCommands:
         result = {"exchange": c.exchange, "symbol": symbol}
         result.update(c.resnapshot(symbol))
         return result
+
+    def fault(self, args: dict) -> dict:
+        """{"kind": "gap"|"corrupt"|"drop", "symbol": optional}: the synthetic market (--market) only."""
+        inject = getattr(self.capture, "inject_fault", None)
+        if inject is None:
+            raise CommandRefused(f"{self.capture.exchange} is a real venue: faults are injected into the "
+                                 "synthetic market only (capture --feed synthetic --market)")
+        try:
+            return inject(args.get("kind"), args.get("symbol"))
+        except ValueError as exc:
+            raise CommandRefused(str(exc)) from None
 
     def _symbol_of(self, args: dict) -> str:
         c = self.capture

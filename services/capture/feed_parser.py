@@ -6,10 +6,15 @@ per connection, so after a reconnect the capture process calls ``reset_connectio
 parser with the same ``symbol_id``).
 
 Gap flags (Tick and LevelUpdate flags bit3). A connection-wide gap (a skipped sequence number or
-heartbeat, a reconnect) flags the first Tick and the first LevelUpdate that follow it, whatever their
-symbol: a consumer treats that bit as "this source lost something here". A gap that belongs to one
-symbol (a rejected message naming it, a skipped Kraken trade id) flags that symbol's next record in
-the affected stream. Every gap is also appended to ``gaps`` and the symbols whose books need a fresh
+heartbeat, a reconnect) flags the first Tick that follows it, whatever its symbol: a consumer treats
+that bit as "this source lost something here". On the LevelUpdate stream a gap-before flag belongs to
+the record's own symbol (DESIGN.md), so a connection-wide gap instead writes one invalidate record
+(action 5, with gap-before) for every symbol of the connection, ahead of the frame's own records;
+``invalidate_all`` does the same for a dropped or silent connection. A gap that belongs to one
+symbol (a rejected message naming it) flags that symbol's next record in the affected stream.
+
+Message boundaries (LevelUpdate flags bit4, "last"): after a frame is parsed, the final record it
+wrote for each symbol carries bit4; the order book judges and publishes a book only there. Every gap is also appended to ``gaps`` and the symbols whose books need a fresh
 snapshot land in ``resync_needed``, so the feed handler resubscribes only those.
 """
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from decimal import Decimal, InvalidOperation
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from shmpipe.records import TICK_FLAG_GAP_BEFORE
+from shmpipe.records import LEVEL_FLAG_GAP_BEFORE, TICK_FLAG_GAP_BEFORE
 
 from . import bad_input as bad
 from .bad_input import BadInputLog
@@ -77,8 +83,17 @@ def check_quote(bid: float, bid_size: float, ask: float, ask_size: float) -> Non
 
 
 def decimals_of(text: str | bytes) -> int:
-    """Digits after the decimal point as written: ``"67007.0"`` -> 1, ``"3500"`` -> 0."""
-    dot = text.find("." if isinstance(text, str) else b".")
+    """Digits after the decimal point as written: ``"67007.0"`` -> 1, ``"3500"`` -> 0; in scientific
+    notation, those of the number it stands for: ``"1.5e-3"`` (0.0015) -> 4, ``"1.5e-05"`` -> 6."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("ascii", "replace")
+    if "e" in text or "E" in text:
+        try:
+            exponent = Decimal(text).as_tuple().exponent
+        except InvalidOperation:
+            raise BadValue(f"{text!r} is not a decimal number") from None
+        return max(0, -exponent) if isinstance(exponent, int) else 0
+    dot = text.find(".")
     return 0 if dot < 0 else len(text) - dot - 1
 
 
@@ -127,6 +142,12 @@ class FeedParser:
         self._symbol_in_progress: str | None = None
         self._last_exchange_ns = 0
         self._batch = RecordBatch()
+        self._out: RecordBatch | None = None          # the batch of the frame being parsed
+        self._frame_invalidates: list[int] = []       # its invalidates, kept through a rollback
+        self._pending_invalidates: set[int] = set()   # raised between frames: written with the next
+        self.invalidates_written = 0
+        from . import _levels   # compiled; it imports this module (BadValue), so not at the top
+        self._mark_last, self._append_invalidates = _levels.mark_last, _levels.append_invalidates
 
     # -- entry points -------------------------------------------------------------------------
     @property
@@ -148,6 +169,11 @@ class FeedParser:
             return
         mark = len(out.ticks), len(out.levels)
         self._symbol_in_progress = None
+        self._out = out
+        if self._pending_invalidates:
+            # raised between frames: by a reconnect, so the books are stale (the connection dropped)
+            sids, self._pending_invalidates = sorted(self._pending_invalidates), set()
+            self._write_invalidates(out, sids, gap=False)
         try:
             # msgspec does not check the UTF-8 of fields it skips; isascii() is the cheap common case
             if not isinstance(frame, str) and not frame.isascii():
@@ -163,6 +189,11 @@ class FeedParser:
         else:
             if self._gaps_taken:
                 self._gaps_taken.clear()
+            if len(out.levels) > mark[1]:
+                self._mark_last(out.levels, mark[1])
+        finally:
+            self._out = None
+            self._frame_invalidates = []
 
     def _on_error(self, frame: bytes | str, exc: Exception, out: RecordBatch) -> None:
         if isinstance(exc, msgspec.ValidationError):
@@ -180,10 +211,34 @@ class FeedParser:
     def reset_connection(self) -> None:
         """The socket was replaced: forget per-connection state; every book waits for a new snapshot and
         the first records after the reconnect carry the gap flag."""
+        self._raise_gap("reconnect", ALL_SYMBOLS, "new connection", resync=False)  # books: invalidated
         for inst in self.instruments.values():
             inst.has_book = False
             inst.last_trade_id = None
-        self._raise_gap("reconnect", ALL_SYMBOLS, "new connection", resync=False)
+
+    def invalidate_all(self, out: RecordBatch, ts: int, *, gap: bool = False) -> int:
+        """Capture can no longer vouch for any book of this connection (it dropped or went silent;
+        ``gap``: it lost messages that could be any symbol's): one invalidate record per symbol with
+        a book, appended to ``out``; the order book flags those books invalid + stale (+ gap) until
+        their next snapshot. Without ``gap`` the connection is over: no book is kept. Returns how
+        many were written."""
+        written = self._write_invalidates(out, self._symbols_with_books(), gap=gap, ts=ts)
+        if not gap:   # the connection is gone: its updates must wait for new snapshots
+            for inst in self.instruments.values():
+                inst.has_book = False
+        return written
+
+    def _symbols_with_books(self) -> list[int]:
+        return [inst.symbol_id for inst in self.instruments.values() if inst.has_book]
+
+    def _write_invalidates(self, out: RecordBatch, sids: list[int], *, gap: bool, ts: int | None = None) -> int:
+        if sids:
+            self._append_invalidates(out.levels, sids, self._last_exchange_ns if ts is None else ts, self.source,
+                               LEVEL_FLAG_GAP_BEFORE if gap else 0)
+            self.invalidates_written += len(sids)
+            if out is self._out:
+                self._frame_invalidates.extend(sids)
+        return len(sids)
 
     def request_resync(self, symbol: str) -> None:
         """Someone outside asked for a fresh snapshot of this symbol's book (an order book whose
@@ -235,6 +290,13 @@ class FeedParser:
         self.gaps.append(Gap(kind, symbol, detail, self.frames))
         self.gap_counts[kind] += 1
         for stream in streams:
+            if stream == LEVELS and symbol is ALL_SYMBOLS:
+                # Every book lost something: say so for each symbol now, ahead of what follows.
+                if self._out is not None:
+                    self._write_invalidates(self._out, self._symbols_with_books(), gap=True)
+                else:
+                    self._pending_invalidates.update(self._symbols_with_books())
+                continue
             self._gaps_pending.add((symbol, stream))
         if resync:
             if symbol is ALL_SYMBOLS:
@@ -259,6 +321,9 @@ class FeedParser:
     # -- the error path (cold) ----------------------------------------------------------------
     def _undo(self, out: RecordBatch, mark: tuple[int, int]) -> None:
         out.rollback(mark)
+        if self._frame_invalidates:   # the gap stands even though the frame that revealed it is bad
+            sids, self._frame_invalidates = self._frame_invalidates, []
+            self._write_invalidates(out, sids, gap=True)
         if self._gaps_taken:  # the records that carried these flags are gone: flag the next ones
             self._gaps_pending.update(self._gaps_taken)
             self._gaps_taken.clear()

@@ -217,8 +217,10 @@ class KrakenParser(FeedParser):
         price, size, ts = positive(data.price), non_negative(data.qty), rfc3339_ns(data.timestamp)
         last = inst.last_trade_id
         if not snapshot and last is not None and data.trade_id != last + 1:
+            # A missed trade says nothing about the book (its own checksums vouch for it): only the
+            # trade stream of this symbol is flagged.
             self._raise_gap("trade_id", symbol, f"{symbol} trade_id {data.trade_id} after {last}",
-                            resync=False)
+                            resync=False, streams=(TICKS,))
         inst.last_trade_id = data.trade_id
         out.ticks += pack_tick(ts, inst.symbol_id, price, price, size, SOURCE_KRAKEN,
                                TICK_FLAG_TRADE | self._gap_flag(symbol, TICKS), 0, data.trade_id & U32_MASK)

@@ -31,6 +31,7 @@ from .coinbase import CoinbaseParser
 from .feed_parser import FeedParser
 from .kraken import KrakenParser
 from .record_batch import RecordBatch
+from .staleness import StalenessWatchdog
 from .symbol_ids import SymbolIdFn, host_registry_or_memory
 
 # The capture's exchange ids: the .wslog header's u16 (shared/data/README.md uses the same).
@@ -89,6 +90,8 @@ class Counters:
     reconnects: int = 0
     resubscribes: int = 0        # symbols resubscribed for a fresh snapshot (after a gap, or asked to)
     resnapshots: int = 0         # resnapshots asked for over the control plane
+    invalidates: int = 0         # invalidate records written (books capture could no longer vouch for)
+    silences: int = 0            # connections replaced because the venue went silent
     parse_errors: Counter = field(default_factory=Counter)
     gaps: Counter = field(default_factory=Counter)
     by_channel: Counter = field(default_factory=Counter)
@@ -105,7 +108,8 @@ class Counters:
         out = {"messages": self.messages, "bytes": self.bytes, "ticks_written": self.ticks_written,
                "levels_written": self.levels_written, "ring_full_waits": self.ring_full_waits,
                "reconnects": self.reconnects, "resubscribes": self.resubscribes,
-               "resnapshots": self.resnapshots, "parse_errors": dict(self.parse_errors), "gaps": dict(self.gaps),
+               "resnapshots": self.resnapshots, "invalidates": self.invalidates, "silences": self.silences,
+               "parse_errors": dict(self.parse_errors), "gaps": dict(self.gaps),
                "messages_by_channel": dict(self.by_channel)}
         if self.latency is not None and self.latency.get_total_count():
             out["latency_us"] = {"p50": self.latency.get_value_at_percentile(50),
@@ -252,7 +256,17 @@ class CaptureOptions:
     backoff_s: float = 0.5          # first reconnect delay; doubles per failed attempt
     max_backoff_s: float = 30.0
     open_timeout_s: float = 10.0
+    # A connection silent this long (several of the venue's ~1 s heartbeat intervals) with its socket
+    # open can no longer vouch for its books: they are invalidated and the connection is replaced.
+    # None: never (a venue with no heartbeats, like Alpaca's, may be quiet for good reasons).
+    silence_s: float | None = 5.0
 
+
+# The disconnect marker of a feed that ended on purpose: the one disconnect that invalidates nothing.
+NORMAL_CLOSE = "closed normally (1000)"
+# Venues whose streams carry heartbeats (so silence means trouble), and how often silence is checked.
+SILENCE_WATCHED = ("coinbase", "kraken")
+SILENCE_CHECK_S = 0.25
 
 # How often the event loop answers control-plane requests (shmpipe.control): a request waits this
 # long at most, and polling an idle ZeroMQ socket this often costs nothing next to the frames.
@@ -286,6 +300,8 @@ class Capture:
         self._resumed: asyncio.Event | None = None
         self._ws = None
         self._task: asyncio.Task | None = None
+        self.silences = 0            # connections replaced because the venue went silent
+        self._last_frame_mono = time.monotonic()
 
     # -- what the control plane asks (called in the event loop's thread, from ``_answer_control``) --
     @property
@@ -313,6 +329,7 @@ class Capture:
     def live_counters(self) -> dict:
         """The counters ``--json`` prints at the end, as they stand now."""
         out = self.counters.as_dict()
+        out.update(invalidates=self.parser.invalidates_written, silences=self.silences)
         out.update(parse_errors=dict(self.parser.errors), gaps=dict(self.parser.gap_counts),
                    messages_by_channel=dict(self.parser.messages), connections=self.connections)
         return out
@@ -353,9 +370,41 @@ class Capture:
             self.control.poll(0)
             await asyncio.sleep(CONTROL_POLL_S)
 
-    def _marker(self, kind: str, detail: str) -> None:
+    def _marker(self, kind: str, detail: str, when_ns: int | None = None) -> None:
         if self.wslog is not None:
-            self.wslog.marker(self.exchange_id, kind, detail, time.time_ns())
+            self.wslog.marker(self.exchange_id, kind, detail, time.time_ns() if when_ns is None else when_ns)
+
+    async def _connection_lost(self, detail: str) -> None:
+        """The connection is gone (or no longer trusted): its books are invalidated at once, not at
+        the reconnect (which may be 30 s away), and the raw log says when (replay does the same)."""
+        now = time.time_ns()
+        self._marker("disconnect", detail, now)
+        batch = RecordBatch()
+        if self.parser.invalidate_all(batch, now):
+            await self.writer.write(batch)
+
+    async def _watch_silence(self, ws, limit_s: float) -> None:
+        """Silence past ``limit_s`` with the socket open: close it, so the books are invalidated and
+        the reconnect brings fresh snapshots (the staleness watchdog, on the live connection)."""
+        watchdog = StalenessWatchdog(limit_s)
+        watchdog.watch("connection")
+        last = self._last_frame_mono
+        while True:
+            await asyncio.sleep(SILENCE_CHECK_S)
+            if self._last_frame_mono != last:
+                last = self._last_frame_mono
+                watchdog.touch("connection")
+            if self.paused:                      # not reading on purpose: silence is ours
+                watchdog.touch("connection")
+                continue
+            if watchdog.check():
+                self.silences += 1
+                self._silent = True
+                # invalidate now, then drop the socket without a closing handshake a silent peer
+                # would never answer; the reconnect resubscribes every book
+                await self._connection_lost(f"silent for {limit_s} s: connection replaced")
+                ws.transport.abort()
+                return
 
     async def run(self) -> None:
         deadline = None if self.options.seconds is None else time.monotonic() + self.options.seconds
@@ -378,6 +427,8 @@ class Capture:
             self.counters.parse_errors = Counter(self.parser.errors)
             self.counters.gaps = Counter(self.parser.gap_counts)
             self.counters.by_channel = Counter(self.parser.messages)
+            self.counters.invalidates = self.parser.invalidates_written
+            self.counters.silences = self.silences
             if control_task is not None:
                 control_task.cancel()
             if stats_task is not None:
@@ -414,6 +465,11 @@ class Capture:
             if self.connections > 1:
                 self.counters.reconnects += 1
                 self.parser.reset_connection()
+            self._silent = False
+            watcher = None
+            if self.options.silence_s and self.options.feed in SILENCE_WATCHED:
+                self._last_frame_mono = time.monotonic()
+                watcher = asyncio.get_running_loop().create_task(self._watch_silence(ws, self.options.silence_s))
             try:
                 async with ws:
                     for frame in subscribe_frames(self.options.feed, self.options.symbols):
@@ -425,21 +481,28 @@ class Capture:
                             # not read while paused: the socket's buffers fill and TCP holds the venue
                             # back; this frame, already received, waits here for the resume
                             await self._resumed.wait()
+                        self._last_frame_mono = time.monotonic()
                         await self._on_frame(ws, frame)
             except ConnectionClosedOK:   # a close frame: 1000 ends the capture, 1001 etc. reconnect
                 pass
             except (OSError, WebSocketException) as exc:
                 self._ws, self.connected = None, False
-                self._marker("disconnect", f"{type(exc).__name__}: {exc}")
+                if not self._silent:
+                    await self._connection_lost(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(self._backoff(1))
                 continue
             finally:
                 self._ws, self.connected = None, False
-            if ws.close_code == 1000:   # the server ended the feed on purpose: done
-                self._marker("disconnect", "closed normally (1000)")
+                if watcher is not None:
+                    watcher.cancel()
+            if ws.close_code == 1000 and not self._silent:   # the server ended the feed on purpose: done
+                # capture ends with it, and the order book with capture (producer gone): the last
+                # books stand as they were, not invalidated
+                self._marker("disconnect", NORMAL_CLOSE)
                 self.ended = "feed closed"
                 return
-            self._marker("disconnect", f"closed: code {ws.close_code} {ws.close_reason or ''}".strip())
+            if not self._silent:   # (a silence was dealt with when it was noticed)
+                await self._connection_lost(f"closed: code {ws.close_code} {ws.close_reason or ''}".strip())
             await asyncio.sleep(self._backoff(1))
 
     def _max_size(self) -> int:
@@ -481,6 +544,9 @@ class Capture:
         self.counters.resubscribes += len(symbols)
 
 
+DROP_S = 0.3   # how long a "drop" fault keeps the synthetic market's connection down
+
+
 class SyntheticCapture:
     """The synthetic feed at a paced rate into the rings, in this thread; answers the control plane
     between rounds: ``pause`` stops generating (the stream resumes where it stopped, at the same
@@ -493,17 +559,22 @@ class SyntheticCapture:
 
     def __init__(self, writer: RingWriter, *, rate: float, symbols: int, seed: int, seconds: float | None,
                  stop_flag: list[bool], symbol_id: SymbolIdFn | None = None,
-                 stats: StatsFeed | None = None) -> None:
+                 stats: StatsFeed | None = None, market: bool = False) -> None:
         from .synthetic import SyntheticFeed
-        self.feed = SyntheticFeed(symbols, seed,
-                                  symbol_id=symbol_id if symbol_id is not None else host_registry_or_memory(),
-                                  events_per_second=rate)
+        from .synthetic_market import SyntheticMarket
+        make = SyntheticMarket if market else SyntheticFeed
+        self.feed = make(symbols, seed, symbol_id=symbol_id if symbol_id is not None else host_registry_or_memory(),
+                         events_per_second=rate)
+        self.market = market
         self.writer, self.counters = writer, writer.counters
         self.rate, self.seconds, self.stop_flag, self.stats = rate, seconds, stop_flag, stats
         self.control = None
         self.paused = False
         self.ended = ""
         self._snapshots_due: list[int] = []
+        self._down_until = 0.0       # a dropped connection (fault "drop"): no level record until then
+        self._was_down = False
+        self.faults_injected = 0
 
     @property
     def symbols(self) -> list[str]:
@@ -534,7 +605,50 @@ class SyntheticCapture:
         self.counters.resnapshots += 1
         return {"symbol_id": int(self.feed.symbol_ids[k]), "sent": True}
 
+    def inject_fault(self, kind: str, symbol: str | None = None) -> dict:
+        """The market only (``--market``): ``gap`` loses a few of one symbol's messages, ``corrupt``
+        hands out one wrong level, ``drop`` loses the connection for DROP_S (every book is
+        invalidated, its level messages are lost meanwhile, the first after it carries gap-before).
+        The order book is to find each and ask for a resnapshot."""
+        from .synthetic_market import FAULT_KINDS
+        if not self.market:
+            raise ValueError("faults are injected into the synthetic market only (capture --market)")
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}, not {kind!r}")
+        names = self.feed.names
+        if symbol is not None and symbol not in names:
+            raise ValueError(f"symbol {symbol!r} is not one of this capture's ({', '.join(names)})")
+        injected_ns = time.time_ns()
+        if kind == "drop":
+            hit = list(range(len(names)))
+            self._down_until = time.monotonic() + DROP_S
+            self.counters.reconnects += 1
+            self._write_invalidates(hit)
+        else:
+            default = {"gap": 1, "corrupt": 2}[kind] % len(names)
+            hit = [names.index(symbol) if symbol is not None else default]
+            self.feed.inject(kind, hit[0])
+        self.faults_injected += 1
+        return {"kind": kind, "symbols": [names[k] for k in hit],
+                "symbol_ids": [int(self.feed.symbol_ids[k]) for k in hit], "injected_ns": injected_ns}
+
+    def _write_invalidates(self, hit: list[int]) -> None:
+        """What capture writes when it can no longer vouch for a book (DESIGN.md, action 5)."""
+        from shmpipe import records
+        action = getattr(records, "ACTION_INVALIDATE", None)
+        if action is None:      # an order book that predates it: the gap-before flags after the drop say it
+            return
+        out = np.zeros(len(hit), LEVEL_UPDATE)
+        out["timestamp_ns"] = time.time_ns()
+        out["symbol_id"] = self.feed.symbol_ids[hit]
+        out["action"] = action
+        out["source"] = 7
+        out["flags"] = 16      # each is a message of its own
+        self.writer.write_arrays(np.empty(0, TICK), out, lambda: self.stop_flag[0])
+
     def _write_snapshots(self) -> None:
+        if time.monotonic() < self._down_until:
+            return          # asked for while disconnected: sent once the connection is back
         while self._snapshots_due:
             levels = self.feed.snapshot(self._snapshots_due.pop(0))
             self.writer.write_arrays(np.empty(0, TICK), levels, lambda: self.stop_flag[0])
@@ -569,7 +683,14 @@ class SyntheticCapture:
                 time.sleep(min(0.005, 1.0 / rate))
                 continue
             n = min(due, chunk)
+            down = now < self._down_until
+            if self._was_down and not down:       # reconnected: what was sent meanwhile is lost
+                self.feed.lose_everything_until_snapshot()
+                self._was_down = False
             ticks, levels = self.feed.next_batch(n)
+            if down:      # the market moved on; its level messages never arrived (ticks are kept:
+                levels = levels[:0]      # verify's sequence is the demo's loss check)
+                self._was_down = True
             writer.write_arrays(ticks, levels, lambda: stop_flag[0])
             writer.counters.messages += n
             sent += n
@@ -636,6 +757,11 @@ def replay(paths: Iterable[str], writer: RingWriter, *, speed: float = 0.0,
                 if connects[entry.exchange_id] > 1:
                     parser.reset_connection()
                     writer.counters.reconnects += 1
+            elif entry.marker == "disconnect" and parser is not None and \
+                    not bytes(entry.payload).startswith(NORMAL_CLOSE.encode()):
+                # the live run invalidated this connection's books here
+                if parser.invalidate_all(batch, entry.recv_ns):
+                    writer.write_blocking(batch)
             continue
         if parser is None:
             result.unknown_exchange += 1
@@ -652,6 +778,7 @@ def replay(paths: Iterable[str], writer: RingWriter, *, speed: float = 0.0,
         writer.counters.parse_errors.update(parser.errors)
         writer.counters.gaps.update(parser.gap_counts)
         writer.counters.by_channel.update({f"{parser.exchange}.{k}": v for k, v in parser.messages.items()})
+        writer.counters.invalidates += parser.invalidates_written
     return result
 
 

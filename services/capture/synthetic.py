@@ -25,6 +25,7 @@ from shmpipe.records import (
     ACTION_SNAPSHOT_BEGIN,
     ACTION_SNAPSHOT_END,
     ACTION_TRADE,
+    LEVEL_FLAG_LAST,
     LEVEL_UPDATE,
     SIDE_ASK,
     SIDE_BID,
@@ -139,6 +140,7 @@ class SyntheticFeed:
         out["symbol_id"] = self.symbol_ids[k]
         out["timestamp_ns"] = self._last_ns
         out["source"] = SOURCE_SYNTHETIC
+        out["flags"][-1] = LEVEL_FLAG_LAST     # one message: the order book publishes at its end
         return out
 
     # -- generation ---------------------------------------------------------------------------------
@@ -163,6 +165,7 @@ class SyntheticFeed:
             rows["price"][d + 1:-1] = np.round(ask[s] + steps, 2)
             rows["size"][1:-1] = np.round(self._rng.exponential(1.0, 2 * d) + 0.0001, 4)
             rows["symbol_id"] = self.symbol_ids[s]
+            rows["flags"][-1] = LEVEL_FLAG_LAST
         out["timestamp_ns"] = self.start_ns
         out["source"] = SOURCE_SYNTHETIC
         return out
@@ -217,4 +220,5 @@ class SyntheticFeed:
         levels["size"] = np.where(is_trade, sizes[0], np.where(delete, 0.0, sizes[2]))
         levels["side"] = np.where(is_trade, np.where(buy, SIDE_ASK, SIDE_BID), level_side)
         levels["action"] = np.where(is_trade, ACTION_TRADE, ACTION_SET)
+        levels["flags"] = LEVEL_FLAG_LAST      # every event is a message of its own
         return ticks, levels

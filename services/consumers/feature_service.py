@@ -88,7 +88,8 @@ class FeatureService(ConsumerService):
     def counters(self) -> dict[str, Any]:
         skipped = self.engine.skipped
         return {"books": self.engine.books, "skipped_invalid": skipped.invalid,
-                "skipped_empty_side": skipped.empty_side, "messages": self.messages}
+                "skipped_empty_side": skipped.empty_side, "skipped_not_finite": skipped.not_finite,
+                "skipped_crossed": skipped.crossed, "messages": self.messages}
 
 
 __all__ = ["TOPIC", "FeatureService", "feature_payload"]

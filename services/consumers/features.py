@@ -1,7 +1,8 @@
 """Book features from OrderbookEntry batches, vectorised over the batch: the arithmetic, no I/O.
 
-Per valid book (``BOOK_FLAG_INVALID`` clear, at least one level on each side, positive best
-prices and sizes; anything else is skipped and counted):
+Per valid book (``BOOK_FLAG_INVALID`` clear, at least one level on each side, finite and positive
+best prices and sizes, best bid < best ask; anything else is skipped and counted under its reason:
+flags == 0 alone is no proof a book can be traded on):
 
     mid         (best_bid + best_ask) / 2
     spread      best_ask - best_bid;  spread_bps = spread / mid * 1e4
@@ -12,7 +13,7 @@ prices and sizes; anything else is skipped and counted):
                 the mid, per symbol, over consecutive valid books (not annualised; NaN until
                 ``vol_window`` returns have been seen)
 
-Prices are the book's f32 values, computed in f64.
+Prices are the book's exact f64 values (OrderbookEntry layout version 2).
 """
 from __future__ import annotations
 
@@ -34,9 +35,12 @@ FEATURES = np.dtype([
 class Skipped:
     invalid: int = 0        # BOOK_FLAG_INVALID set
     empty_side: int = 0     # no bid or no ask level (or a non-positive best price or size)
+    not_finite: int = 0     # a best price or size is inf or NaN
+    crossed: int = 0        # best bid >= best ask
 
     def as_dict(self) -> dict[str, int]:
-        return {"invalid": self.invalid, "empty_side": self.empty_side}
+        return {"invalid": self.invalid, "empty_side": self.empty_side, "not_finite": self.not_finite,
+                "crossed": self.crossed}
 
 
 class FeatureEngine:
@@ -59,11 +63,15 @@ class FeatureEngine:
         bid_sz = books["bids"][:, 0, 1]
         ask_px = books["asks"][:, 0, 0]
         ask_sz = books["asks"][:, 0, 1]
+        finite = np.isfinite(bid_px) & np.isfinite(ask_px) & np.isfinite(bid_sz) & np.isfinite(ask_sz)
         has_sides = (books["bid_count"] > 0) & (books["ask_count"] > 0) & (bid_px > 0) & (ask_px > 0) \
             & (bid_sz > 0) & (ask_sz > 0)
+        ordered = bid_px < ask_px
         self.skipped.invalid += int(np.count_nonzero(invalid))
-        self.skipped.empty_side += int(np.count_nonzero(~invalid & ~has_sides))
-        valid = ~invalid & has_sides
+        self.skipped.not_finite += int(np.count_nonzero(~invalid & ~finite))
+        self.skipped.empty_side += int(np.count_nonzero(~invalid & finite & ~has_sides))
+        self.skipped.crossed += int(np.count_nonzero(~invalid & finite & has_sides & ~ordered))
+        valid = ~invalid & finite & has_sides & ordered
         if not valid.all():
             books = books[valid]
             bid_px, bid_sz, ask_px, ask_sz = bid_px[valid], bid_sz[valid], ask_px[valid], ask_sz[valid]

@@ -8,7 +8,14 @@ and named, only when the run fails).
 
 The run passes when every stage moved records, no stage lost one, the verifier saw no tick out of
 order, every process ended cleanly when stopped, and nothing is left behind: no child process, no
-ring segment of the run.
+ring segment of the run. Beside the stages' own counters the demo reads the market as a consumer
+would (demo_market.py: every order-book entry, every bar and features message on the bus), and
+fails the run when fewer than 99.9 % of the entries are valid (after each book's first valid one),
+more than 0.1 % of the trades came late for their bar, a symbol has no bar for a period that closed
+during the run, or features published nothing for a symbol. With ``faults`` it injects a sequence
+gap, a corrupted level and a dropped connection into the synthetic market, and passes only when the
+order book flagged each and a resnapshot repaired it within the run (the order-book share is not
+judged then: the faults make books invalid on purpose).
 """
 
 from __future__ import annotations
@@ -25,12 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import demo_market
 from .config import Pipeline, load, loads
 from .figures import read_counters, stage_figures
 from .supervisor import Launcher, LaunchError
 
 SAMPLE_S = 0.25
 RATE_WINDOW_S = 2.0
+CLOSE_SETTLE_S = 0.6          # longer than any stage's stats interval (0.5 s)
+CLOSE_DEADLINE_S = 5.0
 
 
 @dataclass
@@ -45,6 +55,17 @@ class DemoResult:
     summary: dict[str, dict[str, Any]]
     problems: list[str] = field(default_factory=list)
     log_dir: str | None = None
+    faults: list[dict[str, Any]] | None = None     # with --faults: one per fault injected
+
+    def as_json(self) -> dict[str, Any]:
+        """The stages (one key each, as before), ``ok``, ``reasons`` when not ok, ``faults``."""
+        out: dict[str, Any] = dict(self.summary)
+        out["ok"] = self.ok
+        if not self.ok:
+            out["reasons"] = list(self.problems)
+        if self.faults is not None:
+            out["faults"] = self.faults
+        return out
 
     @property
     def ok(self) -> bool:
@@ -166,7 +187,8 @@ def _plain_line(watcher: Watcher, elapsed: float) -> str:
     return f"[{elapsed:5.1f} s] " + " | ".join(parts)
 
 
-def _rich_view(watcher: Watcher, elapsed: float, seconds: float, recent: list[str]):
+def _rich_view(watcher: Watcher, elapsed: float, seconds: float, recent: list[str],
+               market: demo_market.MarketWatch | None = None):
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -204,7 +226,39 @@ def _rich_view(watcher: Watcher, elapsed: float, seconds: float, recent: list[st
             _fmt(r["lost"]),
             _fmt(r["full_waits"]),
         )
-    return Group(stages, rings, *(Text(f"launcher: {line}", style="dim") for line in recent))
+    tables = [_market_table(market)] if market is not None else []
+    return Group(*tables, stages, rings, *(Text(f"launcher: {line}", style="dim") for line in recent))
+
+
+def _market_table(market: demo_market.MarketWatch):
+    """Per symbol: the latest book's touch, the last closed bar, the latest features."""
+    from rich.table import Table
+
+    t = Table(title="market", expand=False)
+    for col in ("symbol", "bid", "ask", "spread", "book", "last bar (1s) o/h/l/c", "vol", "mid", "imbalance",
+                "microprice"):
+        t.add_column(col, justify="left" if col in ("symbol", "book", "last bar (1s) o/h/l/c") else "right")
+    books = market.books.books if market.books is not None else {}
+    sig = market.signals
+    for name, sid in sorted(market.symbol_ids.items()):
+        b = books.get(sid)
+        bid, ask, flags = (b.last[0], b.last[1], b.last[2]) if b is not None and b.last else (None, None, None)
+        state = "-" if flags is None else ("valid" if not flags & 1 else f"INVALID ({flags:#04x})")
+        bar = sig.last_bar.get(sid) if sig is not None else None
+        feat = sig.last_features.get(sid) if sig is not None else None
+        t.add_row(
+            name,
+            f"{bid:,.2f}" if bid else "-",
+            f"{ask:,.2f}" if ask else "-",
+            f"{ask - bid:,.2f}" if bid and ask else "-",
+            state,
+            "/".join(f"{bar[k]:,.2f}" for k in ("open", "high", "low", "close")) if bar else "-",
+            f"{bar['volume']:,.2f}" if bar else "-",
+            f"{feat['mid']:,.3f}" if feat else "-",
+            f"{feat['imbalance']:+.2f}" if feat else "-",
+            f"{feat['microprice']:,.3f}" if feat else "-",
+        )
+    return t
 
 
 def _children_left(pids: list[int]) -> list[int]:
@@ -234,6 +288,7 @@ def run_demo(
     metrics_port: int | None = None,
     out=sys.stdout,
     err=sys.stderr,
+    faults: bool = False,
 ) -> DemoResult:
     tmp = tempfile.mkdtemp(prefix="shmpipe-demo-", dir="/tmp")  # short: ipc:// paths are limited
     saved_env = {
@@ -253,10 +308,13 @@ def run_demo(
             print(f"shmpipe demo: {line}", file=err, flush=True)
 
     result = DemoResult({}, log_dir=log_dir)
-    launcher = None
+    launcher = market = None
     try:
+        if faults and feed != "synthetic":
+            raise ValueError(f"--faults injects into the synthetic market; --feed {feed} has none")
         prefix = f"demo-{os.getpid()}."
         pipeline = load_demo_pipeline(feed, prefix)
+        opens = _open_the_market_when_up(pipeline)
         launcher = Launcher(pipeline, log_dir=log_dir, metrics_port=metrics_port, say=say)
         from .supervisor import install_stop_signals
 
@@ -268,15 +326,28 @@ def run_demo(
         # processes can take most of a short run, and the last stage would then be judged on
         # the fraction of a second it had (seen: features 'moved no records' in a 4 s run
         # whose start took 3 s).
-        _watch(launcher, watcher, seconds, time.monotonic(), as_json, out, messages, live_view)
+        market = demo_market.MarketWatch(pipeline, faults=faults, seconds=seconds, say=say,
+                                         judged=feed == "synthetic")
+        if opens is not None:
+            _resume(opens, say)
+        market.start()
+        _watch(launcher, watcher, seconds, time.monotonic(), as_json, out, messages, live_view, market)
+        if opens is not None:
+            _close_the_market(opens, launcher, watcher, market, say)
+        market.finish()          # before the last sample: what it read is then <= each ring's written
         final = watcher.sample()
         pids = [s.pid for s in launcher.processes.values() if s.pid]
         launcher.stop()
         result.summary = _summary(final, launcher, pipeline, time.monotonic() - started)
         result.problems = _problems(final, launcher, pipeline, pids)
+        first = watcher.first.stages if watcher.first is not None else {}
+        result.problems += market.judge(result.summary, first)
+        result.faults = market.faults()
     except (LaunchError, OSError, ValueError) as exc:
         result.problems.append(str(exc))
     finally:
+        if market is not None:
+            market.close()
         if launcher is not None:
             launcher.stop()
         try:
@@ -301,8 +372,58 @@ def run_demo(
     return result
 
 
+def _open_the_market_when_up(pipeline: Pipeline) -> str | None:
+    """The synthetic capture starts paused and is resumed once every stage is up: a reader that
+    started a second or two after capture would otherwise begin with a backlog whose trades are
+    late for bars already closed by the wall clock, and books it never saw the snapshot of. Returns
+    the service to resume, or None (another feed: it runs as the file says)."""
+    import dataclasses
+
+    for name, spec in pipeline.processes.items():
+        cmd = list(spec.command)
+        if "capture" in cmd and "synthetic" in cmd and spec.control and "--paused" not in cmd:
+            pipeline.processes[name] = dataclasses.replace(spec, command=[*cmd, "--paused"])
+            return spec.service
+    return None
+
+
+def _resume(service: str, say) -> None:
+    from shmpipe import control
+
+    try:
+        control.request(service, "resume", timeout=5.0)
+    except Exception as exc:  # noqa: BLE001 - it stays paused: "moved no records" will say so
+        say(f"could not resume {service}: {exc}")
+
+
+def _close_the_market(service: str, launcher: Launcher, watcher: Watcher, market, say) -> None:
+    """Pause the market and let the stages drain, so the summary's counts agree with the rings'
+    (each stage publishes its counters every 0.1-0.5 s): until every reader of every ring has read
+    all and no stage's count moved over CLOSE_SETTLE_S, or CLOSE_DEADLINE_S."""
+    from shmpipe import control
+
+    try:
+        control.request(service, "pause", timeout=2.0)
+    except Exception as exc:  # noqa: BLE001 - the summary is then as of the last sample, and says so
+        say(f"could not pause {service} to close the market: {exc}")
+        return
+    deadline = time.monotonic() + CLOSE_DEADLINE_S
+    before = None
+    while time.monotonic() < deadline:
+        launcher.supervise_once()
+        market.poll(-1.0)
+        s = watcher.sample()
+        lag = sum(c["lag"] for r in s.rings.values() if "error" not in r for c in r["consumers"])
+        counts = {name: f["records"] for name, f in s.stages.items()}
+        if lag == 0 and counts == before:
+            return
+        before = counts
+        time.sleep(CLOSE_SETTLE_S)   # a Ctrl-C already set stop_event: still let them drain
+    say(f"the stages had not drained {CLOSE_DEADLINE_S:g} s after the market closed")
+
+
 def _watch(launcher: Launcher, watcher: Watcher, seconds: float, started: float, as_json: bool, out,
-           messages: list[str], live_view: list[bool]) -> None:
+           messages: list[str], live_view: list[bool], market: demo_market.MarketWatch | None = None) -> None:
     use_rich = not as_json and out.isatty()
     live = None
     if use_rich:
@@ -318,12 +439,14 @@ def _watch(launcher: Launcher, watcher: Watcher, seconds: float, started: float,
             if now >= deadline:
                 break
             launcher.supervise_once()
+            if market is not None:
+                market.poll(now - started)
             if now >= next_sample:
                 watcher.sample()
                 next_sample = now + SAMPLE_S
                 elapsed = now - started
                 if use_rich:
-                    view = _rich_view(watcher, elapsed, seconds, messages[-4:])
+                    view = _rich_view(watcher, elapsed, seconds, messages[-4:], market)
                     if live is None:
                         live = Live(view, refresh_per_second=4, transient=False)
                         live.start()

@@ -64,6 +64,9 @@ def stage_figures(name: str, counters: dict[str, Any] | None) -> dict[str, Any]:
             "evictions": c.get("evictions", 0),
         }
         _latency(out, c, "latency_p50_us", "latency_p99_us")
+        if c.get("event_to_read_p50_us") or c.get("event_to_read_p99_us"):
+            out["event_to_read_p50_us"] = c["event_to_read_p50_us"]
+            out["event_to_read_p99_us"] = c["event_to_read_p99_us"]
         return out
     records = c.get("records")
     if records is None and "consumed" in c:   # the ring consumers (bars, features): records read
@@ -74,5 +77,15 @@ def stage_figures(name: str, counters: dict[str, Any] | None) -> dict[str, Any]:
     out = {"records": records, "lost": c.get("lost", 0)}
     if "published" in c:  # signals sent on the bus (bars, features)
         out["published"] = c["published"]
+    if "checksums_verified" in c:   # the order book: what it judged and wrote
+        out.update({"entries_published": c.get("snapshots_written", 0),
+                    "checksums_verified": c["checksums_verified"],
+                    "checksums_failed": c.get("checksum_failures", 0),
+                    "resnapshots": c.get("resnapshots", 0), "invalid_books": c.get("invalid_books", 0),
+                    "crossed": c.get("crossed", 0), "gaps": c.get("gaps", 0)})
+    if "trades" in c and "late" in c:   # bars: trades taken, late ones per timeframe, bars sent
+        out.update({k: v for k, v in c.items() if k in ("trades", "late", "bars") or k.startswith("late_")})
+    if "skipped_invalid" in c:   # features: books turned into features, invalid ones skipped
+        out.update({"books": c.get("books", 0), "skipped_invalid": c["skipped_invalid"]})
     _latency(out, c, "latency_p50_us", "latency_p99_us")
     return out

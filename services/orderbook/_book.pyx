@@ -13,18 +13,24 @@ and the top N are the last N entries, read backwards with no search. Against a s
 (bench/orderbook_bench.py): a change costs about the same, a change plus the top-50 read an entry
 needs is ~7x cheaper here.
 
-Integrity, per DESIGN.md's LevelUpdate rules:
-  - a checksum record (action 4) is verified: the book is truncated to the registry's depth (Kraken
-    requires clients to) and Kraken's CRC32 is computed over the top 10 asks then the top 10 bids,
-    each number as the exchange writes it (the registry's decimals, "." removed, leading zeros
-    stripped);
-  - a crossed book (best bid >= best ask) is judged at message boundaries (the symbol's next record
-    with another timestamp, a checksum record, a snapshot-end), since one exchange message may
-    cross the book between its own changes;
-  - a record carrying the gap-before flag means capture lost messages: the book may be wrong;
+Integrity, per DESIGN.md's LevelUpdate rules. A book is judged and published only at a record with
+flags bit4 ("last": the final record capture wrote for one venue message and symbol), never in the
+middle of a message: one exchange message may cross the book between its own changes, and a Kraken
+message's checksum comes after its levels. At such a record:
+  - a checksum record (action 4) has been verified: the book is truncated to the registry's depth
+    (Kraken requires clients to) and Kraken's CRC32 is computed over the top 10 asks then the top 10
+    bids, each number as the exchange writes it (the registry's decimals, "." removed, leading zeros
+    stripped); without decimals the book is still truncated and flagged UNVERIFIED (not valid);
+  - a crossed book (best bid >= best ask) is flagged CROSSED;
+and at any record:
+  - the gap-before flag means capture lost messages of this symbol: GAP;
+  - an invalidate record (action 5) means capture can no longer vouch for the book: STALE (the
+    connection dropped or went silent), or GAP when it carries gap-before (a connection-wide gap);
+  - a set with a value no market has (not finite, negative size, >= 1e15) is a lost change: GAP;
   - a change to a book that never had a snapshot since this process started leaves it invalid.
 Any of these sets BOOK_FLAG_INVALID (and the reason bit) on the book's entries until the next
 complete snapshot (snapshot-end) makes it valid again; the process asks capture for that snapshot.
+Records without bit4 are applied but publish nothing: no entry shows a book mid-message.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memmove, memset
@@ -52,18 +58,21 @@ cdef extern from "_layout.h" nogil:
         uint64_t timestamp_ns
         uint32_t symbol_id
         uint32_t exchange_id
-        float bids[50][2]
-        float asks[50][2]
         uint32_t sequence
         uint8_t flags
         uint8_t bid_count
         uint8_t ask_count
+        uint64_t published_ns
+        double bids[50][2]
+        double asks[50][2]
     enum:
         SHMPIPE_ORDERBOOK_DEPTH
         SHMPIPE_BOOK_FLAG_INVALID
         SHMPIPE_BOOK_FLAG_CROSSED
         SHMPIPE_BOOK_FLAG_CHECKSUM_FAILED
         SHMPIPE_BOOK_FLAG_GAP
+        SHMPIPE_BOOK_FLAG_STALE
+        SHMPIPE_BOOK_FLAG_UNVERIFIED
 
 cdef extern from "_atomics.h" nogil:
     uint64_t shm_monotonic_ns()
@@ -77,9 +86,14 @@ cdef enum:
     ACTION_SNAPSHOT_END = 2
     ACTION_TRADE = 3
     ACTION_CHECKSUM = 4
+    ACTION_INVALIDATE = 5
     SIDE_BID = 0
     SIDE_ASK = 1
     LEVEL_FLAG_GAP_BEFORE = 8
+    LEVEL_FLAG_LAST = 16
+    # The reason bits only a complete snapshot clears (UNVERIFIED clears when a checksum verifies).
+    REASONS_UNTIL_SNAPSHOT = SHMPIPE_BOOK_FLAG_CROSSED | SHMPIPE_BOOK_FLAG_CHECKSUM_FAILED | \
+        SHMPIPE_BOOK_FLAG_GAP | SHMPIPE_BOOK_FLAG_STALE
     CHECKSUM_DEPTH = 10          # Kraken: top 10 levels per side
     DECIMALS_UNKNOWN = -1
     READ_BATCH = 1024            # lossy levels rings are read (copied) this many records at a time
@@ -93,6 +107,9 @@ cdef enum:
 cdef double[16] POW10 = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12,
                          1e13, 1e14, 1e15]
 cdef double EXACT_INTEGER_LIMIT = 9007199254740992.0   # 2**53
+# No market quotes a price or size this large; a value past it is a parsing accident (1e39), and a
+# consumer must never see it in a valid entry.
+cdef double MAX_LEVEL_VALUE = 1e15
 
 
 cdef struct Side:
@@ -116,6 +133,9 @@ cdef struct Book:
     uint8_t in_snapshot
     uint8_t synced               # a complete snapshot has been applied
     uint8_t dirty                # conflated: an entry is owed
+    uint8_t pending              # changed since its last entry; published at the message's last record
+    uint8_t mid_message          # its last record applied had no bit4: a conflated entry must wait
+    uint8_t snapshot_damaged     # a bad record inside the snapshot being applied
     uint8_t facts_known
 
 
@@ -124,19 +144,28 @@ cdef extern from *:
     #include <stddef.h>
     #define ENTRY_BIDS_OFFSET offsetof(shmpipe_orderbook_entry, bids)
     #define ENTRY_ASKS_OFFSET offsetof(shmpipe_orderbook_entry, asks)
-    /* Best first from arrays kept best last: (price, size) pairs as f32. Plain pointers (not the
-     * packed struct's fields) and restrict let the compiler vectorise the conversion. */
-    static inline void _fill_levels(float *restrict dst, const double *restrict best_key,
+    #include <time.h>
+    /* Best first from arrays kept best last: (price, size) pairs as the exact f64s the book holds
+     * (OrderbookEntry v2). Plain pointers (not the packed struct's fields) and restrict let the
+     * compiler vectorise the copy; negating an ask key back is exact. */
+    static inline void _fill_levels(double *restrict dst, const double *restrict best_key,
                                     const double *restrict best_size, Py_ssize_t n, double sign) {
         for (Py_ssize_t j = 0; j < n; j++) {
-            dst[2 * j] = (float)(sign * best_key[-j]);
-            dst[2 * j + 1] = (float)best_size[-j];
+            dst[2 * j] = sign * best_key[-j];
+            dst[2 * j + 1] = best_size[-j];
         }
+    }
+    /* OrderbookEntry.published_ns: wall-clock time, comparable with other hosts' exchange times. */
+    static inline uint64_t _realtime_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     }
     """
     size_t ENTRY_BIDS_OFFSET
     size_t ENTRY_ASKS_OFFSET
-    void _fill_levels(float *dst, const double *best_key, const double *best_size, Py_ssize_t n,
+    uint64_t _realtime_ns() noexcept nogil
+    void _fill_levels(double *dst, const double *best_key, const double *best_size, Py_ssize_t n,
                       double sign) noexcept nogil
 
 
@@ -270,7 +299,7 @@ def checksum_text_digits(double x, int decimals):
 COUNTER_NAMES = ("records", "updates", "deletes_of_missing_levels", "trades", "snapshots_begun",
                  "snapshots_completed", "snapshots_written", "checksums_verified", "checksum_failures",
                  "checksums_unverifiable", "crossed", "gaps", "unsynced", "invalid_books", "repaired",
-                 "bad_records", "books_full_waits", "entries_dropped_at_stop")
+                 "bad_records", "books_full_waits", "entries_dropped_at_stop", "invalidations")
 
 
 cdef class BookEngine:
@@ -297,7 +326,7 @@ cdef class BookEngine:
     cdef readonly uint64_t records, updates, deletes_of_missing_levels, trades, snapshots_begun
     cdef readonly uint64_t snapshots_completed, snapshots_written, checksums_verified, checksum_failures
     cdef readonly uint64_t checksums_unverifiable, crossed, gaps, unsynced, invalid_books, repaired
-    cdef readonly uint64_t bad_records, books_full_waits, entries_dropped_at_stop
+    cdef readonly uint64_t bad_records, books_full_waits, entries_dropped_at_stop, invalidations
 
     def __cinit__(self):
         self.books = NULL
@@ -420,32 +449,39 @@ cdef class BookEngine:
         b.flags |= SHMPIPE_BOOK_FLAG_INVALID | why
 
     cdef inline void _check_crossed(self, Book *b) noexcept nogil:
+        if b.flags & SHMPIPE_BOOK_FLAG_CROSSED:
+            return
         if b.bids.count and b.asks.count and \
                 b.bids.key[b.bids.count - 1] >= -b.asks.key[b.asks.count - 1]:
-            if not (b.flags & SHMPIPE_BOOK_FLAG_CROSSED):
-                self.crossed += 1
+            self.crossed += 1
             self._invalidate(b, SHMPIPE_BOOK_FLAG_CROSSED)
+            b.pending = 1
 
     # -- applying -------------------------------------------------------------------------------
     cdef int _apply(self, const shmpipe_level_update *u) except -1:
         cdef uint32_t sid = u.symbol_id
         cdef Book *b = self._book(sid)
         cdef uint8_t action = u.action
-        cdef Side *side
         cdef int r
         self.records += 1
         b.exchange_id = u.source
+        b.mid_message = not (u.flags & LEVEL_FLAG_LAST)
         if u.flags & LEVEL_FLAG_GAP_BEFORE and action != ACTION_SNAPSHOT_BEGIN:
             self.gaps += 1
             self._invalidate(b, SHMPIPE_BOOK_FLAG_GAP)
+            b.pending = 1
         if action == ACTION_SET:
-            if not (isfinite(u.price) and isfinite(u.size)) or u.size < 0 or u.side > SIDE_ASK:
+            if not (isfinite(u.price) and isfinite(u.size)) or u.size < 0 or u.side > SIDE_ASK \
+                    or not (u.price < MAX_LEVEL_VALUE and u.size < MAX_LEVEL_VALUE):
+                # The venue's change is lost: the book is not the venue's any more.
                 self.bad_records += 1
-                return 0
-            if b.last_ts != u.timestamp_ns:
                 if not b.in_snapshot:
-                    self._check_crossed(b)     # the previous message of this symbol is complete
-                b.last_ts = u.timestamp_ns
+                    self._invalidate(b, SHMPIPE_BOOK_FLAG_GAP)
+                    b.pending = 1
+                else:
+                    b.snapshot_damaged = 1
+                return self._at_boundary(b, sid, u)
+            b.last_ts = u.timestamp_ns
             if u.side == SIDE_BID:
                 r = _side_set(&b.bids, u.price, u.size)
             else:
@@ -458,36 +494,61 @@ cdef class BookEngine:
                 if not b.synced and not (b.flags & SHMPIPE_BOOK_FLAG_INVALID):
                     self.unsynced += 1
                     self._invalidate(b, 0)
-                self._changed(b, sid)
+                b.pending = 1
         elif action == ACTION_SNAPSHOT_BEGIN:
             b.bids.count = 0
             b.asks.count = 0
             b.in_snapshot = 1
+            b.snapshot_damaged = 0
             b.last_ts = u.timestamp_ns
             self.snapshots_begun += 1
         elif action == ACTION_SNAPSHOT_END:
             if not b.in_snapshot:
                 self.bad_records += 1
-                return 0
+                return self._at_boundary(b, sid, u)
             b.in_snapshot = 0
             b.last_ts = u.timestamp_ns
             if not b.facts_known:
                 self._learn_facts(b, sid)
             _side_truncate(&b.bids, b.depth)
             _side_truncate(&b.asks, b.depth)
-            if b.flags & SHMPIPE_BOOK_FLAG_INVALID:
-                self.repaired += 1
-            b.flags = 0
-            b.synced = 1
+            if b.snapshot_damaged:
+                b.synced = 0
+                self._invalidate(b, SHMPIPE_BOOK_FLAG_GAP)
+            else:
+                if b.flags & SHMPIPE_BOOK_FLAG_INVALID:
+                    self.repaired += 1
+                b.flags = 0
+                b.synced = 1
             self.snapshots_completed += 1
-            self._check_crossed(b)
-            self._changed(b, sid)
+            b.pending = 1
         elif action == ACTION_TRADE:
             self.trades += 1
         elif action == ACTION_CHECKSUM:
             self._verify(b, sid, u)
+        elif action == ACTION_INVALIDATE:
+            # Capture can no longer vouch for this book (its connection dropped or went silent, or a
+            # connection-wide gap): unknown until the next snapshot-end.
+            self.invalidations += 1
+            b.synced = 0
+            b.in_snapshot = 0
+            # with gap-before (a connection-wide sequence gap): GAP, set above; else dropped or silent
+            self._invalidate(b, 0 if u.flags & LEVEL_FLAG_GAP_BEFORE else SHMPIPE_BOOK_FLAG_STALE)
+            b.last_ts = u.timestamp_ns
+            b.pending = 1
         else:
             self.bad_records += 1
+        return self._at_boundary(b, sid, u)
+
+    cdef inline int _at_boundary(self, Book *b, uint32_t sid, const shmpipe_level_update *u) except -1:
+        """The last record of a venue message for this symbol: only here is the book consistent, so
+        only here is it judged (crossed) and published; never in the middle of a message."""
+        if not (u.flags & LEVEL_FLAG_LAST) or b.in_snapshot:
+            return 0
+        self._check_crossed(b)
+        if b.pending:
+            b.pending = 0
+            return self._changed(b, sid)
         return 0
 
     cdef int _verify(self, Book *b, uint32_t sid, const shmpipe_level_update *u) except -1:
@@ -499,20 +560,23 @@ cdef class BookEngine:
         b.last_ts = u.timestamp_ns
         if not b.facts_known:
             self._learn_facts(b, sid)
-            if not b.facts_known:
-                self.checksums_unverifiable += 1
-                return 0
-        # Kraken: after each message, the client truncates its book to the subscribed depth.
+        # Kraken: after each message, the client truncates its book to the subscribed depth (known
+        # from the subscription even when the decimals are not).
         _side_truncate(&b.bids, b.depth)
         _side_truncate(&b.asks, b.depth)
-        if _book_checksum(b) == <uint32_t>carried:
+        if not b.facts_known:
+            # The venue vouches for this book with a checksum nobody can check: not valid.
+            self.checksums_unverifiable += 1
+            self._invalidate(b, SHMPIPE_BOOK_FLAG_UNVERIFIED)
+        elif _book_checksum(b) == <uint32_t>carried:
             self.checksums_verified += 1
+            if b.flags & SHMPIPE_BOOK_FLAG_UNVERIFIED and not (b.flags & REASONS_UNTIL_SNAPSHOT) and b.synced:
+                b.flags = 0                # checked at last: the only doubt is gone
         else:
             self.checksum_failures += 1
             self._invalidate(b, SHMPIPE_BOOK_FLAG_CHECKSUM_FAILED)
-        self._check_crossed(b)
         if b.flags != before:
-            self._changed(b, sid)          # the levels stand, but the entry's flags change
+            b.pending = 1                  # the levels stand, but the entry's flags change
         return 0
 
     # -- entries --------------------------------------------------------------------------------
@@ -562,14 +626,14 @@ cdef class BookEngine:
         e.flags = b.flags
         e.bid_count = <uint8_t>nb
         e.ask_count = <uint8_t>na
-        _fill_levels(<float *>(<char *>e + ENTRY_BIDS_OFFSET), b.bids.key + b.bids.count - 1,
+        _fill_levels(<double *>(<char *>e + ENTRY_BIDS_OFFSET), b.bids.key + b.bids.count - 1,
                      b.bids.size + b.bids.count - 1, nb, 1.0)
-        _fill_levels(<float *>(<char *>e + ENTRY_ASKS_OFFSET), b.asks.key + b.asks.count - 1,
+        _fill_levels(<double *>(<char *>e + ENTRY_ASKS_OFFSET), b.asks.key + b.asks.count - 1,
                      b.asks.size + b.asks.count - 1, na, -1.0)
         if old_b > nb:
-            memset(&e.bids[nb][0], 0, (old_b - nb) * 2 * sizeof(float))
+            memset(&e.bids[nb][0], 0, (old_b - nb) * 2 * sizeof(double))
         if old_a > na:
-            memset(&e.asks[na][0], 0, (old_a - na) * 2 * sizeof(float))
+            memset(&e.asks[na][0], 0, (old_a - na) * 2 * sizeof(double))
         self.nstaged += 1
         if self.nstaged == STAGE:
             self._publish_staged()
@@ -579,8 +643,13 @@ cdef class BookEngine:
         """Publish the staged entries, in order; waits (a slice at a time) while the books ring is full."""
         cdef Py_ssize_t done = 0, w
         cdef Py_ssize_t n = self.nstaged
+        cdef uint64_t published
         if n == 0:
             return 0
+        # One clock read per published batch: the entries of a batch leave together.
+        published = _realtime_ns()
+        for w in range(n):
+            self.staged[w].published_ns = published
         if self.out == NULL:             # build_without_ring: measured, then dropped
             self.nstaged = 0
             return 0
@@ -615,6 +684,10 @@ cdef class BookEngine:
             sid = self.dirty[i]
             b = self.books[sid]
             if not b.dirty:
+                continue
+            if b.mid_message or b.in_snapshot:      # owed, but not in the middle of a message
+                self.dirty[kept] = sid
+                kept += 1
                 continue
             if force or now - b.written_mono_ns >= self.conflate_ns:
                 b.dirty = 0

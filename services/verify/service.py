@@ -37,10 +37,12 @@ STATS_FIELDS = [
     "ring_lost",
     "latency_p50_us",
     "latency_p99_us",
+    "event_to_read_p50_us",
+    "event_to_read_p99_us",
     "last_sequence",
     "unchecked",
 ]
-GAUGE_FIELDS = ["latency_p50_us", "latency_p99_us"]  # levels: no rate (inspect, metrics)
+GAUGE_FIELDS = ["latency_p50_us", "latency_p99_us", "event_to_read_p50_us", "event_to_read_p99_us"]  # levels: no rate (inspect, metrics)
 STATS_INTERVAL_S = 0.1
 CONTROL_INTERVAL_S = 0.05
 
@@ -145,6 +147,8 @@ class Verifier:
                 "latency_p50_us": round(c.get("p50_us", 0)),
                 "latency_p99_us": round(c.get("p99_us", 0)),
                 "unchecked": c["unchecked"],
+                "event_to_read_p50_us": round(c.get("event_to_read_p50_us", 0)),
+                "event_to_read_p99_us": round(c.get("event_to_read_p99_us", 0)),
             }
         )
 

@@ -39,6 +39,9 @@ class TickChecker:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.latency = LogHistogram()
+        # event time -> read, as is (no calibration): true when the producer stamps ticks with
+        # CLOCK_REALTIME as they happen (the synthetic market does; a replay does not)
+        self.event_to_read = LogHistogram()
         self._anchor: int | None = None
         self._calibrating: list[np.ndarray] = []
         self._calibrate_until = 0
@@ -88,6 +91,7 @@ class TickChecker:
         if not len(ts):
             return
         offset = recv_ns - ts  # feed start offset + lateness, ns
+        self.event_to_read.record(np.maximum(offset, 0) / 1000.0)
         if self._anchor is None:
             self._calibrating.append(offset)
             if recv_ns >= self._calibrate_until:
@@ -118,4 +122,7 @@ class TickChecker:
         }
         if p50 is not None:
             out["p50_us"], out["p99_us"] = round(p50, 1), round(p99, 1)
+        e50, e99 = self.event_to_read.percentile(50), self.event_to_read.percentile(99)
+        if e50 is not None:
+            out["event_to_read_p50_us"], out["event_to_read_p99_us"] = round(e50, 1), round(e99, 1)
         return out

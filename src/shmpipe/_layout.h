@@ -32,31 +32,41 @@ typedef struct SHMPIPE_PACKED {
     double size;             /* f64: 8-decimal quantities exactly; 0 = delete */
     uint32_t symbol_id;
     uint8_t side;            /* 0 bid, 1 ask */
-    uint8_t action;          /* 0 set, 1 snapshot-begin, 2 snapshot-end, 3 trade, 4 checksum */
+    uint8_t action;          /* 0 set, 1 snapshot-begin, 2 snapshot-end, 3 trade, 4 checksum, 5 invalidate */
     uint8_t source;
-    uint8_t flags;           /* bit3 gap-before, as Tick's */
+    uint8_t flags;           /* bit3 gap-before, as Tick's; bit4 last record of one venue message */
 } shmpipe_level_update;
+#define SHMPIPE_LEVEL_FLAG_GAP_BEFORE 8
+#define SHMPIPE_LEVEL_FLAG_LAST 16
+#define SHMPIPE_ACTION_INVALIDATE 5      /* capture can no longer vouch for this symbol's book */
 
+/* OrderbookEntry, layout version 2 (DESIGN.md): f64 levels, so an entry gives the venue's numbers
+ * back exactly (f32 made a one-cent spread at 97,000 read 0.0156), and the time it was published. */
+#define SHMPIPE_ORDERBOOK_ENTRY_LAYOUT_VERSION 2
 #define SHMPIPE_ORDERBOOK_DEPTH 50
 typedef struct SHMPIPE_PACKED {
-    uint64_t timestamp_ns;
+    uint64_t timestamp_ns;   /* exchange time of the last update applied */
     uint32_t symbol_id;
-    uint32_t exchange_id;
-    float bids[SHMPIPE_ORDERBOOK_DEPTH][2];   /* (price, size), best first, unused levels 0 */
-    float asks[SHMPIPE_ORDERBOOK_DEPTH][2];
-    uint32_t sequence;
-    uint8_t flags;           /* SHMPIPE_BOOK_FLAG_*: bit0 invalid, bit1 crossed, bit2 checksum failed, bit3 gap */
+    uint32_t exchange_id;    /* the same codes as Tick.source */
+    uint32_t sequence;       /* per symbol, from 1 */
+    uint8_t flags;           /* SHMPIPE_BOOK_FLAG_* */
     uint8_t bid_count;       /* levels filled in bids[] (the rest are 0) */
     uint8_t ask_count;
-    uint8_t padding[9];      /* 823 -> 832 bytes: 13 whole cache lines */
+    uint8_t padding0;
+    uint64_t published_ns;   /* CLOCK_REALTIME when the order book wrote it */
+    double bids[SHMPIPE_ORDERBOOK_DEPTH][2];  /* (price, size), best first, unused levels 0 */
+    double asks[SHMPIPE_ORDERBOOK_DEPTH][2];
+    uint8_t padding[32];     /* 1632 -> 1664 bytes: 26 whole cache lines */
 } shmpipe_orderbook_entry;
 
-/* OrderbookEntry.flags. INVALID: do not trade on this book; it is being rebuilt (a resnapshot was
- * asked for). The other bits say why; they stay set until the next valid snapshot. */
+/* OrderbookEntry.flags. INVALID: do not trade on this book. The other bits say why; crossed,
+ * checksum failed, gap and stale stay set until the next complete snapshot. */
 #define SHMPIPE_BOOK_FLAG_INVALID 1
 #define SHMPIPE_BOOK_FLAG_CROSSED 2
 #define SHMPIPE_BOOK_FLAG_CHECKSUM_FAILED 4
 #define SHMPIPE_BOOK_FLAG_GAP 8
+#define SHMPIPE_BOOK_FLAG_STALE 16       /* invalidated by capture: disconnect or silence */
+#define SHMPIPE_BOOK_FLAG_UNVERIFIED 32  /* the venue sends checksums, this book could not be checked */
 
 typedef struct SHMPIPE_PACKED {
     uint8_t id[16];          /* raw UUID bytes */
@@ -77,7 +87,10 @@ typedef struct SHMPIPE_PACKED {
 _Static_assert(sizeof(shmpipe_tick) == 32, "Tick is 32 bytes");
 _Static_assert(sizeof(shmpipe_level_update) == 32, "LevelUpdate is 32 bytes");
 _Static_assert(offsetof(shmpipe_level_update, symbol_id) == 24, "LevelUpdate v2: symbol_id @24");
-_Static_assert(sizeof(shmpipe_orderbook_entry) == 832, "OrderbookEntry is 13 cache lines");
+_Static_assert(sizeof(shmpipe_orderbook_entry) == 1664, "OrderbookEntry v2 is 26 cache lines");
+_Static_assert(offsetof(shmpipe_orderbook_entry, published_ns) == 24, "OrderbookEntry v2: published_ns @24");
+_Static_assert(offsetof(shmpipe_orderbook_entry, bids) == 32, "OrderbookEntry v2: bids @32");
+_Static_assert(offsetof(shmpipe_orderbook_entry, asks) == 832, "OrderbookEntry v2: asks @832");
 _Static_assert(sizeof(shmpipe_asset) % 8 == 0, "Asset itemsize is a multiple of 8");
 
 /* ---------------------------------------------------------------- ring header */

@@ -171,7 +171,7 @@ cdef extern from "_layout.h":
         return Py_BuildValue(
             "{s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n},"
             " s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n},"
-            " s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n},"
+            " s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n},"
             " s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}}",
             "tick", "itemsize", (Py_ssize_t)sizeof(shmpipe_tick),
                 "timestamp_ns", SHM_OFF(shmpipe_tick, timestamp_ns), "symbol_id", SHM_OFF(shmpipe_tick, symbol_id),
@@ -194,6 +194,7 @@ cdef extern from "_layout.h":
                 "flags", SHM_OFF(shmpipe_orderbook_entry, flags),
                 "bid_count", SHM_OFF(shmpipe_orderbook_entry, bid_count),
                 "ask_count", SHM_OFF(shmpipe_orderbook_entry, ask_count),
+                "published_ns", SHM_OFF(shmpipe_orderbook_entry, published_ns),
             "asset", "itemsize", (Py_ssize_t)sizeof(shmpipe_asset),
                 "id", SHM_OFF(shmpipe_asset, id), "symbol", SHM_OFF(shmpipe_asset, symbol),
                 "name", SHM_OFF(shmpipe_asset, name), "exchange", SHM_OFF(shmpipe_asset, exchange),

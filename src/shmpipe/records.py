@@ -40,27 +40,39 @@ SIDE_BID, SIDE_ASK = 0, 1
 # book is replaced by what follows), SET records, one SNAPSHOT_END. A SET with size 0 deletes the level.
 # A TRADE carries a trade's price and size and leaves the book alone. A CHECKSUM carries the exchange's
 # checksum of the book after the records before it, as an exact integer in `price` (size 0).
-ACTION_SET, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, ACTION_TRADE, ACTION_CHECKSUM = 0, 1, 2, 3, 4
-# LevelUpdate.flags bits: the same gap-before bit as Tick's.
+# An INVALIDATE (no level) says capture can no longer vouch for the symbol's book (its connection
+# dropped, a connection-wide sequence gap, or the venue went silent past its heartbeat interval):
+# the book is unknown until its next SNAPSHOT_END.
+ACTION_SET, ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END, ACTION_TRADE, ACTION_CHECKSUM, ACTION_INVALIDATE = range(6)
+# LevelUpdate.flags bits: the same gap-before bit as Tick's (the record's own symbol missed changes),
+# and LAST on the final record capture writes for one venue message and symbol: the order book judges
+# a book (crossed, checksum) and publishes an entry only there, never in the middle of a message.
 LEVEL_FLAG_GAP_BEFORE = TICK_FLAG_GAP_BEFORE
+LEVEL_FLAG_LAST = 16
 
+# OrderbookEntry, layout version 2 (DESIGN.md): f64 (price, size) levels, so an entry gives the venue's
+# numbers back exactly (round(price, price_decimals) is the venue's text; version 1's f32 read a
+# one-cent spread at 97,000 as 0.0156), and published_ns (CLOCK_REALTIME when the order book wrote it).
+ORDERBOOK_ENTRY_LAYOUT_VERSION = 2
 ORDERBOOK_DEPTH = 50
 ORDERBOOK_ENTRY = np.dtype(
     {
-        "names": ["timestamp_ns", "symbol_id", "exchange_id", "bids", "asks", "sequence",
-                  "flags", "bid_count", "ask_count"],
-        "formats": ["<u8", "<u4", "<u4", ("<f4", (ORDERBOOK_DEPTH, 2)), ("<f4", (ORDERBOOK_DEPTH, 2)), "<u4",
-                    "u1", "u1", "u1"],
-        "offsets": [0, 8, 12, 16, 416, 816, 820, 821, 822],
-        # DESIGN.md's 820 bytes of fields, plus flags and level counts in what was padding, padded to
-        # 13 cache lines. bids/asks are (price, size), best first; unused levels are 0.
-        "itemsize": 832,
+        "names": ["timestamp_ns", "symbol_id", "exchange_id", "sequence", "flags", "bid_count",
+                  "ask_count", "published_ns", "bids", "asks"],
+        "formats": ["<u8", "<u4", "<u4", "<u4", "u1", "u1", "u1", "<u8",
+                    ("<f8", (ORDERBOOK_DEPTH, 2)), ("<f8", (ORDERBOOK_DEPTH, 2))],
+        "offsets": [0, 8, 12, 16, 20, 21, 22, 24, 32, 832],
+        # bids/asks are (price, size), best first; unused levels are 0. Padded to 26 cache lines.
+        "itemsize": 1664,
     }
 )
-# OrderbookEntry.flags. INVALID: the book is not to be trusted (a checksum failed, it crossed, or a
-# sequence gap hit it) and a fresh snapshot has been asked for; the other bits say why and stay set
-# until the next complete snapshot makes the book valid again.
+# OrderbookEntry.flags. INVALID: the book is not to be trusted; the other bits say why and stay set
+# until the next complete snapshot makes the book valid again. CROSSED: best bid >= best ask at the
+# end of a venue message; CHECKSUM_FAILED: the venue's checksum did not match; GAP: capture lost
+# messages of this symbol; STALE: capture invalidated it (disconnect, connection-wide gap, silence);
+# UNVERIFIED: the venue sends checksums but this book could not be checked (decimals unknown).
 BOOK_FLAG_INVALID, BOOK_FLAG_CROSSED, BOOK_FLAG_CHECKSUM_FAILED, BOOK_FLAG_GAP = 1, 2, 4, 8
+BOOK_FLAG_STALE, BOOK_FLAG_UNVERIFIED = 16, 32
 
 ASSET_SYMBOL_BYTES = 16
 ASSET_NAME_BYTES = 64
