@@ -2,6 +2,8 @@
 and a synthetic feed's), whatever the batching; closed on time; late trades counted, not merged."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from capture_helpers import fixture_lines, run_lines
@@ -211,3 +213,65 @@ def test_bad_timeframes(text, message):
 def test_timeframes_parse():
     assert parse_timeframes("1s,1m,5m") == [("1s", 1), ("1m", 60), ("5m", 300)]
     assert parse_timeframes("15s,1h,1d") == [("15s", 15), ("1h", 3600), ("1d", 86400)]
+
+
+# -- exact bars from the LevelUpdate ring's trade records (issue 21) --------------------------------
+def decimal_resample(lines: list[bytes], seconds: int, symbol_ids) -> dict:
+    """The fixture's trades as the venue wrote them (Decimal), resampled: (symbol_id, start_ns) ->
+    (open, high, low, close, volume, vwap, trades), time order, zero-size trades left out."""
+    from decimal import Decimal
+
+    from shmpipe_services.capture.timestamps import rfc3339_ns
+    trades = []
+    for k, line in enumerate(lines):
+        for item in json.loads(line, parse_float=Decimal):
+            if isinstance(item, dict) and item.get("T") == "t" and Decimal(item["s"]) > 0:
+                trades.append((symbol_ids(item["S"]), rfc3339_ns(item["t"]), k, Decimal(item["p"]), Decimal(item["s"])))
+    bars: dict = {}
+    for sid, ts, _k, p, s in sorted(trades, key=lambda t: (t[0], t[1], t[2])):
+        key = (sid, ts - ts % (seconds * NS))
+        b = bars.get(key)
+        if b is None:
+            bars[key] = [p, p, p, p, s, p * s, 1]
+        else:
+            b[1], b[2], b[3] = max(b[1], p), min(b[2], p), p
+            b[4] += s
+            b[5] += p * s
+            b[6] += 1
+    return {key: (o, h, lo, c, v, n / v, count) for key, (o, h, lo, c, v, n, count) in bars.items()}
+
+
+@pytest.mark.parametrize("seconds", [1, 60])
+def test_bars_from_trade_records_equal_an_exact_decimal_resample(seconds):
+    """Issue 21 item 1: from Ticks, the AAPL close is 192.8925018310547 (f32), not the venue's 192.8925."""
+    from decimal import Decimal
+    parser = AlpacaParser(InMemorySymbolIds())
+    lines = fixture_lines("alpaca_stream.jsonl")
+    run = run_lines(parser, lines)
+    agg = BarAggregator([(f"{seconds}s", seconds)], close_on_trade_time=True)
+    bars = np.concatenate([agg.add(run.levels[i:i + 97]) for i in range(0, len(run.levels), 97)] + [agg.flush()])
+    want = decimal_resample(lines, seconds, lambda s: parser.instruments[s].symbol_id)
+    assert len(bars) == len(want) >= 4
+    for bar in bars:
+        o, h, lo, c, v, vwap, count = want[(int(bar["symbol_id"]), int(bar["start_ns"]))]
+        # exactly the venue's numbers: the doubles their text parses to, so any rounding gives it back
+        assert [float(bar[f]) for f in ("open", "high", "low", "close")] == [float(o), float(h), float(lo), float(c)]
+        assert Decimal(repr(float(bar["close"]))) == c
+        # volume: the f64 sum, exact once rounded to the sizes' decimals (the venue's size precision)
+        assert Decimal(float(bar["volume"])).quantize(v) == v and int(bar["trades"]) == count
+        assert abs(Decimal(float(bar["vwap"])) - vwap) <= Decimal("1e-12") * vwap
+
+
+def test_a_zero_size_trade_sets_no_high_and_no_close():
+    from shmpipe.records import ACTION_TRADE, LEVEL_UPDATE
+    trades = np.zeros(3, LEVEL_UPDATE)
+    trades["action"] = ACTION_TRADE
+    trades["symbol_id"] = 1
+    trades["timestamp_ns"] = [1, 2, 3]
+    trades["price"] = [100.0, 250.0, 101.0]
+    trades["size"] = [1.0, 0.0, 2.0]            # the 250 print moved nothing
+    agg = BarAggregator([("1s", 1)], close_on_trade_time=True)
+    agg.add(trades)
+    (bar,) = agg.flush()
+    assert (bar["high"], bar["close"], bar["volume"], bar["trades"]) == (101.0, 101.0, 3.0, 2)
+    assert agg.zero_size == 1 and agg.rejected == 0

@@ -327,3 +327,34 @@ def test_a_paused_reader_of_a_lossy_ring_counts_what_it_lost(ring_name, private_
     assert code == 0, err
     assert counters["lost"] > 0 and counters["consumed"] + counters["lost"] == total
     assert counters["trades"] == counters["consumed"]
+
+
+def test_bars_from_a_level_update_ring_carry_the_venues_exact_prices(ring_name, private_runtime_dir):
+    """--levels: the trade records' f64 prices; the AAPL close is 192.8925, not f32's 192.8925018310547."""
+    from shmpipe.records import LEVEL_UPDATE
+    run = run_lines(AlpacaParser(InMemorySymbolIds()), fixture_lines("alpaca_stream.jsonl"))
+    expected = BarAggregator(parse_timeframes("1m"), close_on_trade_time=True)
+    want = np.concatenate([expected.add(run.levels), expected.flush()])
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    name = unique_name()
+    ring = shmpipe.Ring.create(ring_name, LEVEL_UPDATE, 1 << 14, broadcast=True)
+    try:
+        proc = spawn_cli("bars", "--levels", ring.name, "--pub", pub, "--clock", "trades", "--timeframes", "1m",
+                         "--json", "--name", name)
+        try:
+            with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
+                wait_for_heartbeat(sub, proc, name)
+                with ring.producer() as out:
+                    out.write_batch(run.levels)
+                got = receive(sub, "market.bar.", len(want), proc)
+                code, counters, err = finish(proc)
+        finally:
+            stop(proc)
+    finally:
+        ring.close()
+        ring.unlink()
+    assert code == 0, err
+    assert counters["trades"] == len(run.levels) and counters["bars"] == len(want)
+    closes = sorted((m.data["symbol_id"], m.data["start_ns"], m.data["close"]) for m in got)
+    assert closes == sorted((int(b["symbol_id"]), int(b["start_ns"]), float(b["close"])) for b in want)
+    assert 192.8925 in [c for _, _, c in closes]

@@ -28,6 +28,7 @@ from shmpipe.records import (
     ACTION_INVALIDATE,
     ACTION_SNAPSHOT_BEGIN,
     ACTION_SNAPSHOT_END,
+    ACTION_TRADE,
     LEVEL_FLAG_LAST,
     SOURCE_ALPACA,
     SOURCE_COINBASE,
@@ -240,7 +241,11 @@ def test_alpaca_counts_per_type_and_symbol(alpaca):
         {s: v["quotes"] for s, v in known["by_symbol"].items()}
     assert ticks_per_symbol(run.ticks, registry, TICK_FLAG_TRADE) == \
         {s: v["trades"] for s, v in known["by_symbol"].items()}
-    assert set(run.ticks["source"]) == {SOURCE_ALPACA} and len(run.levels) == 0
+    assert set(run.ticks["source"]) == {SOURCE_ALPACA}
+    # each trade is also a LevelUpdate trade record with the exact f64 numbers (issue 21), none else
+    trades = run.ticks[run.ticks["flags"] & TICK_FLAG_TRADE != 0]
+    assert len(run.levels) == len(trades) and (run.levels["action"] == ACTION_TRADE).all()
+    np.testing.assert_array_equal(run.levels["price"].astype(np.float32), trades["bid"])
     assert parser.errors == Counter()
 
 

@@ -31,7 +31,7 @@ DEADLINE = 60.0          # only a hung child comes near it
 TICKS_CAP, LEVELS_CAP = 1 << 16, 1 << 18
 FIXTURES = {"coinbase": "coinbase_advanced.jsonl", "kraken": "kraken_v2.jsonl", "alpaca": "alpaca_stream.jsonl"}
 PARSERS = {"coinbase": CoinbaseParser, "kraken": KrakenParser, "alpaca": AlpacaParser}
-EXCHANGE_IDS = {"coinbase": 1, "kraken": 2, "alpaca": 3}
+EXCHANGE_IDS = {"coinbase": 4, "kraken": 5, "alpaca": 6}   # Tick.source's codes (issue 21)
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_capture_rings_equal_the_fixture_parsed_and_replay_reproduces_them(feed,
         assert not (levels["flags"] & TICK_FLAG_GAP_BEFORE).any()
     else:
         known = KNOWN["alpaca_stream.jsonl"]["items_by_type"]
-        assert len(ticks) == known["q"] + known["t"] and len(levels) == 0
+        assert len(ticks) == known["q"] + known["t"] and len(levels) == known["t"]
         assert counters["gaps"] == {}
 
     # the raw capture replayed into fresh rings: byte for byte what the live run wrote
@@ -456,3 +456,13 @@ def test_synthetic_takes_no_raw_dir(ring_name, tmp_path):
     code, out, err = run_cli("capture", "--feed", "synthetic", "--ticks", ring_name + "-t", "--levels",
                              ring_name + "-l", "--raw-dir", str(tmp_path))
     assert code == 1 and out == "" and err.startswith("shmpipe capture: --feed synthetic receives no frames")
+
+
+def test_one_exchange_code_space_raw_logs_records_and_books():
+    """Issue 21 item 5: the raw log said 2 for Kraken where Tick.source and OrderbookEntry.exchange_id
+    say 5; older raw logs (1, 2, 3) still replay as their venues."""
+    from shmpipe_services.capture import process as cp
+    for feed, code in EXCHANGE_IDS.items():
+        assert cp.EXCHANGE_IDS[feed] == code == cp.PARSERS[feed].source
+        assert cp.EXCHANGE_NAMES[code] == feed
+    assert {cp.EXCHANGE_NAMES[k] for k in (1, 2, 3)} == {"coinbase", "kraken", "alpaca"}

@@ -27,7 +27,11 @@ def add_parser(sub) -> None:
         "envelope, see shmpipe.signals). Ends when the producer has gone and the ring is drained\n"
         "(closing the open bars), on 'stop' or SIGTERM/SIGINT (open bars are not published), then\n"
         "prints its counters.")
-    p.add_argument("--ticks", required=True, metavar="RING", help="ring of shmpipe.records.TICK")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ticks", metavar="RING", help="ring of shmpipe.records.TICK (f32 trade prices)")
+    source.add_argument("--levels", metavar="RING",
+                        help="ring of shmpipe.records.LEVEL_UPDATE: bars from its trade records, with the "
+                             "venue's exact prices and sizes (f64)")
     p.add_argument("--timeframes", type=timeframes, default="1s,1m,5m", metavar="LIST",
                    help="comma-separated bar lengths, a count and s/m/h/d (default 1s,1m,5m)")
     p.add_argument("--clock", choices=("wall", "trades"), default="wall",
@@ -46,7 +50,8 @@ def run_bars(args: argparse.Namespace) -> int:
     tfs = args.timeframes if isinstance(args.timeframes, list) else parse_timeframes(args.timeframes)
     aggregator = BarAggregator(tfs, grace_s=args.grace, close_on_trade_time=args.clock == "trades")
     try:
-        service = BarService(loop_options(args, args.ticks), aggregator, sqlite=args.sqlite)
+        service = BarService(loop_options(args, args.levels or args.ticks), aggregator, sqlite=args.sqlite,
+                             exact_trades=args.levels is not None)
     except ConsumerError as exc:
         return fail("bars", str(exc))
     return run_service("bars", service, args.json)

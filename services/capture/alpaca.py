@@ -8,7 +8,11 @@ Every frame is a JSON array of items tagged by ``T``: ``q`` -> quote Tick, ``t``
 - Alpaca has no message sequence (trade ids are not consecutive), so Tick.sequence is the item's
   position on this connection.
 - A quote Tick's volume is bid size + ask size; a trade Tick has bid = ask = the trade price and
-  volume = its size.
+  volume = its size (f32). Each trade is also a LevelUpdate trade record (action 3) with the exact
+  f64 price and size, for consumers that need the venue's numbers (``shmpipe bars --levels``); its
+  ``side`` is 0 because Alpaca does not say which side the taker was.
+- Trade corrections (``c``) and cancels (``x``) are counted in ``messages`` ("c", "x"), not applied:
+  the records already written for the trade they correct stand.
 - One bad item spoils only itself: when a frame fails the schema, its items are decoded one by one, so
   the other symbols in the same array still get through.
 """
@@ -19,11 +23,11 @@ from typing import Any
 
 import msgspec
 
-from shmpipe.records import SOURCE_ALPACA, TICK_FLAG_QUOTE, TICK_FLAG_TRADE
+from shmpipe.records import ACTION_TRADE, SIDE_BID, SOURCE_ALPACA, TICK_FLAG_QUOTE, TICK_FLAG_TRADE
 
 from . import bad_input as bad
 from .feed_parser import TICKS, FeedParser, check_quote, non_negative, positive
-from .record_batch import U32_MASK, RecordBatch, pack_tick, spread_tenth_bps
+from .record_batch import U32_MASK, RecordBatch, pack_level, pack_tick, spread_tenth_bps
 from ._levels import rfc3339_ns
 
 EXCHANGE = "alpaca"
@@ -129,10 +133,12 @@ class AlpacaParser(FeedParser):
                     messages["t"] += 1
                     symbol = item.S
                     inst = instruments.get(symbol) or self._instrument(symbol)
-                    price = positive(item.p)
+                    price, size, ts = positive(item.p), non_negative(item.s), rfc3339_ns(item.t)
                     flags = TICK_FLAG_TRADE | (self._gap_flag(symbol, TICKS) if self._gaps_pending else 0)
-                    out.ticks += pack_tick(rfc3339_ns(item.t), inst.symbol_id, price, price, non_negative(item.s),
+                    out.ticks += pack_tick(ts, inst.symbol_id, price, price, size,
                                            SOURCE_ALPACA, flags, 0, self.items & U32_MASK)
+                    out.levels += pack_level(ts, price, size, inst.symbol_id, SIDE_BID, ACTION_TRADE,
+                                             SOURCE_ALPACA, 0)
                     inst.last_price = repr(item.p)
                     if self.watchdog is not None:
                         self._touch("trades", symbol)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 import shmpipe
-from shmpipe.records import LEVEL_UPDATE, TICK
+from shmpipe.records import LEVEL_UPDATE, SOURCE_ALPACA, SOURCE_COINBASE, SOURCE_KRAKEN, TICK
 
 from . import alpaca, coinbase, kraken
 from .alpaca import AlpacaParser
@@ -35,8 +35,12 @@ from .staleness import StalenessWatchdog
 from .symbol_ids import SymbolIdFn, host_registry_or_memory
 
 # The capture's exchange ids: the .wslog header's u16 (shared/data/README.md uses the same).
-EXCHANGE_IDS = {"coinbase": 1, "kraken": 2, "alpaca": 3}
-EXCHANGE_NAMES = {v: k for k, v in EXCHANGE_IDS.items()}
+# One code space for exchanges everywhere (DESIGN.md): Tick.source's, which LevelUpdate.source and
+# OrderbookEntry.exchange_id carry too; the raw logs' exchange ids are the same codes.
+EXCHANGE_IDS = {"coinbase": SOURCE_COINBASE, "kraken": SOURCE_KRAKEN, "alpaca": SOURCE_ALPACA}
+# Raw logs written before the codes were unified used 1, 2, 3: still read as those venues.
+LEGACY_EXCHANGE_IDS = {"coinbase": 1, "kraken": 2, "alpaca": 3}
+EXCHANGE_NAMES = {v: k for k, v in (*LEGACY_EXCHANGE_IDS.items(), *EXCHANGE_IDS.items())}
 PARSERS: dict[str, type[FeedParser]] = {"coinbase": CoinbaseParser, "kraken": KrakenParser,
                                         "alpaca": AlpacaParser}
 # What the fixtures (and so the feed server) carry; a real capture passes --symbols.

@@ -1,11 +1,14 @@
-"""``shmpipe bars``: trade Ticks from a ring -> OHLCV bars on the signals bus (and SQLite).
+"""``shmpipe bars``: trades from a ring -> OHLCV bars on the signals bus (and SQLite).
+
+The trades come from a Tick ring (``--ticks``: f32 prices, ~7 significant digits) or from the trade
+records of a LevelUpdate ring (``--levels``: the venue's exact numbers, f64); see ``bars``.
 
 Each closed bar is one signal on topic ``market.bar.<tf>`` (tf as given to --timeframes, e.g.
 ``market.bar.1m``), in the bus's msgpack envelope (``shmpipe.signals``), with ``data``:
 
     {"symbol_id": int, "exchange": str | None, "symbol": str | None,   # None: id not in the registry
      "timeframe": "1m", "start_ns": int, "end_ns": int,               # [start, end), exchange time
-     "open": float, "high": float, "low": float, "close": float,      # the trades' f32 prices
+     "open": float, "high": float, "low": float, "close": float,      # the trades' prices (exact: --levels)
      "volume": float, "vwap": float, "trades": int,
      "first_ns": int, "last_ns": int}                                 # first and last trade's time
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from shmpipe import symbols
 from shmpipe.errors import ShmpipeError
-from shmpipe.records import TICK
+from shmpipe.records import LEVEL_UPDATE, TICK
 
 from .bars import BAR, BarAggregator
 from .loop import ConsumerError, ConsumerService, LoopOptions
@@ -99,7 +102,10 @@ class BarService(ConsumerService):
     kind = "bars"
     dtype = TICK
 
-    def __init__(self, options: LoopOptions, aggregator: BarAggregator, *, sqlite: str | None = None) -> None:
+    def __init__(self, options: LoopOptions, aggregator: BarAggregator, *, sqlite: str | None = None,
+                 exact_trades: bool = False) -> None:
+        """exact_trades: the ring holds LevelUpdates (their trade records), not Ticks."""
+        self.dtype = LEVEL_UPDATE if exact_trades else TICK
         super().__init__(options)
         self.aggregator = aggregator
         self.names = SymbolNames()
@@ -137,7 +143,8 @@ class BarService(ConsumerService):
 
     def counters(self) -> dict[str, Any]:
         agg = self.aggregator
-        out = {"trades": agg.trades, "rejected": agg.rejected, "bars": self.bars_published,
+        out = {"trades": agg.trades, "rejected": agg.rejected, "zero_size": agg.zero_size,
+               "bars": self.bars_published,
                "open_bars": agg.open_bars, "open_bars_at_exit": self.open_bars_at_exit,
                "late": sum(agg.late.values())}
         out.update({f"late_{label}": n for label, n in agg.late.items()})

@@ -1,8 +1,20 @@
-"""OHLCV bars from trade Ticks, vectorised per batch: the arithmetic, no I/O.
+"""OHLCV bars from trades, vectorised per batch: the arithmetic, no I/O.
 
 A bar of timeframe T covers [k*T, (k+1)*T) of the trades' ``timestamp_ns`` (exchange time,
-aligned to the Unix epoch). Only trade Ticks count (flags bit 0); a trade Tick carries its price
-in ``bid`` (= ``ask``) and its size in ``volume``. Per (symbol, timeframe, bar) a batch is grouped
+aligned to the Unix epoch). Trades come from either record (``add`` takes a batch of either):
+
+- LevelUpdate trade records (action 3) carry the venue's price and size as f64: the exact double
+  of the venue's text, so open/high/low/close printed with the venue's decimals are the venue's
+  numbers, and volume is their f64 sum (exact to the venue's size decimals for any realistic bar).
+  This is the path for exact bars (``shmpipe bars --levels``).
+- Trade Ticks (flags bit 0: price in ``bid`` = ``ask``, size in ``volume``) keep the seeds' 32-byte
+  layout with f32 numbers, about 7 significant digits: 67017.178 comes back as 67017.1796875.
+
+Which trades count: every trade the venue reports (Coinbase market_trades, Kraken trade, Alpaca
+``t``, whatever its conditions), except a zero-size one (it moves no volume, so it must not set a
+high or a close; counted in ``zero_size``) and a non-finite or negative one (``rejected``). Alpaca's
+trade corrections (``c``) and cancels (``x``) reach no ring (capture counts them by channel): a bar
+that holds a corrected trade is not changed. Per (symbol, timeframe, bar) a batch is grouped
 with one stable ``np.lexsort`` by (symbol, bar start, timestamp) and reduced with
 ``ufunc.reduceat``; open is the earliest trade (ties: the one that arrived first), close the latest
 (ties: the one that arrived last), so bars equal a resample of the trades sorted by time, however
@@ -23,12 +35,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shmpipe.records import TICK_FLAG_TRADE
+from shmpipe.records import ACTION_TRADE, LEVEL_UPDATE, TICK_FLAG_TRADE
 
 NS = 1_000_000_000
 BAR = np.dtype([
     ("symbol_id", "<u4"), ("timeframe_s", "<u4"), ("start_ns", "<u8"), ("end_ns", "<u8"),
-    ("open", "<f4"), ("high", "<f4"), ("low", "<f4"), ("close", "<f4"),
+    ("open", "<f8"), ("high", "<f8"), ("low", "<f8"), ("close", "<f8"),
     ("volume", "<f8"), ("vwap", "<f8"), ("trades", "<u4"), ("first_ns", "<u8"), ("last_ns", "<u8"),
 ])
 DEFAULT_TIMEFRAMES = ("1s", "1m", "5m")
@@ -79,7 +91,8 @@ class BarAggregator:
         self.close_on_trade_time = close_on_trade_time
         self.watermark_ns = 0        # the latest trade time seen
         self.trades = 0              # trades taken into bars (per timeframe each)
-        self.rejected = 0            # trade Ticks with a price or size no bar can hold
+        self.rejected = 0            # trades with a price or size no bar can hold
+        self.zero_size = 0           # trades of size 0: no volume, no high, no close
         self.bars_closed = 0
 
     @property
@@ -90,18 +103,25 @@ class BarAggregator:
     def open_bars(self) -> int:
         return sum(len(tf.open_bars) for tf in self.timeframes)
 
-    def add(self, ticks: np.ndarray) -> np.ndarray:
-        """Fold a batch of Ticks in (quotes are ignored). Returns the bars this closed: with
-        ``close_on_trade_time``, those the batch's trades moved past; else none (``advance``)."""
-        trades = ticks[(ticks["flags"] & TICK_FLAG_TRADE) != 0]
+    def add(self, records: np.ndarray) -> np.ndarray:
+        """Fold a batch of Ticks (quotes are ignored) or LevelUpdates (only trade records count) in.
+        Returns the bars this closed: with ``close_on_trade_time``, those the batch's trades moved
+        past; else none (``advance``)."""
+        if records.dtype == LEVEL_UPDATE:
+            trades = records[records["action"] == ACTION_TRADE]
+            price, size = trades["price"], trades["size"]
+        else:
+            trades = records[(records["flags"] & TICK_FLAG_TRADE) != 0]
+            price, size = trades["bid"].astype(np.float64), trades["volume"].astype(np.float64)
         if len(trades) == 0:
             return np.empty(0, BAR)
-        price = trades["bid"]
-        size = trades["volume"]
         good = np.isfinite(price) & (price > 0) & np.isfinite(size) & (size >= 0)
-        if not good.all():
+        moved = size > 0
+        if not (good & moved).all():
             self.rejected += int(np.count_nonzero(~good))
-            trades, price, size = trades[good], price[good], size[good]
+            self.zero_size += int(np.count_nonzero(good & ~moved))
+            keep = good & moved
+            trades, price, size = trades[keep], price[keep], size[keep]
             if len(trades) == 0:
                 return np.empty(0, BAR)
         ts = trades["timestamp_ns"].astype(np.uint64)
