@@ -289,6 +289,7 @@ def run_demo(
     out=sys.stdout,
     err=sys.stderr,
     faults: bool = False,
+    rate: float | None = None,
 ) -> DemoResult:
     tmp = tempfile.mkdtemp(prefix="shmpipe-demo-", dir="/tmp")  # short: ipc:// paths are limited
     saved_env = {
@@ -313,7 +314,11 @@ def run_demo(
         if faults and feed != "synthetic":
             raise ValueError(f"--faults injects into the synthetic market; --feed {feed} has none")
         prefix = f"demo-{os.getpid()}."
+        if rate is not None and feed != "synthetic":
+            raise ValueError(f"--rate paces the synthetic market; --feed {feed} has none")
         pipeline = load_demo_pipeline(feed, prefix)
+        if rate is not None:
+            _set_market_rate(pipeline, rate)
         opens = _open_the_market_when_up(pipeline)
         launcher = Launcher(pipeline, log_dir=log_dir, metrics_port=metrics_port, say=say)
         from .supervisor import install_stop_signals
@@ -370,6 +375,20 @@ def run_demo(
                 for line in messages:
                     print(f"shmpipe demo: {line}", file=err)
     return result
+
+
+def _set_market_rate(pipeline: Pipeline, rate: float) -> None:
+    """The synthetic capture's --rate (venue messages per second) becomes ``rate``."""
+    import dataclasses
+
+    for name, spec in pipeline.processes.items():
+        cmd = list(spec.command)
+        if "capture" in cmd and "synthetic" in cmd:
+            if "--rate" in cmd:
+                cmd[cmd.index("--rate") + 1] = repr(float(rate))
+            else:
+                cmd += ["--rate", repr(float(rate))]
+            pipeline.processes[name] = dataclasses.replace(spec, command=cmd)
 
 
 def _open_the_market_when_up(pipeline: Pipeline) -> str | None:
