@@ -50,6 +50,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="every ring's wait strategy (default: as the pipeline file says, block)")
     p.add_argument("--conflate-ms", type=float, default=None,
                    help="the order book's --conflate-ms (default: the pipeline file's, 10)")
+    p.add_argument("--only", metavar="NAMES",
+                   help="run only these processes of the pipeline, comma-separated (e.g. capture,orderbook: "
+                        "update -> entry latency with one reader on the second core)")
     p.add_argument("--sample-s", type=float, default=0.25, help="sampling interval (default 0.25)")
     p.add_argument("--no-latency", action="store_true", help="do not read the books ring here")
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON here")
@@ -78,6 +81,15 @@ def bench_pipeline(prefix: str, args: argparse.Namespace):
     from shmpipe_services.launcher.demo import example_path
 
     pipeline = load(example_path(), ring_prefix=prefix)
+    if args.only:
+        keep = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(keep) - set(pipeline.processes))
+        if unknown:
+            raise ValueError(f"--only: no process {', '.join(unknown)} in {example_path()} "
+                             f"(it has {', '.join(pipeline.processes)})")
+        for name in list(pipeline.processes):
+            if name not in keep:
+                del pipeline.processes[name]
     capture = None
     for name, spec in pipeline.processes.items():
         cmd = list(spec.command)
@@ -141,6 +153,7 @@ class LatencyReader:
         if h.get_total_count():
             out.update({f"{k}_us": round(h.get_value_at_percentile(p) / 1000.0, 2)
                         for k, p in (("p50", 50), ("p99", 99), ("p999", 99.9))})
+            out["min_us"] = round(h.get_min_value() / 1000.0, 2)
             out["max_us"] = round(h.get_max_value() / 1000.0, 2)
         return out
 
@@ -247,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["SHMPIPE_SYMBOLS_FILE"] = os.path.join(tmp, "symbols.jsonl")
     prefix = f"pbench-{os.getpid()}."
     result: dict[str, Any] = {"prefix": prefix, "rate": args.rate, "seconds": args.seconds,
-                              "symbols": args.symbols,
+                              "symbols": args.symbols, "only": args.only,
                               "wait": args.wait or "block", "conflate_ms": args.conflate_ms,
                               "machine": describe(sorted(os.sched_getaffinity(0))), "problems": []}
     problems: list[str] = result["problems"]
@@ -309,6 +322,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             spec = pipeline.processes[name]
             stage["lost"] += sum(c["lost"] for k in spec.reads for c in rings.get(k, {}).get("consumers", [])
                                  if c["pid"] == launcher.processes[name].pid)
+            if stage.get("cpu_percent") is not None and moved:
+                # what one record costs the stage: its CPU time in the window over what it moved
+                stage["cpu_us_per_record"] = round(stage["cpu_percent"] / 100.0 * window / moved * 1e6, 3)
             if name == "capture":
                 levels = last[("written", "levels")] - first[("written", "levels")]
                 stage["levels_per_s"] = round(levels / window)
@@ -404,25 +420,26 @@ def _table(result: dict) -> str:
     conflate = "as the file says" if result["conflate_ms"] is None else f"{result['conflate_ms']:g} ms"
     lines = [f"pipeline at {result['rate']:,.0f} messages/s for {result.get('window_s', 0):.1f} s "
              f"(wait {result['wait']}, conflate {conflate})"]
-    lines.append(f"{'stage':<10} {'records':>11} {'per s':>10} {'lost':>5} {'cpu %':>6} "
+    lines.append(f"{'stage':<10} {'records':>11} {'per s':>10} {'lost':>5} {'cpu %':>6} {'µs/rec':>7} "
                  f"{'rss start':>9} {'end':>6} {'max':>6} MiB")
     for name, s in result.get("stages", {}).items():
         cpu = "-" if s.get("cpu_percent") is None else f"{s['cpu_percent']:.0f}"
+        per = "-" if s.get("cpu_us_per_record") is None else f"{s['cpu_us_per_record']:.2f}"
         lines.append(f"{name:<10} {s['records']:>11,} {s['records_per_s']:>10,} {s['lost']:>5,} {cpu:>6} "
-                     f"{s.get('rss_start_mib', '-'):>9} {s.get('rss_end_mib', '-'):>6} "
+                     f"{per:>7} {s.get('rss_start_mib', '-'):>9} {s.get('rss_end_mib', '-'):>6} "
                      f"{s.get('rss_max_mib', '-'):>6}")
     cap = result.get("stages", {}).get("capture")
     if cap:
         sch = result["capture_schedule"]
         lines.append(f"capture: {cap['messages_per_s']:,} messages/s, "
-                     f"{cap['levels_per_s']:,} LevelUpdates/s; {sch['messages_sent']:,} of {sch['messages_due']:,} messages due "
-                     f"({sch['behind']:.2%} behind)")
+                     f"{cap['levels_per_s']:,} LevelUpdates/s; {sch['messages_sent']:,} of "
+                     f"{sch['messages_due']:,} messages due ({sch['behind']:.2%} behind)")
     for k, r in result.get("rings", {}).items():
         lines.append(f"ring {k:<7} written {r['written']:>11,}  fill high-water {r['fill_hwm']:>7,} / "
                      f"{r['capacity']:,}  full waits {r['full_waits']:,}  lost {r['lost']:,}")
     lat = result.get("update_to_entry")
     if lat:
-        figs = " ".join(f"{k} {lat[k + '_us']:,} µs" for k in ("p50", "p99", "p999", "max")
+        figs = " ".join(f"{k} {lat[k + '_us']:,} µs" for k in ("min", "p50", "p99", "p999", "max")
                         if k + "_us" in lat)
         lines.append(f"update -> entry (published_ns - timestamp_ns, {lat['entries']:,} entries): {figs}"
                      + (f"; {lat['negative']:,} negative" if lat["negative"] else "")
