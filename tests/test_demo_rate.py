@@ -63,3 +63,16 @@ def test_demo_rate_with_the_fixtures_feed_is_a_one_line_error(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("shmpipe demo:")]
     assert any("--rate" in line and "fixtures" in line for line in lines), err
     assert "Traceback" not in err
+
+
+def test_a_rate_the_pipeline_cannot_hold_fails_the_demo_and_says_by_how_much(tmp_path):
+    """A lossless pipeline that cannot keep up slows capture down instead of losing records: the
+    demo must not call that run ok at the rate asked."""
+    code, out, err = _demo(tmp_path, "--rate", "50000000", "--seconds", "2", "--json")
+    assert code == 1, err
+    summary = json.loads(out)
+    assert summary["ok"] is False
+    assert any("--rate" in r and "behind" in r for r in summary["reasons"]), summary["reasons"]
+    held = summary["capture"]["rate"]
+    assert held["asked"] == 50_000_000 and 0 < held["messages_per_s"] < held["asked"]
+    assert "Traceback" not in err
