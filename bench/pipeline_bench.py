@@ -214,7 +214,10 @@ class ProcessWatch:
             if rss:
                 fig.update({"rss_start_mib": round(rss[0] / 2**20, 1),
                             "rss_end_mib": round(rss[-1] / 2**20, 1),
-                            "rss_max_mib": round(max(rss) / 2**20, 1)})
+                            "rss_max_mib": round(max(rss) / 2**20, 1),
+                            # at 0, 25, 50, 75 and 100 % of the window: growth after start-up shows here
+                            "rss_over_run_mib": [round(rss[min(len(rss) - 1, len(rss) * q // 4)] / 2**20, 1)
+                                                 for q in range(5)]})
             out[name] = fig
         return out
 

@@ -29,6 +29,7 @@ def test_pipeline_bench_runs_every_stage_with_zero_loss(tmp_path):
         assert s["records"] > 0 and s["lost"] == 0, (name, s)
         assert s["records_per_s"] > 0 and s["cpu_percent"] is not None
         assert 0 < s["rss_start_mib"] <= s["rss_max_mib"] and s["rss_end_mib"] <= s["rss_max_mib"]
+        assert len(s["rss_over_run_mib"]) == 5 and max(s["rss_over_run_mib"]) <= s["rss_max_mib"]
     rings = result["rings"]
     assert set(rings) == {"ticks", "levels", "books"}
     for r in rings.values():
