@@ -58,7 +58,9 @@ def _machine() -> dict:
 # -- the synthetic stream of book changes ---------------------------------------------------------
 def book_stream(symbols: int, updates: int, seed: int = 1, levels: int = 100, top: int = 50):
     """K snapshots of `levels` per side around 100.00 + 10k, then `updates` sets/deletes landing on
-    one of the top `top` price steps of a random side (deletes 20 %), never crossing."""
+    one of the top `top` price steps of a random side (deletes 20 %), never crossing. Each update is
+    a venue message of its own (flags bit4 "last", as capture marks it): one entry per update."""
+    from shmpipe import records
     from shmpipe.records import (
         ACTION_SET,
         ACTION_SNAPSHOT_BEGIN,
@@ -67,6 +69,7 @@ def book_stream(symbols: int, updates: int, seed: int = 1, levels: int = 100, to
         SIDE_ASK,
         SIDE_BID,
     )
+    last = getattr(records, "LEVEL_FLAG_LAST", 0)   # 0 in builds before the last bit (the "before" runs)
     rng = np.random.default_rng(seed)
     snap = []
     for s in range(symbols):
@@ -75,7 +78,7 @@ def book_stream(symbols: int, updates: int, seed: int = 1, levels: int = 100, to
         for k in range(levels):
             snap.append((0, round(mid - 0.01 * (k + 1), 2), 1.0 + k, s + 1, SIDE_BID, ACTION_SET, 7, 0))
             snap.append((0, round(mid + 0.01 * (k + 1), 2), 1.0 + k, s + 1, SIDE_ASK, ACTION_SET, 7, 0))
-        snap.append((0, 0.0, 0.0, s + 1, 0, ACTION_SNAPSHOT_END, 7, 0))
+        snap.append((0, 0.0, 0.0, s + 1, 0, ACTION_SNAPSHOT_END, 7, last))
     head = np.array(snap, LEVEL_UPDATE)
     body = np.zeros(updates, LEVEL_UPDATE)
     sym = rng.integers(0, symbols, updates)
@@ -88,6 +91,7 @@ def book_stream(symbols: int, updates: int, seed: int = 1, levels: int = 100, to
     body["size"] = np.where(rng.random(updates) < 0.2, 0.0, np.round(rng.uniform(0.001, 10, updates), 4))
     body["action"] = ACTION_SET
     body["source"] = 7
+    body["flags"] = last
     body["timestamp_ns"] = np.arange(1, updates + 1)
     return head, body
 

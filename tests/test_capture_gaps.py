@@ -273,3 +273,32 @@ def test_decimals_of_numbers_in_scientific_notation(text, decimals):
     """Issue 21 item 5: "1.5e-3" used to learn 4 decimals by counting the text after the dot ("5e-3")."""
     from shmpipe_services.capture.feed_parser import decimals_of
     assert decimals_of(text) == decimals
+
+
+def test_a_kraken_precision_change_reaches_the_registry_with_when_it_took_effect():
+    """Issue 21 item 4: a later snapshot written with more decimals is the venue's change, recorded."""
+    from test_capture_bad_input import kraken_book
+    registry = InMemorySymbolIds()
+    parser = KrakenParser(registry)
+    parser.parse(kraken_book("BTC/USD", "snapshot", '[{"price":67000.1,"qty":1.50000000}]'), 1_000)
+    sid = parser.instruments["BTC/USD"].symbol_id
+    assert (registry.facts[sid].price_decimals, registry.facts[sid].size_decimals) == (1, 8)
+    parser.parse(kraken_book("BTC/USD", "snapshot", '[{"price":67000.12,"qty":1.50000000}]'), 2_000)
+    assert registry.facts[sid].price_decimals == 2 and parser.facts_changed == 1
+    assert registry.changes == [(sid, 2_000, 2, 8, None)]
+
+
+def test_a_kraken_instrument_announcement_of_a_new_precision_reaches_the_registry():
+    """Issue 21 item 4: Kraken announces a pair's precision change on its instrument channel."""
+    from test_capture_bad_input import kraken_book
+    registry = InMemorySymbolIds()
+    parser = KrakenParser(registry)
+    parser.parse(kraken_book("BTC/USD", "snapshot", '[{"price":67000.1,"qty":1.50000000}]'), 1_000)
+    sid = parser.instruments["BTC/USD"].symbol_id
+    announce = json.dumps({"channel": "instrument", "type": "update", "data": {"assets": [], "pairs": [
+        {"symbol": "BTC/USD", "price_precision": 2, "qty_precision": 8, "status": "online"},
+        {"symbol": "DOGE/USD", "price_precision": 7, "qty_precision": 8, "status": "online"}]}})
+    parser.parse(announce, 5_000)
+    assert not parser.errors and parser.messages["instrument"] == 1
+    assert registry.changes == [(sid, 5_000, 2, 8, None)] and parser.facts_changed == 1
+    assert "DOGE/USD" not in parser.instruments          # pairs this connection does not follow: no id

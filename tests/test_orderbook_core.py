@@ -385,3 +385,23 @@ def test_conflation_interval_passes(book_rings):
             time.sleep(0.001)
         (owed,) = reader.read(10, timeout=0)
         assert owed["bid_count"] == 2
+
+
+def test_a_venues_change_of_precision_is_followed_not_failed_for_good():
+    """Issue 21 item 4: the order book read a symbol's decimals once, so after the venue changed them
+    every checksum failed and the book looped through resnapshots for good."""
+    facts_now = {1: (2, 8, 0)}
+    engine = BookEngine(facts=lambda sid: facts_now[sid])
+    engine.apply(levels(*snapshot({10.25: 1.0}, {11.5: 1.0}, last=False), checksum_record(0, ts=1)))
+    engine.apply(levels(*snapshot({10.25: 1.0}, {11.5: 1.0}, ts=2, last=False),
+                        checksum_record(engine.checksum(1), ts=2)))
+    assert engine.flags(1) == 0
+    facts_now[1] = (3, 8, 0)                       # the venue now quotes 3 decimals; the registry says so
+    good = checksum_of_text([("11.500", "1.00000000")], [("10.250", "1.00000000")])
+    engine.apply(levels(*snapshot({10.25: 1.0}, {11.5: 1.0}, ts=3, last=False), checksum_record(good, ts=3)))
+    assert engine.flags(1) == 0 and engine.counters()["checksum_failures"] == 1   # only the first, made-up sum
+    engine.apply(levels(level(ACTION_SET, SIDE_BID, 10.251, 2.0, ts=4, last=False),
+                        checksum_record(checksum_of_text([("11.500", "1.00000000")],
+                                                         [("10.251", "2.00000000"), ("10.250", "1.00000000")]),
+                                        ts=4)))
+    assert engine.flags(1) == 0

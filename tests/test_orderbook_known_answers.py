@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from capture_helpers import KNOWN, as_decimal_pairs, float_pairs_as_decimals
+from capture_helpers import KNOWN, as_decimal_pairs, fixture_lines, float_pairs_as_decimals
+from shmpipe_services.capture.timestamps import rfc3339_ns
 from orderbook_helpers import ParsedFixture, bad_fixture
 from shmpipe_services.orderbook._book import BookEngine
 from test_asset_sync import _stop, spawn_cli
@@ -65,6 +66,14 @@ def assert_entry_top(entry, known_bids, known_asks):
         for (price, size), (p_text, s_text) in zip(got[:len(want)].tolist(), known):
             assert Decimal(f"{price:.{decimals(p_text)}f}") == Decimal(p_text)
             assert Decimal(f"{size:.{decimals(s_text)}f}") == Decimal(s_text)
+
+
+def assert_valid_entries_are_uncrossed(entries) -> None:
+    """No entry with flags bit0 clear shows a crossed book (or a side that is not finite)."""
+    valid = entries[(entries["flags"] & BOOK_FLAG_INVALID) == 0]
+    both = valid[(valid["bid_count"] > 0) & (valid["ask_count"] > 0)]
+    assert np.isfinite(both["bids"]).all() and np.isfinite(both["asks"]).all()
+    assert (both["bids"][:, 0, 0] < both["asks"][:, 0, 0]).all()
 
 
 def decimals(text: str) -> int:
@@ -177,6 +186,7 @@ def run_pipeline(fixture_path: str, feed: str, ring_name: str, *server_options: 
 @pytest.mark.parametrize("feed,fixture", [("coinbase", "coinbase_advanced.jsonl"), ("kraken", "kraken_v2.jsonl")])
 def test_capture_then_orderbook_processes_give_the_known_books(feed, fixture, ring_name, registry):  # noqa: F811
     counters, entries = run_pipeline(fixture, feed, ring_name)
+    assert_valid_entries_are_uncrossed(entries)
     known = KNOWN[fixture]
     assert counters["ended"] == "producer_gone"
     for key in ("updates", "snapshots_written", "checksum_failures", "resnapshots", "invalid_books"):
@@ -230,6 +240,13 @@ def test_a_corrupted_update_from_the_feed_server_is_flagged_and_repaired_by_capt
     mine = entries[entries["symbol_id"] == sid]
     bad = np.flatnonzero(mine["flags"] & BOOK_FLAG_CHECKSUM_FAILED)
     assert len(bad) and not mine["flags"][bad[-1] + 1:].any()      # flagged, then valid again
+    # Issue 21 item 2: the corrupted message's book never goes out as valid, not even before its
+    # checksum record (it was published as flags [0, 0, 5]): every entry of that message is flagged.
+    corrupted = json.loads(fixture_lines("kraken_v2.jsonl")[19])["data"][0]
+    in_message = mine[mine["timestamp_ns"] == rfc3339_ns(corrupted["timestamp"])]
+    assert corrupted["symbol"] == "BTC/USD" and len(in_message) >= 1
+    assert (in_message["flags"] & BOOK_FLAG_CHECKSUM_FAILED).all()
+    assert_valid_entries_are_uncrossed(entries)
     last = last_per_symbol(entries)
     for symbol, book in known["books"].items():
         assert_entry_top(last[registry.find("kraken", symbol)], book["top5_bids"], book["top5_asks"])
@@ -257,3 +274,26 @@ def test_a_dropped_or_silent_connection_makes_every_book_invalid_and_stale_until
         valid_again = flags.index(0, stale)
         assert all(f & BOOK_FLAG_INVALID for f in flags[stale:valid_again])  # ...only after a snapshot
         assert all(f == 0 for f in flags[:stale])
+    assert_valid_entries_are_uncrossed(entries)
+
+
+def test_a_dropped_coinbase_update_invalidates_the_book_it_touched(ring_name, tmp_path):
+    """Issue 21 item 3: without line 5312 (a BTC-USD update that moves the best bid) the gap flag landed
+    on the next record, an ETH-USD one: BTC-USD went on as valid with the wrong best bid."""
+    import re
+    lines = fixture_lines("coinbase_advanced.jsonl")
+    assert b'"product_id":"BTC-USD"' in lines[5311] and b'"price_level":"67012.84"' in lines[5311]
+    # the recording's own gap (sequence_num 2600 missing) closed up, so line 5312 is the only one lost
+    seq = re.compile(rb'"sequence_num":(\d+)')
+    fixed = [seq.sub(lambda m: b'"sequence_num":%d' % (int(m[1]) - (int(m[1]) >= 2601)), line) for line in lines]
+    path = tmp_path / "dropped.jsonl"
+    path.write_bytes(b"\n".join(fixed[:5311] + fixed[5312:]) + b"\n")
+    parsed = ParsedFixture("coinbase", path)
+    assert [g.kind for g in parsed.parser.gaps] == ["sequence"]
+    engine, entries = through_rings(parsed, ring_name)
+    for symbol in ("BTC-USD", "ETH-USD"):     # the lost message could have been either's
+        mine = entries[entries["symbol_id"] == parsed.sid(symbol)]
+        assert mine[-1]["flags"] == BOOK_FLAG_INVALID | BOOK_FLAG_GAP
+    btc = entries[entries["symbol_id"] == parsed.sid("BTC-USD")]
+    assert btc[-1]["bids"][0, 0] != 67012.84          # the book is wrong, and says so
+    assert_valid_entries_are_uncrossed(entries)

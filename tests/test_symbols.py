@@ -81,6 +81,21 @@ def test_facts_are_recorded_filled_in_and_never_changed(registry):
         registry.register("kraken", "BTC/USD", depth=25)
 
 
+def test_a_venues_change_of_a_fact_is_recorded_with_when_it_took_effect(registry):
+    """Issue 21 item 4: a venue that changes a pair's precision (Kraken does) made the registry raise
+    for good; a change is now recorded, with when it took effect, and every reader sees the new facts."""
+    sid = registry.register("kraken", "BTC/USD", price_decimals=1, size_decimals=8, depth=10)
+    assert registry.register("kraken", "BTC/USD", price_decimals=2, effective_ns=1_718_116_200_000_000_000) == sid
+    assert registry.info(sid) == symbols.SymbolInfo(sid, "kraken", "BTC/USD", 2, 8, 10)
+    with pytest.raises(SymbolConflictError, match="price_decimals=2, not 3"):   # no time: still a conflict
+        registry.register("kraken", "BTC/USD", price_decimals=3)
+    with pytest.raises(symbols.InvalidArgumentError, match="effective_ns"):
+        registry.register("kraken", "BTC/USD", price_decimals=3, effective_ns=-1)
+    lines = [json.loads(line) for line in registry.path.read_text().splitlines()[1:]]
+    assert [(line["price_decimals"], line.get("effective_unix_ns")) for line in lines] == \
+        [(1, None), (2, 1_718_116_200_000_000_000)]
+
+
 @pytest.mark.parametrize("exchange, symbol, complaint", [
     ("", "BTC-USD", "exchange is empty"),
     ("coinbase", "", "symbol is empty"),

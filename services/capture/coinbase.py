@@ -245,7 +245,10 @@ class CoinbaseParser(FeedParser):
         records.append(pack_level(ts, 0.0, 0.0, sid, 0, ACTION_SNAPSHOT_END, SOURCE_COINBASE, 0))
         out.levels += b"".join(records)
         inst.has_book = True
-        self._learn(inst, price_decimals=price_dec, size_decimals=size_dec)
+        # Coinbase trims trailing zeros, so one snapshot shows at most the real precision: only more
+        # decimals than seen before is news (fewer is no change of the venue's).
+        self._learn(inst, price_decimals=max(price_dec, inst.price_decimals or 0),
+                    size_decimals=max(size_dec, inst.size_decimals or 0), when_ns=ts)
 
     def _on_ticker(self, msg: TickerMessage, out: RecordBatch) -> None:
         ts = rfc3339_ns(msg.timestamp)

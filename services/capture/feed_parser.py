@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 from decimal import Decimal, InvalidOperation
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -146,6 +147,7 @@ class FeedParser:
         self._frame_invalidates: list[int] = []       # its invalidates, kept through a rollback
         self._pending_invalidates: set[int] = set()   # raised between frames: written with the next
         self.invalidates_written = 0
+        self.facts_changed = 0                         # a venue changed a known precision or depth
         from . import _levels   # compiled; it imports this module (BadValue), so not at the top
         self._mark_last, self._append_invalidates = _levels.mark_last, _levels.append_invalidates
 
@@ -267,16 +269,25 @@ class FeedParser:
         return inst
 
     def _learn(self, inst: Instrument, *, price_decimals: int | None = None,
-               size_decimals: int | None = None, depth: int | None = None) -> None:
-        """Record instrument facts; the registry hears about each change once."""
-        changed = False
-        if price_decimals is not None and price_decimals != inst.price_decimals:
-            inst.price_decimals, changed = price_decimals, True
-        if size_decimals is not None and size_decimals != inst.size_decimals:
-            inst.size_decimals, changed = size_decimals, True
-        if depth is not None and depth != inst.depth:
-            inst.depth, changed = depth, True
-        if changed:
+               size_decimals: int | None = None, depth: int | None = None, when_ns: int = 0) -> None:
+        """Record instrument facts; the registry hears about each change once. A known fact that
+        differs is the venue's change (Kraken changes a pair's precision): the registry records it
+        with when it took effect (this message's exchange time), so the order book's checksums
+        follow instead of failing for good."""
+        changed = revised = False
+        for name, value in (("price_decimals", price_decimals), ("size_decimals", size_decimals),
+                            ("depth", depth)):
+            old = getattr(inst, name)
+            if value is not None and value != old:
+                setattr(inst, name, value)
+                changed = True
+                revised |= old is not None
+        if revised:
+            self.facts_changed += 1
+            self.symbol_id(self.exchange, inst.symbol, price_decimals=inst.price_decimals,
+                           size_decimals=inst.size_decimals, depth=inst.depth,
+                           effective_ns=when_ns or self._last_exchange_ns or time.time_ns())
+        elif changed:
             self.symbol_id(self.exchange, inst.symbol, price_decimals=inst.price_decimals,
                            size_decimals=inst.size_decimals, depth=inst.depth)
 

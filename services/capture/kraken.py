@@ -100,6 +100,22 @@ class TradeMessage(Channel, tag="trade"):
     data: list[TradeData]
 
 
+class InstrumentPair(msgspec.Struct):
+    symbol: str
+    price_precision: int
+    qty_precision: int
+
+
+class InstrumentData(msgspec.Struct):
+    pairs: list[InstrumentPair] = []
+
+
+class InstrumentMessage(Channel, tag="instrument"):
+    """Kraken's reference data: where it announces a pair's change of precision."""
+    type: str
+    data: InstrumentData
+
+
 class HeartbeatMessage(Channel, tag="heartbeat"):
     pass
 
@@ -123,15 +139,22 @@ class MethodResponse(msgspec.Struct):
     error: str | None = None
 
 
-CHANNELS = ("book", "ticker", "trade", "heartbeat", "status")
-DECODER = msgspec.json.Decoder(BookMessage | TickerMessage | TradeMessage | HeartbeatMessage | StatusMessage)
+CHANNELS = ("book", "ticker", "trade", "heartbeat", "status", "instrument")
+DECODER = msgspec.json.Decoder(BookMessage | TickerMessage | TradeMessage | HeartbeatMessage | StatusMessage
+                               | InstrumentMessage)
 METHOD_DECODER = msgspec.json.Decoder(MethodResponse)
 
 
 def subscribe_messages(symbols: list[str], depth: int = DEFAULT_DEPTH,
-                       channels: tuple[str, ...] = ("book", "ticker", "trade")) -> list[str]:
+                       channels: tuple[str, ...] = ("book", "ticker", "trade", "instrument")) -> list[str]:
+    """One subscribe per channel; ``instrument`` (reference data, where Kraken announces a pair's
+    change of precision) takes no symbols."""
     frames = []
     for req_id, channel in enumerate(channels, 1):
+        if channel == "instrument":
+            frames.append(msgspec.json.encode({"method": "subscribe", "params": {"channel": "instrument",
+                                               "snapshot": True}, "req_id": req_id}).decode())
+            continue
         params: dict[str, Any] = {"channel": channel, "symbol": list(symbols)}
         if channel == "book":
             params["depth"] = depth
@@ -160,6 +183,9 @@ class KrakenParser(FeedParser):
             self.messages["trade"] += 1
             for data in msg.data:
                 self._on_trade(data, msg.type == "snapshot", out)
+        elif kind is InstrumentMessage:
+            self.messages["instrument"] += 1
+            self._on_instrument(msg.data, recv_ns)
         else:
             channel = msg.__struct_config__.tag
             self.messages[channel] += 1
@@ -191,8 +217,18 @@ class KrakenParser(FeedParser):
             first = data.bids[0] if data.bids else (data.asks[0] if data.asks else None)
             if first is not None:
                 self._learn(inst, price_decimals=decimals_of(bytes(first.price)),
-                            size_decimals=decimals_of(bytes(first.qty)))
+                            size_decimals=decimals_of(bytes(first.qty)), when_ns=ts)
             inst.has_book = True
+
+    def _on_instrument(self, data: InstrumentData, recv_ns: int) -> None:
+        """A pair's precision as Kraken announces it (snapshot, then updates when it changes): the
+        registry records a change with when it took effect (the frame's receipt: the channel carries
+        no time), so the order book's checksums follow. Only the pairs this connection follows."""
+        for pair in data.pairs:
+            inst = self.instruments.get(pair.symbol)
+            if inst is not None:
+                self._learn(inst, price_decimals=pair.price_precision, size_decimals=pair.qty_precision,
+                            when_ns=recv_ns)
 
     def _on_ticker(self, data: TickerData, out: RecordBatch) -> None:
         symbol = data.symbol

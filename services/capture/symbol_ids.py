@@ -15,7 +15,8 @@ from typing import Protocol
 
 class SymbolIdFn(Protocol):
     def __call__(self, exchange: str, symbol: str, price_decimals: int | None = None,
-                 size_decimals: int | None = None, depth: int | None = None) -> int: ...
+                 size_decimals: int | None = None, depth: int | None = None,
+                 effective_ns: int | None = None) -> int: ...
 
 
 @dataclass
@@ -34,9 +35,12 @@ class InMemorySymbolIds:
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str], int] = {}
         self.facts: dict[int, InstrumentFacts] = {}
+        self.changes: list[tuple] = []   # (id, effective_ns, price_decimals, size_decimals, depth)
 
     def __call__(self, exchange: str, symbol: str, price_decimals: int | None = None,
-                 size_decimals: int | None = None, depth: int | None = None) -> int:
+                 size_decimals: int | None = None, depth: int | None = None,
+                 effective_ns: int | None = None) -> int:
+        """effective_ns: a change of a known fact, and when the venue made it (kept in ``changes``)."""
         key = (exchange, symbol)
         sid = self._ids.get(key)
         if sid is None:
@@ -44,6 +48,8 @@ class InMemorySymbolIds:
             self._ids[key] = sid
             self.facts[sid] = InstrumentFacts(exchange, symbol)
         facts = self.facts[sid]
+        if effective_ns is not None:
+            self.changes.append((sid, effective_ns, price_decimals, size_decimals, depth))
         if price_decimals is not None:
             facts.price_decimals = price_decimals
         if size_decimals is not None:

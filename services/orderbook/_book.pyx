@@ -299,7 +299,8 @@ def checksum_text_digits(double x, int decimals):
 COUNTER_NAMES = ("records", "updates", "deletes_of_missing_levels", "trades", "snapshots_begun",
                  "snapshots_completed", "snapshots_written", "checksums_verified", "checksum_failures",
                  "checksums_unverifiable", "crossed", "gaps", "unsynced", "invalid_books", "repaired",
-                 "bad_records", "books_full_waits", "entries_dropped_at_stop", "invalidations")
+                 "bad_records", "books_full_waits", "entries_dropped_at_stop", "invalidations",
+                 "facts_refreshed")
 
 
 cdef class BookEngine:
@@ -327,6 +328,7 @@ cdef class BookEngine:
     cdef readonly uint64_t snapshots_completed, snapshots_written, checksums_verified, checksum_failures
     cdef readonly uint64_t checksums_unverifiable, crossed, gaps, unsynced, invalid_books, repaired
     cdef readonly uint64_t bad_records, books_full_waits, entries_dropped_at_stop, invalidations
+    cdef readonly uint64_t facts_refreshed
 
     def __cinit__(self):
         self.books = NULL
@@ -427,9 +429,10 @@ cdef class BookEngine:
         self._learn_facts(b, sid)
         return b
 
-    cdef int _learn_facts(self, Book *b, uint32_t sid) except -1:
-        """Ask the registry (a Python call, once per symbol and again only while facts are missing)."""
-        if self.facts is None or b.facts_known:
+    cdef int _learn_facts(self, Book *b, uint32_t sid, bint refresh=False) except -1:
+        """Ask the registry (a Python call: once per symbol while facts are missing, and again at each
+        snapshot-end and failed checksum, where a venue's change of precision shows)."""
+        if self.facts is None or (b.facts_known and not refresh):
             return 0
         found = self.facts(sid)
         if found is None:
@@ -442,6 +445,18 @@ cdef class BookEngine:
         b.depth = depth or 0
         b.facts_known = price_decimals is not None and size_decimals is not None
         return 0
+
+    cdef bint _facts_changed(self, Book *b, uint32_t sid) except -1:
+        """A failed checksum: did the registry's facts change since we read them (the venue changed
+        the pair's precision)? Then the book is checked again with the new ones."""
+        cdef int pd = b.price_decimals, sd = b.size_decimals, depth = b.depth
+        self._learn_facts(b, sid, True)
+        if pd == b.price_decimals and sd == b.size_decimals and depth == b.depth:
+            return False
+        self.facts_refreshed += 1
+        _side_truncate(&b.bids, b.depth)
+        _side_truncate(&b.asks, b.depth)
+        return True
 
     cdef inline void _invalidate(self, Book *b, uint8_t why) noexcept nogil:
         if not (b.flags & SHMPIPE_BOOK_FLAG_INVALID):
@@ -508,8 +523,7 @@ cdef class BookEngine:
                 return self._at_boundary(b, sid, u)
             b.in_snapshot = 0
             b.last_ts = u.timestamp_ns
-            if not b.facts_known:
-                self._learn_facts(b, sid)
+            self._learn_facts(b, sid, True)      # a snapshot is where a changed precision shows
             _side_truncate(&b.bids, b.depth)
             _side_truncate(&b.asks, b.depth)
             if b.snapshot_damaged:
@@ -568,7 +582,8 @@ cdef class BookEngine:
             # The venue vouches for this book with a checksum nobody can check: not valid.
             self.checksums_unverifiable += 1
             self._invalidate(b, SHMPIPE_BOOK_FLAG_UNVERIFIED)
-        elif _book_checksum(b) == <uint32_t>carried:
+        elif _book_checksum(b) == <uint32_t>carried or self._facts_changed(b, sid) and \
+                _book_checksum(b) == <uint32_t>carried:
             self.checksums_verified += 1
             if b.flags & SHMPIPE_BOOK_FLAG_UNVERIFIED and not (b.flags & REASONS_UNTIL_SNAPSHOT) and b.synced:
                 b.flags = 0                # checked at last: the only doubt is gone

@@ -146,9 +146,9 @@ def _facts(word: int) -> tuple[int | None, int | None, int]:
 
 
 def _merged_facts(label: str, word: int, price_decimals: int | None, size_decimals: int | None,
-                  depth: int | None) -> int:
+                  depth: int | None, *, change: bool = False) -> int:
     """The facts word with unknown facts filled in from the ones given; a known fact that differs
-    from the one given is a conflict (entries are append-only: what a process has read stays true)."""
+    from the one given is a conflict, unless ``change`` (the venue changed it: recorded, with when)."""
     old = _facts(word)
     new = list(old)
     for i, (kind, given) in enumerate((("price_decimals", price_decimals), ("size_decimals", size_decimals),
@@ -156,8 +156,9 @@ def _merged_facts(label: str, word: int, price_decimals: int | None, size_decima
         unset = old[i] is None or (kind == "depth" and old[i] == 0)
         if given is None or given == old[i]:
             continue
-        if not unset:
-            raise SymbolConflictError(f"{label} is registered with {kind}={old[i]}, not {given}")
+        if not unset and not change:
+            raise SymbolConflictError(f"{label} is registered with {kind}={old[i]}, not {given} (a venue's "
+                                      f"change is registered with effective_ns=)")
         new[i] = given
     return _facts_word(*new)
 
@@ -454,10 +455,16 @@ class SymbolRegistry:
         return sid if sid is not None else self.register(exchange, symbol)
 
     def register(self, exchange: str, symbol: str, *, price_decimals: int | None = None,
-                 size_decimals: int | None = None, depth: int | None = None) -> int:
+                 size_decimals: int | None = None, depth: int | None = None,
+                 effective_ns: int | None = None) -> int:
         """The pair's id, registering it when it is new, and recording the facts given. A fact not
         known yet (None, or depth 0) is filled in; a known one that differs raises
-        SymbolConflictError (ids and facts that any process has read never change)."""
+        SymbolConflictError, unless ``effective_ns`` says when the venue changed it (Kraken changes
+        a pair's precision): then the new facts replace the old ones in one atomic store, and the
+        file line records the change with ``effective_unix_ns`` (the file keeps every version)."""
+        change = effective_ns is not None
+        if change and (isinstance(effective_ns, bool) or not isinstance(effective_ns, int) or effective_ns < 0):
+            raise InvalidArgumentError(f"effective_ns must be an int >= 0 (ns since the epoch), not {effective_ns!r}")
         raw_exchange = _check_text("exchange", exchange, EXCHANGE_BYTES)
         raw_symbol = _check_text("symbol", symbol, SYMBOL_BYTES)
         pd = _check_fact("price_decimals", price_decimals, MAX_DECIMALS)
@@ -467,7 +474,7 @@ class SymbolRegistry:
         sid = self.find(exchange, symbol)
         if sid is not None:
             word = self._facts_word(sid)
-            if _merged_facts(label, word, pd, sd, depth) == word:
+            if _merged_facts(label, word, pd, sd, depth, change=change) == word:
                 return sid
         with self._exclusive():
             self._catch_up()
@@ -476,9 +483,10 @@ class SymbolRegistry:
             if sid is None:
                 return self._append(raw_exchange, raw_symbol, _facts_word(pd, sd, depth))
             word = self._facts_word(sid)
-            merged = _merged_facts(label, word, pd, sd, depth)
+            merged = _merged_facts(label, word, pd, sd, depth, change=change)
             if merged != word:
-                self._persist(self._line(sid, merged, int(self._entries[sid]["registered_unix_ns"])))
+                self._persist(self._line(sid, merged, int(self._entries[sid]["registered_unix_ns"]),
+                                         effective_ns if change else None))
                 _ring.store_release_u32(self._mm, DATA_OFFSET + sid * ENTRY.itemsize, merged)
             return sid
 
@@ -499,13 +507,15 @@ class SymbolRegistry:
         self._sync()
         return sid
 
-    def _line(self, sid: int, word: int, registered_ns: int) -> bytes:
+    def _line(self, sid: int, word: int, registered_ns: int, effective_ns: int | None = None) -> bytes:
         e = self._entries[sid]
         pd, sd, depth = _facts(word)
-        return (json.dumps({"id": sid, "exchange": bytes(e["exchange"]).decode("utf-8"),
-                            "symbol": bytes(e["symbol"]).decode("utf-8"), "price_decimals": pd,
-                            "size_decimals": sd, "depth": depth, "registered_unix_ns": registered_ns},
-                           ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        line = {"id": sid, "exchange": bytes(e["exchange"]).decode("utf-8"),
+                "symbol": bytes(e["symbol"]).decode("utf-8"), "price_decimals": pd,
+                "size_decimals": sd, "depth": depth, "registered_unix_ns": registered_ns}
+        if effective_ns is not None:      # a venue's change of a known fact, and when it took effect
+            line["effective_unix_ns"] = effective_ns
+        return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
     def _persist(self, line: bytes) -> None:
         """Append one line and fsync it (we hold the lock); a new file starts with its own header."""
@@ -683,9 +693,9 @@ def id_of(exchange: str, symbol: str) -> int:
 
 
 def register(exchange: str, symbol: str, *, price_decimals: int | None = None,
-             size_decimals: int | None = None, depth: int | None = None) -> int:
+             size_decimals: int | None = None, depth: int | None = None, effective_ns: int | None = None) -> int:
     return default_registry().register(exchange, symbol, price_decimals=price_decimals,
-                                       size_decimals=size_decimals, depth=depth)
+                                       size_decimals=size_decimals, depth=depth, effective_ns=effective_ns)
 
 
 def lookup(symbol_id: int) -> tuple[str, str]:
