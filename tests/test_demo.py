@@ -420,10 +420,34 @@ def test_a_fault_not_detected_or_not_repaired_fails_the_run(times, reason):
     w = _watch(_Books(GOOD_BOOKS, times), _signals(), faults=True)
 
     class Plan:
-        faults = [Fault("gap", 2.0, injected_ns=1, symbol_ids=[1], symbols=["SYN0000"])]
+        def __init__(self):
+            self.faults = [Fault("gap", 2.0, injected_ns=1, symbol_ids=[1], symbols=["SYN0000"])]
 
     w.plan = Plan()
     problems = w.judge({}, {})
     assert problems == ([] if reason is None else [f"fault gap (SYN0000) {reason}"])
     assert w.faults() == [{"kind": "gap", "at_s": 2.0, "symbols": ["SYN0000"], "detected_s": times[0],
                            "repaired_s": times[1]}]
+
+
+def test_the_live_view_shows_each_symbols_touch_last_bar_and_features():
+    pytest.importorskip("rich")
+    from rich.console import Console
+    from shmpipe_services.launcher import demo
+    from shmpipe_services.launcher.demo_market import BookState
+
+    books = _Books(GOOD_BOOKS)
+    books.books = {1: BookState(entries=3, last=(100.25, 100.27, 0, 0)),
+                   2: BookState(entries=3, last=(110.0, 110.01, 1 | 8, 0))}
+    signals = _signals()
+    signals.last_bar = {1: {"open": 100.1, "high": 100.4, "low": 100.0, "close": 100.26, "volume": 12.5,
+                            "start_ns": 0, "end_ns": 10**9}}
+    signals.last_features = {1: {"mid": 100.26, "imbalance": 0.25, "microprice": 100.261}}
+    console = Console(record=True, width=200)
+    console.print(demo._market_table(_watch(books, signals)))
+    text = console.export_text()
+    row1 = next(line for line in text.splitlines() if "SYN0000" in line)
+    for shown in ("100.25", "100.27", "0.02", "valid", "100.10/100.40/100.00/100.26", "12.50", "+0.25", "100.261"):
+        assert shown in row1, (shown, row1)
+    row2 = next(line for line in text.splitlines() if "SYN0001" in line)
+    assert "INVALID (0x09)" in row2 and "110.00" in row2 and "0.01" in row2

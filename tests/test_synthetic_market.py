@@ -269,7 +269,7 @@ def test_capture_injects_each_fault_on_request(rings, registry):
     market = SyntheticMarket(1)   # decimals only
     mine = levels[:invalidates.min()]
     mine = mine[mine["symbol_id"] == ids["SYN0002"]]
-    _books, crossed, checksums, mismatched, _trades = replay(mine, market)
+    _books, crossed, _checksums, mismatched, _trades = replay(mine, market)
     assert mismatched >= 1 and crossed == 0
 
 

@@ -9,7 +9,9 @@ from one ``numpy.random.Generator``, so a seed gives the same records however th
 ten ``next_batch(1000)`` equal one ``next_batch(10000)``.
 
 It is a load generator, not a market model: each symbol's mid is a geometric random walk and book
-deltas land near the current mid, but the book is not kept uncrossed as the mid moves.
+deltas land near the current mid, but the book is not kept uncrossed as the mid moves. The market
+the demo runs (books that stay valid, trades at the touch, checksums, faults) is
+``synthetic_market.SyntheticMarket`` (``capture --feed synthetic --market``).
 
 The feed also keeps each symbol's book as its handed-out level records build it (vectorised per
 batch, one dict update per distinct level: about 0.1 µs per event on the shared 2-core box), so

@@ -94,7 +94,7 @@ class SyntheticMarket:
                                     for name in self.names], dtype=np.uint32)
         self._sids = self.symbol_ids.tolist()
         # The true books: best prices in ticks, sizes in units, index 0 the touch.
-        self.best_bid = [int(round(start_price * (1.0 + 0.1 * k) / self.tick)) for k in range(symbols)]
+        self.best_bid = [round(start_price * (1.0 + 0.1 * k) / self.tick) for k in range(symbols)]
         self.best_ask = [b + 1 for b in self.best_bid]
         self.bid_sizes = [self._fresh_sizes() for _ in range(symbols)]
         self.ask_sizes = [self._fresh_sizes() for _ in range(symbols)]

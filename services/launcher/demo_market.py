@@ -5,6 +5,7 @@ stage that produced it, so the summary can tell a working pipeline from a hollow
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,9 @@ BAR_TOPIC = "market.bar."
 FEATURES_TOPIC = "signal.features"
 # When each fault goes in, as a share of the run: apart enough that one is repaired before the next.
 FAULT_SCHEDULE = (("gap", 0.2), ("corrupt", 0.45), ("drop", 0.7))
+MIN_VALID_SHARE = 0.999       # of order-book entries, after each book's first valid one
+MAX_LATE_SHARE = 0.001        # of trades, for their bar
+BAR_GRACE_S = 0.5             # bars' default --grace: a bar is out this long after its period ends
 
 
 @dataclass
@@ -259,10 +263,8 @@ class MarketWatch:
     def close(self) -> None:
         for w in (self.books, self.signals):
             if w is not None:
-                try:
+                with contextlib.suppress(Exception):   # the ring or the socket went first
                     w.close()
-                except Exception:  # noqa: BLE001 - the ring went first
-                    pass
 
     def faults(self) -> list[dict[str, Any]] | None:
         if not self.with_faults:
@@ -354,7 +356,3 @@ class MarketWatch:
                        + ", ".join(f"{k} {v}" for k, v in sorted(missing_total.items())))
         return out
 
-
-MIN_VALID_SHARE = 0.999       # of order-book entries, after each book's first valid one
-MAX_LATE_SHARE = 0.001        # of trades, for their bar
-BAR_GRACE_S = 0.5             # bars' default --grace: a bar is out this long after its period ends
