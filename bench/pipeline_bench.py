@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        if problems:
+        if problems and os.path.isdir(log_dir):      # the stages' logs say what went wrong: kept
             result["log_dir"] = log_dir
             shutil.rmtree(os.path.join(tmp, "run"), ignore_errors=True)
         else:

@@ -66,3 +66,14 @@ def test_a_rate_the_pipeline_cannot_hold_fails_the_run(tmp_path):
     assert "PROBLEM: capture sent" in proc.stdout
     assert result["capture_schedule"]["behind"] > 0.01
     assert not list(Path("/dev/shm").glob(f"shmpipe.pbench-{_child_pid(result)}.*"))
+
+
+def test_an_unknown_process_or_a_bad_rate_is_a_one_line_error(tmp_path):
+    proc, result = _run(tmp_path, "--only", "capture,nosuch", "--seconds", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (problem,) = result["problems"]
+    assert "--only: no process nosuch" in problem and "orderbook" in problem   # names what there is
+    assert "log_dir" not in result          # nothing started, no logs to keep
+    out = subprocess.run([sys.executable, "-m", "shmpipe_bench.pipeline_bench", "--rate", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--rate" in out.stderr and "Traceback" not in out.stderr
