@@ -252,7 +252,7 @@ def _moved(spec, pid: int | None, first: dict, last: dict) -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from shmpipe import control
-    from shmpipe_bench.machine import describe
+    from shmpipe_bench.machine import describe, loadavg
     from shmpipe_services.launcher.supervisor import Launcher
 
     tmp = tempfile.mkdtemp(prefix="shmpipe-pbench-", dir="/tmp")
@@ -265,7 +265,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"prefix": prefix, "rate": args.rate, "seconds": args.seconds,
                               "symbols": args.symbols, "only": args.only,
                               "wait": args.wait or "block", "conflate_ms": args.conflate_ms,
-                              "machine": describe(sorted(os.sched_getaffinity(0))), "problems": []}
+                              "machine": describe(sorted(os.sched_getaffinity(0))),
+                              "loadavg_before": loadavg(),
+                              "problems": []}
     problems: list[str] = result["problems"]
     launcher = reader = None
     log_dir = os.path.join(tmp, "logs")
@@ -342,6 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if reader is not None:
             reader.poll()
             result["update_to_entry"] = reader.figures()
+        result["loadavg_after"] = loadavg()     # other work on the box shows here: say it beside the figures
         problems += _judge(result, launcher, pids, pipeline)
     except Exception as exc:  # noqa: BLE001 - reported as a failed run, with what was measured
         problems.append(f"{type(exc).__name__}: {exc}")

@@ -51,7 +51,7 @@ def test_pipeline_bench_runs_every_stage_with_zero_loss(tmp_path):
     lat = result["update_to_entry"]
     assert lat["entries"] > 0 and lat["negative"] == 0
     assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["p999_us"] <= lat["max_us"]
-    assert "log_dir" not in result
+    assert "log_dir" not in result and "loadavg_before" in result and "loadavg_after" in result
     assert not list(Path("/dev/shm").glob(f"shmpipe.pbench-{_child_pid(result)}.*"))
 
 
