@@ -6,6 +6,7 @@ check that nothing of it is left."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,9 @@ def _child_pid(result: dict) -> str:
 
 def test_a_rate_the_pipeline_cannot_hold_fails_the_run(tmp_path):
     proc, result = _run(tmp_path, "--rate", "50000000", "--seconds", "1", "--no-latency")
+    # a failed run keeps the stages' logs and names them; this test removes them
+    assert Path(result["log_dir"]).is_dir()
+    shutil.rmtree(Path(result["log_dir"]).parent)
     assert proc.returncode == 1
     assert any("fewer messages than its schedule" in p for p in result["problems"]), result["problems"]
     assert "PROBLEM: capture sent" in proc.stdout
