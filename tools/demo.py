@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--feed", choices=("synthetic", "fixtures"), default="synthetic",
                    help="synthetic: generated quotes and book updates (default); fixtures: the bundled "
                         "Kraken capture played by the local feed server")
+    p.add_argument("--rate", type=positive_float, metavar="N",
+                   help="venue messages per second of the synthetic market (default: the pipeline "
+                        "file's, 20000; each is one Tick and its LevelUpdates)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics of the demo's rings on 127.0.0.1:PORT while it runs")
     p.add_argument("--json", action="store_true", help="print only the final summary, as one JSON object")
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"shmpipe demo: --metrics-port must be 0-65535, not {args.metrics_port}", file=sys.stderr)
         return 2
     result = run_demo(args.seconds, args.feed, as_json=args.json, metrics_port=args.metrics_port,
-                      faults=args.faults)
+                      faults=args.faults, rate=args.rate)
     if args.json:
         print(json.dumps(result.as_json(), sort_keys=True), flush=True)
     elif result.summary:

@@ -549,6 +549,10 @@ class Capture:
 
 
 DROP_S = 0.3   # how long a "drop" fault keeps the synthetic market's connection down
+# The market makes its messages one at a time in Python (~5 µs each): a batch of rate // 100 (10,000
+# at 1 M/s) held every message back ~50 ms before its ring write. 256 (~1.3 ms of making) bounds that
+# part of update -> entry latency and costs no rate (bench/README: pipeline_bench, same-run A/B).
+MARKET_BATCH = 256
 
 
 class SyntheticCapture:
@@ -663,6 +667,8 @@ class SyntheticCapture:
         deadline = None if self.seconds is None else start + self.seconds
         sent = 0
         chunk = max(1, min(65536, int(rate // 100) or 1))   # ~10 ms of records per ring write
+        if self.market:
+            chunk = min(chunk, MARKET_BATCH)
         while not stop_flag[0]:
             if control is not None:
                 control.poll(0)

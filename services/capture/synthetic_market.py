@@ -29,6 +29,7 @@ plain Python (a few µs an event on the shared 2-core box): a market for the dem
 """
 from __future__ import annotations
 
+import math
 import time
 import zlib
 
@@ -50,6 +51,7 @@ from shmpipe.records import (
     TICK_FLAG_TRADE,
 )
 
+from .record_batch import pack_level as _pack_level
 from .symbol_ids import InMemorySymbolIds, SymbolIdFn
 
 try:   # issue 21 names the bit in shmpipe.records; DESIGN.md fixes its value
@@ -186,17 +188,17 @@ class SyntheticMarket:
         per symbol). Live, events are stamped one interval apart, the last one now."""
         levels: list[tuple] = []
         ticks: list[tuple] = []
-        events_of_level: list[int] = []
+        levels_per_event: list[int] = []
         if self._snapshot_due:
             self._snapshot_due = False
             snaps = [self.snapshot(k, self._last_ns) for k in range(self.symbols)]
         else:
             snaps = []
         first = self._events
-        for e in range(n):
+        for _ in range(n):
             before = len(levels)
             self._event(levels, ticks)
-            events_of_level.extend([e] * (len(levels) - before))
+            levels_per_event.append(len(levels) - before)
         self._events += n
         ts = self._timestamps(n)
         tick_out = np.zeros(n, TICK)
@@ -212,9 +214,11 @@ class SyntheticMarket:
             tick_out["spread_bps"] = np.where(quote, spread, 0)
             tick_out["source"] = SOURCE_SYNTHETIC
             tick_out["sequence"] = (first + np.arange(n)) & 0xFFFF_FFFF
-        level_out = np.array(levels, LEVEL_UPDATE) if levels else np.zeros(0, LEVEL_UPDATE)
+        # one struct.pack per record and one copy: ~3x cheaper than numpy converting each tuple
+        level_out = (np.frombuffer(b"".join([_pack_level(*r) for r in levels]), LEVEL_UPDATE).copy()
+                     if levels else np.zeros(0, LEVEL_UPDATE))
         if len(level_out):
-            level_out["timestamp_ns"] = ts[np.asarray(events_of_level)]
+            level_out["timestamp_ns"] = np.repeat(ts, levels_per_event)
         if snaps:
             level_out = np.concatenate(snaps + [level_out])
         return tick_out, level_out
@@ -246,7 +250,7 @@ class SyntheticMarket:
             self._move(k, u_side < 0.5, size, out)
         else:
             side = SIDE_BID if u_side < 0.5 else SIDE_ASK
-            i = min(int(-np.log1p(-u_amount) * 2.0), self.depth - 1)   # most changes near the touch
+            i = min(int(-math.log1p(-u_amount) * 2.0), self.depth - 1)   # most changes near the touch
             self._resize(k, side, i, size, out)
         self._messages[k] += 1
         if self._skip[k]:
