@@ -24,20 +24,17 @@ import numpy as np
 
 from shmpipe.records import (
     ACTION_CHECKSUM,
+    ACTION_INVALIDATE,
     ACTION_SET,
     ACTION_SNAPSHOT_BEGIN,
     ACTION_SNAPSHOT_END,
     ACTION_TRADE,
     LEVEL_FLAG_GAP_BEFORE,
+    LEVEL_FLAG_LAST,
     SIDE_ASK,
     SIDE_BID,
     TICK,
 )
-
-# Issue 21's additions to LevelUpdate (DESIGN.md): flags bit4 "last record of a venue message" and
-# action 5 "invalidate" (the symbol's book is unknown until its next snapshot-end).
-LEVEL_FLAG_LAST = 16
-ACTION_INVALIDATE = 5
 
 ROW_GAP, ROW_LAST, ROW_IMPLIED, ROW_SNAPSHOT, ROW_SYNTHETIC = 8, 16, 32, 64, 128
 
