@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     with SignalSubscriber(args.sub, [f"market.bar.{args.timeframe}"]) as sub, \
             SignalPublisher(args.pub, source=STRATEGY_ID) as pub:
         how = "at the market" if limit_bps is None else f"with a limit {limit_bps} bps above the close"
-        print(f"bar_breakout: buying {qty} {how} on each {args.timeframe} bar closing >= {1 + threshold} x open",
+        print(f"bar_breakout: buying {qty} {how} on each {args.timeframe} bar closing >= "
+              f"{1 + threshold} x open",
               file=sys.stderr, flush=True)
         while not stop.is_set():
             msg = sub.recv(timeout=0.1)
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             if not msg.data.get("symbol"):
                 counts["skipped_unnamed"] += 1
                 continue
-            intent = intent_for_bar(msg.data, qty, threshold, limit_bps=limit_bps, price_decimals=args.price_decimals)
+            intent = intent_for_bar(msg.data, qty, threshold, limit_bps=limit_bps,
+                                    price_decimals=args.price_decimals)
             if intent is not None:
                 pub.publish(TOPIC_INTENT, intent)
                 counts["intents"] += 1

@@ -60,8 +60,8 @@ def run(*, host: str, port: int, keys: Keys, faults: Faults, rate_limit: int, ra
 
     def status(_args: dict) -> dict[str, Any]:
         return {"service": "alpaca-paper", "pid": os.getpid(), "url": url, "uptime_s": round(time.time() - started, 3),
-                "keys": "***", "marks": marks, "faults": {k: getattr(faults, k) for k in ("rate", "error", "timeout", "drop",
-                                                                             "partial", "reject")},
+                "keys": "***", "marks": marks,
+                "faults": {k: getattr(faults, k) for k in ("rate", "error", "timeout", "drop", "partial", "reject")},
                 **emulator.stats()}
 
     def orders(_args: dict) -> dict[str, Any]:

@@ -475,7 +475,8 @@ class Engine:
                 "venue": self.options.base_url, "keys": "***", "journal": self.options.journal,
                 "rate_limit": f"{self.options.rate_limit}/{self.options.rate_window_s:g}s",
                 "slippage_bps": None if self.options.slippage_bps is None else str(self.options.slippage_bps),
-                "marks": self.marks_source, "rejects": dict(self.counters.rejects), "orders": self.journal.state_counts(),
+                "marks": self.marks_source, "rejects": dict(self.counters.rejects),
+                "orders": self.journal.state_counts(),
                 "positions": {s: decimal_text(q) for s, q in self.journal.positions().items()}, **self.figures()}
 
     def close(self) -> None:

@@ -40,7 +40,8 @@ class RiskError(Exception):
 
 
 class RiskService:
-    def __init__(self, limits_path: str, mark_of, publish, *, name: str = "risk", marks: str = "price") -> None:
+    def __init__(self, limits_path: str, mark_of, publish, *, name: str = "risk",
+                 marks: str = "price") -> None:
         self.limits_path, self.name, self._publish = limits_path, name, publish
         self.marks = marks                     # where marks come from: books, quotes or price (--price)
         self.marks_read = lambda: 0            # entries (or quote Ticks) read from the marks ring so far

@@ -154,7 +154,8 @@ def mark_of(latest: _Latest | None, stale_s: float, quantum: Decimal, now_ns: in
     if not (latest.bid > 0 and latest.ask > 0):
         return Mark(None, "book one-sided or empty", latest.received_ns, "one_sided")
     if latest.bid >= latest.ask:
-        return Mark(None, f"book crossed (bid {latest.bid} >= ask {latest.ask})", latest.received_ns, "crossed")
+        return Mark(None, f"book crossed (bid {latest.bid} >= ask {latest.ask})", latest.received_ns,
+                    "crossed")
     # Each price as the shortest decimal that reads back to it in its own width, then the mid.
     bid = Decimal(np.format_float_positional(latest.bid, unique=True, trim="-"))
     ask = Decimal(np.format_float_positional(latest.ask, unique=True, trim="-"))
@@ -170,7 +171,9 @@ class FixedMarks:
 
     def mark_symbol(self, symbol: str) -> Mark:
         mid = self.mids.get(symbol)
-        return Mark(mid, "" if mid is not None else "no book", time.time_ns(), "" if mid is not None else "no_book")
+        if mid is None:
+            return Mark(None, "no book", time.time_ns(), "no_book")
+        return Mark(mid, "", time.time_ns())
 
 
 def symbol_id_of(exchange: str, symbol: str) -> int | None:
