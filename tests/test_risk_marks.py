@@ -109,3 +109,32 @@ def test_the_emulators_account_says_which_held_symbols_it_could_not_mark():
     del prices["BBB"]                        # BBB's book goes stale: no price, not a price of 0
     account = venue.account_json()
     assert account["unmarked_symbols"] == ["BBB"] and account["long_market_value"] == "10"
+
+
+@pytest.mark.timeout(30)
+def test_quote_marks_stay_an_option_and_say_so(ring_name):
+    import shmpipe
+    from shmpipe.records import TICK, TICK_FLAG_QUOTE, TICK_FLAG_TRADE
+    from shmpipe_services.trading.book_marks import open_marks
+
+    ring = shmpipe.Ring.create(ring_name, TICK, 64, broadcast=True)
+    marks = open_marks(None, ring_name, 5.0)
+    producer = ring.producer()
+    ticks = np.zeros(2, TICK)
+    ticks["symbol_id"] = 9
+    ticks["bid"], ticks["ask"] = (49.5, 50.0), (50.5, 50.0)
+    ticks["flags"] = (TICK_FLAG_QUOTE, TICK_FLAG_TRADE)       # a trade Tick is no quote: not a mark
+    try:
+        assert marks.source == "quotes"
+        producer.write_batch(ticks)
+        deadline = time.monotonic() + 10
+        while marks.mark(9).mid is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert marks.mark(9).mid == D("50")
+    finally:
+        marks.close()
+        producer.close()
+        ring.unlink()
+        ring.close()
+    with pytest.raises(shmpipe.ShmpipeError, match="not both"):
+        open_marks("a", "b", 1.0)
