@@ -25,6 +25,16 @@ def test_the_rule_at_its_boundary():
     assert intent_for_bar(bar(100.0, 102.0, symbol=None), Decimal(1)) is None
 
 
+def test_with_limit_bps_the_buy_is_a_limit_that_far_above_the_close_never_more():
+    intent = intent_for_bar(bar(100.0, 100.37), Decimal(1), Decimal("0.001"), limit_bps=Decimal(20))
+    # 100.37 x 1.002 = 100.57074, floored to the price's 2 decimals: never more through than asked
+    assert (intent["type"], intent["limit_price"]) == ("limit", "100.57")
+    assert intent_for_bar(bar(100.0, 101.0), Decimal(1), limit_bps=Decimal(0))["limit_price"] == "101.00"
+    assert intent_for_bar(bar(100.0, 101.0), Decimal(1))["type"] == "market"
+    with pytest.raises(ValueError, match="limit_bps"):
+        intent_for_bar(bar(100.0, 101.0), Decimal(1), limit_bps=Decimal(-1))
+
+
 def test_the_same_bar_is_the_same_intent():
     a, b = intent_for_bar(bar(100.0, 102.0, 7), Decimal(2)), intent_for_bar(bar(100.0, 102.0, 7), Decimal(2))
     assert (a["intent_id"], a["strategy_id"], a["qty"]) == (b["intent_id"], b["strategy_id"], "2")

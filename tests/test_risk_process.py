@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from execution_helpers import BookWriter, Proc, remove_stats, unique
+from execution_helpers import BookWriter, Proc, remove_stats, unique, wait_until
 
 LIMITS = """[limits]
 max_order_value = "{order}"
@@ -53,6 +53,8 @@ def test_risk_process_marks_to_the_live_book_and_reloads_limits(private_runtime_
 
     try:
         risk.wait_for("answering order.intent", 30)
+        # the first intent must not race the first book entry (it would be rightly refused: no book)
+        wait_until(lambda: control.request(name, "status")["marks_read"] > 0, 10, "risk read a book entry")
         assert ask("9.99") == ("risk.approved", "")                   # 9.99 x mid 100.00 = 999.00
         assert ask("10") == ("risk.rejected", "max_order_value")      # 1000.00: equal is refused
         writer.live.clear()                                           # the book goes stale
@@ -74,6 +76,7 @@ def test_risk_process_marks_to_the_live_book_and_reloads_limits(private_runtime_
         assert ask("19.99") == ("risk.approved", "")                   # 2000 still in force
         status = control.request(name, "status")
         assert status["rejects"] == {"max_order_value": 1, "book": 2} and status["limits"]["max_order_value"] == "2000"
+        assert status["book_rejects"] == {"stale": 1, "invalid": 1} and status["marks"] == "books"
         assert risk.stop() == 0, risk.text()
     finally:
         if risk.p.poll() is None:

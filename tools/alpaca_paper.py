@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             price_of = price_table(args.price, None if args.default_price is None else Decimal(args.default_price))
         return run_emulator(host=args.host, port=args.port, keys=keys, faults=faults, rate_limit=args.rate_limit,
                             rate_window_s=args.rate_window, price_of=price_of, name=args.name, as_json=args.json,
-                            cash=cash)
+                            cash=cash, marks=marks.source if marks is not None else "price")
     except (CredentialsError, EmulatorError, ValueError, ArithmeticError) as exc:
         return _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - a missing books ring (ShmpipeError) and the like: one line

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--limits", required=True, metavar="PATH", help="TOML file with a [limits] table")
     p.add_argument("--books", metavar="RING", help="books ring (OrderbookEntry) whose mids mark exposure")
     p.add_argument("--quotes", metavar="RING", help="instead of --books: the quote Ticks of this ticks ring "
-                   "(for the synthetic market, whose books cross by construction)")
+                   "(a feed whose books cannot be trusted: capture --feed synthetic without --market)")
     p.add_argument("--exchange", default="synthetic", help="the books' exchange in the symbol registry")
     p.add_argument("--price", action="append", default=[], metavar="SYMBOL=DECIMAL",
                    help="without --books: a fixed mark per symbol (tests, dry runs)")

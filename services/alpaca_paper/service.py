@@ -51,7 +51,7 @@ def book_prices(ring: str | None, exchange: str, stale_s: float, quotes: str | N
 
 
 def run(*, host: str, port: int, keys: Keys, faults: Faults, rate_limit: int, rate_window_s: float,
-        price_of, name: str, as_json: bool, cash: Decimal) -> int:
+        price_of, name: str, as_json: bool, cash: Decimal, marks: str = "price") -> int:
     venue = Venue(price_of, cash=cash)
     emulator = Emulator(venue, key_id=keys.key_id, secret=keys.secret_key, faults=faults,
                         rate_limit=rate_limit, rate_window_s=rate_window_s)
@@ -60,8 +60,8 @@ def run(*, host: str, port: int, keys: Keys, faults: Faults, rate_limit: int, ra
 
     def status(_args: dict) -> dict[str, Any]:
         return {"service": "alpaca-paper", "pid": os.getpid(), "url": url, "uptime_s": round(time.time() - started, 3),
-                "keys": "***", "faults": {k: getattr(faults, k) for k in ("rate", "error", "timeout", "drop",
-                                                                             "partial", "reject")},
+                "keys": "***", "marks": marks,
+                "faults": {k: getattr(faults, k) for k in ("rate", "error", "timeout", "drop", "partial", "reject")},
                 **emulator.stats()}
 
     def orders(_args: dict) -> dict[str, Any]:

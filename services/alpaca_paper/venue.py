@@ -246,8 +246,14 @@ class Venue:
             cash = self.cash
             held = [(s, p.qty) for s, p in self.positions.items() if p.qty]
         long_value = short_value = Decimal(0)
+        unmarked = []
         for symbol, qty in held:
-            price = self.price_of(symbol) or Decimal(0)
+            price = self.price_of(symbol)
+            if price is None:
+                # No trusted price now (a stale or invalid book): the equity below leaves this
+                # position out, and says so, rather than mark it at a guess.
+                unmarked.append(symbol)
+                continue
             if qty > 0:
                 long_value += qty * price
             else:
@@ -257,7 +263,8 @@ class Venue:
                 "status": "ACTIVE", "currency": "USD", "cash": dec(cash), "buying_power": dec(max(cash, Decimal(0))),
                 "equity": dec(equity), "last_equity": dec(equity), "long_market_value": dec(long_value),
                 "short_market_value": dec(short_value), "trading_blocked": False, "account_blocked": False,
-                "pattern_day_trader": False}
+                "pattern_day_trader": False,
+                "unmarked_symbols": sorted(unmarked)}     # the emulator's own: positions left out of equity
 
     # -- the trade_updates stream --------------------------------------------------------------------
     def _emit(self, event: str, order: Order, **extra: str) -> None:

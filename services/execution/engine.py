@@ -82,6 +82,7 @@ class Engine:
     def __init__(self, options: EngineOptions, keys: Keys, publish, marks=None,
                  log=lambda m: print(m, file=sys.stderr, flush=True)) -> None:
         self.options, self.keys, self._publish, self.marks = options, keys, publish, marks
+        self.marks_source: str | None = None     # books or quotes (set by the service): said in status
         self.log = lambda m: log(f"shmpipe execute: {keys.redact(m)}")
         self.journal = Journal(options.journal)
         self.stop = threading.Event()
@@ -474,7 +475,8 @@ class Engine:
                 "venue": self.options.base_url, "keys": "***", "journal": self.options.journal,
                 "rate_limit": f"{self.options.rate_limit}/{self.options.rate_window_s:g}s",
                 "slippage_bps": None if self.options.slippage_bps is None else str(self.options.slippage_bps),
-                "rejects": dict(self.counters.rejects), "orders": self.journal.state_counts(),
+                "marks": self.marks_source, "rejects": dict(self.counters.rejects),
+                "orders": self.journal.state_counts(),
                 "positions": {s: decimal_text(q) for s, q in self.journal.positions().items()}, **self.figures()}
 
     def close(self) -> None:

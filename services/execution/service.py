@@ -53,6 +53,7 @@ def run(options: EngineOptions, keys: Keys, *, sub: str | None, pub: str | None,
         engine = Engine(options, keys, publisher.publish, marks)
     except JournalError as exc:
         raise ExecuteError(str(exc)) from None
+    engine.marks_source = None if marks_source is None else marks_source.source
     stop = threading.Event()
 
     def stop_all(*_: Any) -> None:

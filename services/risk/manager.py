@@ -24,6 +24,7 @@ class Decision:
     reason: str = ""           # a short key: "max_order_value", "book", "daily_loss_halt", ...
     detail: str = ""           # the figures behind it, for people
     mark: Decimal | None = None
+    book_why: str = ""         # with reason "book": the mark's short key (stale, invalid, crossed, ...)
 
 
 class RiskManager:
@@ -67,15 +68,19 @@ class RiskManager:
     # -- the checks ----------------------------------------------------------------------------------
     def daily_pnl(self) -> tuple[Decimal | None, str]:
         """(realized today + unrealized now, "") or (None, why not: a held symbol has no mark)."""
+        pnl, why, _key = self._daily_pnl()
+        return pnl, why
+
+    def _daily_pnl(self) -> tuple[Decimal | None, str, str]:
         unrealized = ZERO
         for symbol, pos in self.book.positions.items():
             if pos.qty == 0:
                 continue
             mark = self.mark_of(symbol)
             if mark.mid is None:
-                return None, f"no mark for held {symbol}: {mark.reason}"
+                return None, f"no mark for held {symbol}: {mark.reason}", mark.why or "no_mark"
             unrealized += (mark.mid - pos.avg_price) * pos.qty
-        return self.book.realized_today + unrealized, ""
+        return self.book.realized_today + unrealized, "", ""
 
     def check(self, intent: OrderIntent) -> Decision:
         self._roll_day()
@@ -86,7 +91,7 @@ class RiskManager:
         reduces = held != 0 and (held > 0) != (signed > 0) and abs(signed) <= abs(held)
         mark = self.mark_of(intent.symbol)
         if mark.mid is None:
-            return Decision(False, "book", f"{intent.symbol}: {mark.reason}")
+            return Decision(False, "book", f"{intent.symbol}: {mark.reason}", book_why=mark.why or "no_mark")
         if L.max_qty is not None and qty >= L.max_qty:
             return Decision(False, "max_qty", f"qty {qty} >= limit {L.max_qty}", mark.mid)
         price = intent.limit if intent.limit is not None else mark.mid
@@ -94,9 +99,9 @@ class RiskManager:
         if order_value >= L.max_order_value:
             return Decision(False, "max_order_value", f"order value {order_value} >= limit {L.max_order_value}",
                             mark.mid)
-        pnl, why = self.daily_pnl()
+        pnl, why, key = self._daily_pnl()
         if pnl is None:
-            return Decision(False, "book", why, mark.mid)
+            return Decision(False, "book", why, mark.mid, key)
         if not self.halted_reason and -pnl >= L.max_daily_loss:
             self.halted_reason = f"daily loss {-pnl} >= limit {L.max_daily_loss}"
         if self.halted_reason and not reduces:
@@ -115,7 +120,8 @@ class RiskManager:
                 continue
             other_mark = self.mark_of(symbol)
             if other_mark.mid is None:
-                return Decision(False, "book", f"no mark for held {symbol}: {other_mark.reason}", mark.mid)
+                return Decision(False, "book", f"no mark for held {symbol}: {other_mark.reason}", mark.mid,
+                                other_mark.why or "no_mark")
             gross += abs(other) * other_mark.mid
         if gross >= L.buying_power and not reduces:
             return Decision(False, "buying_power", f"gross exposure {gross} >= buying power {L.buying_power}",

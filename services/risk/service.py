@@ -40,12 +40,16 @@ class RiskError(Exception):
 
 
 class RiskService:
-    def __init__(self, limits_path: str, mark_of, publish, *, name: str = "risk") -> None:
+    def __init__(self, limits_path: str, mark_of, publish, *, name: str = "risk",
+                 marks: str = "price") -> None:
         self.limits_path, self.name, self._publish = limits_path, name, publish
+        self.marks = marks                     # where marks come from: books, quotes or price (--price)
+        self.marks_read = lambda: 0            # entries (or quote Ticks) read from the marks ring so far
         self.manager = RiskManager(load_limits(limits_path), mark_of)
         self.lock = threading.Lock()         # the control thread and the loop share the manager
         self.counts: collections.Counter[str] = collections.Counter()
         self.rejects: collections.Counter[str] = collections.Counter()
+        self.book_rejects: collections.Counter[str] = collections.Counter()   # "book" rejects by why
         self.reloads = 0
         self.paused = False
         self.last_reject: dict[str, str] = {}
@@ -81,6 +85,8 @@ class RiskService:
         else:
             decision = self.manager.check(intent)
             decision_reason, detail, mark, approved = decision.reason, decision.detail, decision.mark, decision.approved
+            if decision.reason == "book":
+                self.book_rejects[decision.book_why] += 1
         if approved:
             self.counts["approved"] += 1
             self._publish(TOPIC_APPROVED, {"intent": intent.to_data(), "mark": None if mark is None else str(mark)})
@@ -155,7 +161,8 @@ class RiskService:
                                   for s, p in book.positions.items() if p.qty},
                     "realized_today": str(book.realized_today), "realized_total": str(book.realized_total),
                     "daily_pnl": None if pnl is None else str(pnl), "daily_pnl_unknown_because": why,
-                    "rejects": dict(self.rejects), "last_reject": self.last_reject,
+                    "rejects": dict(self.rejects), "book_rejects": dict(self.book_rejects),
+                    "marks": self.marks, "marks_read": self.marks_read(), "last_reject": self.last_reject,
                     "engine_synced": self.synced, "engine_mismatch": self.engine_mismatch, **self.figures()}
 
 
@@ -185,7 +192,10 @@ def run(limits_path: str, *, books: str | None, exchange: str, prices: dict[str,
     except control.ControlError as exc:
         raise RiskError(str(exc)) from None
     try:
-        service = RiskService(limits_path, mark_of, publisher.publish, name=name)
+        service = RiskService(limits_path, mark_of, publisher.publish, name=name,
+                              marks="price" if marks_source is None else marks_source.source)
+        if marks_source is not None:
+            service.marks_read = lambda: marks_source.entries
     except LimitsError as exc:
         subscriber.close()
         publisher.close()
@@ -209,7 +219,8 @@ def run(limits_path: str, *, books: str | None, exchange: str, prices: dict[str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start_thread()
-    print(f"shmpipe risk: limits from {limits_path}; marks from {'books ring ' + books if books else '--price'}; "
+    marked_by = f"books ring {books}" if books else (f"quote Ticks of {quotes}" if quotes else "--price")
+    print(f"shmpipe risk: limits from {limits_path}; marks from {marked_by}; "
           f"answering order.intent", file=sys.stderr, flush=True)
     next_stats = next_beat = next_sync = 0.0
     engine_unreachable = False

@@ -1,6 +1,7 @@
 """Marks from the live books ring: each symbol's mid from its latest OrderbookEntry, and whether it
-may be trusted. A stale, invalid, crossed or one-sided book gives no mark and says why: callers
-reject on it, never guess.
+may be trusted. A stale, invalid, crossed or one-sided book gives no mark and says why (``Mark.why``
+a short key for counters, ``Mark.reason`` the line for people, naming the book's flag bits):
+callers reject on it, never guess.
 
 Fields are read by name (``bids``/``asks`` best first, ``flags``, ``symbol_id``), so any layout
 version of ``shmpipe.records.ORDERBOOK_ENTRY`` with those names works.
@@ -15,7 +16,22 @@ from decimal import Decimal
 import numpy as np
 
 import shmpipe
-from shmpipe.records import BOOK_FLAG_INVALID, ORDERBOOK_ENTRY, TICK, TICK_FLAG_QUOTE
+from shmpipe.records import (
+    BOOK_FLAG_CHECKSUM_FAILED,
+    BOOK_FLAG_CROSSED,
+    BOOK_FLAG_GAP,
+    BOOK_FLAG_INVALID,
+    BOOK_FLAG_STALE,
+    BOOK_FLAG_UNVERIFIED,
+    ORDERBOOK_ENTRY,
+    TICK,
+    TICK_FLAG_QUOTE,
+)
+
+# The order book's reason bits (records.py), as a person reads them; INVALID is set with each.
+FLAG_NAMES = ((BOOK_FLAG_STALE, "stale (capture invalidated it)"), (BOOK_FLAG_CROSSED, "crossed"),
+              (BOOK_FLAG_CHECKSUM_FAILED, "checksum failed"), (BOOK_FLAG_GAP, "gap"),
+              (BOOK_FLAG_UNVERIFIED, "unverified"))
 
 
 @dataclass(frozen=True)
@@ -23,6 +39,8 @@ class Mark:
     mid: Decimal | None
     reason: str            # "" when mid is usable, else why not ("no book", "book stale 3.1 s", ...)
     received_ns: int = 0
+    why: str = ""          # "" or a short key: no_book, unknown_symbol, stale, invalid, unverified,
+                           # one_sided, crossed (the counters' names)
 
 
 @dataclass
@@ -38,6 +56,7 @@ class BookMarks:
     keeps each symbol's latest top of book. ``mark(symbol_id)`` is safe from any thread."""
 
     dtype = ORDERBOOK_ENTRY
+    source = "books"       # what ``ctl ... status`` says marks come from
     what = "books ring {!r} does not exist (start the order book first: shmpipe orderbook)"
 
     def __init__(self, ring_name: str, *, stale_s: float = 2.0, price_decimals: int = 8) -> None:
@@ -75,7 +94,7 @@ class BookMarks:
 
     def mark(self, symbol_id: int | None) -> Mark:
         if symbol_id is None:
-            return Mark(None, "unknown symbol (not in the symbol registry)")
+            return Mark(None, "unknown symbol (not in the symbol registry)", why="unknown_symbol")
         with self._lock:
             latest = self._latest.get(symbol_id)
         return mark_of(latest, self.stale_s, self._quantum)
@@ -89,10 +108,12 @@ class BookMarks:
 
 class QuoteMarks(BookMarks):
     """The same from a ticks ring: each symbol's latest quote Tick (bid, ask). For a market whose
-    books cannot be trusted by construction (the synthetic feed lets its book cross as the mid
-    walks: a load generator, not a market model) while its quotes can."""
+    books cannot be trusted by construction (``capture --feed synthetic`` without ``--market`` lets
+    its book cross as the mid walks: a load generator, not a market model) while its quotes can.
+    A quote Tick carries no validity flags: prefer the books ring wherever there is one."""
 
     dtype = TICK
+    source = "quotes"
     what = "ticks ring {!r} does not exist (start capture first)"
 
     def _take(self, batch, now: int) -> None:
@@ -111,18 +132,30 @@ def open_marks(books: str | None, quotes: str | None, stale_s: float) -> BookMar
     return None
 
 
+def flag_names(flags: int) -> str:
+    return ", ".join(name for bit, name in FLAG_NAMES if flags & bit) or "no reason bit"
+
+
 def mark_of(latest: _Latest | None, stale_s: float, quantum: Decimal, now_ns: int | None = None) -> Mark:
     if latest is None:
-        return Mark(None, "no book")
+        return Mark(None, "no book", why="no_book")
     age = ((time.time_ns() if now_ns is None else now_ns) - latest.received_ns) / 1e9
     if age > stale_s:
-        return Mark(None, f"book stale ({age:.1f} s old, limit {stale_s:g} s)", latest.received_ns)
+        return Mark(None, f"book stale ({age:.1f} s old, limit {stale_s:g} s)", latest.received_ns, "stale")
     if latest.flags & BOOK_FLAG_INVALID:
-        return Mark(None, f"book invalid (flags {latest.flags:#x})", latest.received_ns)
+        why = "stale" if latest.flags & BOOK_FLAG_STALE else "invalid"
+        return Mark(None, f"book invalid: {flag_names(latest.flags)} (flags {latest.flags:#x})",
+                    latest.received_ns, why)
+    if latest.flags & BOOK_FLAG_UNVERIFIED:
+        # The venue sends checksums that this book could not be checked against: it may be wrong
+        # and nothing would say so, so it marks nothing.
+        return Mark(None, f"book unverified: its checksums could not be checked (flags {latest.flags:#x})",
+                    latest.received_ns, "unverified")
     if not (latest.bid > 0 and latest.ask > 0):
-        return Mark(None, "book one-sided or empty", latest.received_ns)
+        return Mark(None, "book one-sided or empty", latest.received_ns, "one_sided")
     if latest.bid >= latest.ask:
-        return Mark(None, "book crossed", latest.received_ns)
+        return Mark(None, f"book crossed (bid {latest.bid} >= ask {latest.ask})", latest.received_ns,
+                    "crossed")
     # Each price as the shortest decimal that reads back to it in its own width, then the mid.
     bid = Decimal(np.format_float_positional(latest.bid, unique=True, trim="-"))
     ask = Decimal(np.format_float_positional(latest.ask, unique=True, trim="-"))
@@ -138,7 +171,9 @@ class FixedMarks:
 
     def mark_symbol(self, symbol: str) -> Mark:
         mid = self.mids.get(symbol)
-        return Mark(mid, "" if mid is not None else "no book", time.time_ns())
+        if mid is None:
+            return Mark(None, "no book", time.time_ns(), "no_book")
+        return Mark(mid, "", time.time_ns())
 
 
 def symbol_id_of(exchange: str, symbol: str) -> int | None:

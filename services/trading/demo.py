@@ -1,14 +1,18 @@
-"""``shmpipe demo --trade``: the whole loop, quotes to fills, on the synthetic market
-(examples/pipeline-trade.toml) under the launcher, for a while; then every figure is read from the
-service that owns it and summed up:
+"""``shmpipe demo --trade``: the whole loop, books to fills, on the synthetic market
+(``capture --market``; examples/pipeline-trade.toml) under the launcher, for a while; then every
+figure is read from the service that owns it and summed up:
 
     orders_sent        orders the engine placed (its journal: state sent)
     fills              fills the engine recorded (from trade_updates and REST look-ups)
-    rejects            by reason: the risk manager's ("risk:max_position_value", ...) and the
-                       engine's ("execute:slippage", "execute:venue 403", ...)
+    rejects            by reason: the risk manager's ("risk:max_position_value", "risk:book", ...)
+                       and the engine's ("execute:slippage", "execute:venue 403", ...)
+    book_rejects       the "risk:book" rejects by why (stale, invalid, unverified, crossed, no_book, ...)
+    marks              where each of risk, execute and the venue says its marks come from ("books":
+                       the OrderbookEntry mids of the books ring)
     duplicate_orders   orders at the venue beyond one per intent the engine sent (must be 0)
     duplicates_prevented  retries the venue refused as "client_order_id must be unique"
-    pnl                the venue's equity minus its starting cash, marked at the live mids (exact)
+    pnl                the venue's equity minus its starting cash, marked at the live mids (exact);
+                       null, with pnl_unknown_because, when a held symbol has no trusted mid
     positions_match    the engine's positions equal the venue's
 
 Everything is private to the run (rings, sockets, symbol registry, journal) and removed after; the
@@ -70,7 +74,11 @@ def _figures(services: dict[str, str]) -> dict[str, Any]:
         "fills": execute["fills"], "rejects": rejects, "failed": execute["failed"],
         "duplicate_orders": venue["orders"] - execute["orders"].get("sent", 0),
         "duplicates_prevented": execute["duplicates_prevented"], "retries": execute["retries"],
-        "pnl": str(Decimal(account["equity"]) - START_CASH),
+        "book_rejects": risk.get("book_rejects", {}),
+        "marks": {"risk": risk.get("marks"), "execute": execute.get("marks"), "venue": venue.get("marks")},
+        "pnl": None if account.get("unmarked_symbols") else str(Decimal(account["equity"]) - START_CASH),
+        "pnl_unknown_because": (f"no trusted mid for held {', '.join(account['unmarked_symbols'])}"
+                                if account.get("unmarked_symbols") else ""),
         "positions": execute["positions"],
         "positions_match": {s: Decimal(q) for s, q in execute["positions"].items()} ==
                            {s: Decimal(q) for s, q in venue_positions.items()},
@@ -113,7 +121,7 @@ def run_trade_demo(seconds: float, *, as_json: bool = False, err=sys.stderr) -> 
         launcher = Launcher(pipeline, log_dir=log_dir, say=say)
         install_stop_signals(launcher)
         launcher.start()
-        say(f"trading on the synthetic market for {seconds:g} s")
+        say(f"trading on the synthetic market for {seconds:g} s (marked to its books ring)")
         launcher.stop_event.wait(seconds)
         # Quiet the strategy (it ends on SIGTERM, restart "never"), then let the last orders and
         # fills settle: the figures are read once the engine's positions match the venue's.
@@ -124,7 +132,7 @@ def run_trade_demo(seconds: float, *, as_json: bool = False, err=sys.stderr) -> 
         while True:
             time.sleep(0.5)
             summary = _figures(services)
-            if summary["positions_match"] or time.monotonic() > deadline:
+            if (summary["positions_match"] and summary["pnl"] is not None) or time.monotonic() > deadline:
                 break
         failed = [name for name, state in launcher.processes.items() if state.state == "failed"]
         launcher.stop()
@@ -151,6 +159,8 @@ def run_trade_demo(seconds: float, *, as_json: bool = False, err=sys.stderr) -> 
             problems.append(f"{summary['duplicate_orders']} duplicate orders at the venue")
         if not summary["positions_match"]:
             problems.append("the engine's positions differ from the venue's")
+        if summary["pnl"] is None:
+            problems.append(f"P&L unknown: {summary['pnl_unknown_because']}")
         if not summary["orders_sent"]:
             problems.append(f"no order was sent in {seconds:g} s (no bar met the strategy's rule)")
     if problems:
