@@ -51,6 +51,7 @@ def test_pipeline_bench_runs_every_stage_with_zero_loss(tmp_path):
     # and timed every one of them (the start-up snapshots' entries are counted apart)
     lat = result["update_to_entry"]
     assert lat["entries"] > 0 and lat["negative"] == 0
+    assert lat["entries"] + lat["before_open"] == rings["books"]["written_in_run"]
     assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["p999_us"] <= lat["max_us"]
     assert "log_dir" not in result and "loadavg_before" in result and "loadavg_after" in result
     assert not list(Path("/dev/shm").glob(f"shmpipe.pbench-{_child_pid(result)}.*"))
