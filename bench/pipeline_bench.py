@@ -505,8 +505,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ab = market_ab(args.symbols, args.batch, args.runs)
         for name in ("reference", "compiled"):
-            print(f"{name:<9} {ab[name]['us_per_message']:>7.3f} µs CPU/message (runs {ab[name]['runs_us']}), "
-                  f"{ab[name]['levels_per_message']} LevelUpdates/message")
+            fig = ab[name]
+            print(f"{name:<9} {fig['us_per_message']:>7.3f} µs CPU/message (runs {fig['runs_us']}), "
+                  f"{fig['levels_per_message']} LevelUpdates/message")
         print(f"compiled is {ab['speedup']}x faster; {args.symbols} symbols, {args.batch} messages per "
               f"next_batch; load average {', '.join(f'{x:.2f}' for x in ab['load_average'])}")
         if args.json:

@@ -93,6 +93,6 @@ def test_market_ab_times_both_markets_on_the_same_records(tmp_path):
     assert ab["compiled"]["us_per_message"] > 0 and ab["reference"]["us_per_message"] > 0
     assert ab["compiled"]["levels_per_message"] > 1.0
     assert ab["speedup"] == round(ab["reference"]["us_per_message"] / ab["compiled"]["us_per_message"], 1)
-    bad = subprocess.run([sys.executable, "-m", "shmpipe_bench.pipeline_bench", "--market-ab", "--batch", "0"],
-                         capture_output=True, text=True, timeout=60)
+    cmd = [sys.executable, "-m", "shmpipe_bench.pipeline_bench", "--market-ab", "--batch", "0"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--batch" in bad.stderr and "Traceback" not in bad.stderr

@@ -253,7 +253,9 @@ cdef class MarketCore:
             if self.block_at == BLOCK:
                 self._refill()
             k = <int>self.ds[self.block_at]
-            u_kind, u_side, u_amount = self.du1[self.block_at], self.du2[self.block_at], self.du3[self.block_at]
+            u_kind = self.du1[self.block_at]
+            u_side = self.du2[self.block_at]
+            u_amount = self.du3[self.block_at]
             size = self.dsize[self.block_at]
             self.block_at += 1
             start = r
