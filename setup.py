@@ -31,9 +31,20 @@ capture_levels = Extension(
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
 )
 
+# The synthetic market's per-event loop (services/capture/_market.pyx): issue 24's bottleneck, ~5 µs
+# a message in Python; links zlib for the Kraken CRC32 its checksum records carry.
+capture_market = Extension(
+    "shmpipe_services.capture._market",
+    sources=["services/capture/_market.pyx"],
+    include_dirs=["src/shmpipe"],
+    libraries=["z"],
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+
 setup(
     ext_modules=cythonize(
-        [ring, orderbook, capture_levels],
+        [ring, orderbook, capture_levels, capture_market],
         include_path=["src"],
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},

@@ -51,6 +51,7 @@ def test_pipeline_bench_runs_every_stage_with_zero_loss(tmp_path):
     # and timed every one of them (the start-up snapshots' entries are counted apart)
     lat = result["update_to_entry"]
     assert lat["entries"] > 0 and lat["negative"] == 0
+    assert lat["entries"] + lat["before_open"] == rings["books"]["written_in_run"]
     assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["p999_us"] <= lat["max_us"]
     assert "log_dir" not in result and "loadavg_before" in result and "loadavg_after" in result
     assert not list(Path("/dev/shm").glob(f"shmpipe.pbench-{_child_pid(result)}.*"))
@@ -81,3 +82,17 @@ def test_an_unknown_process_or_a_bad_rate_is_a_one_line_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "shmpipe_bench.pipeline_bench", "--rate", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--rate" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_market_ab_times_both_markets_on_the_same_records(tmp_path):
+    """--market-ab: the compiled and the reference market, both timed, the same LevelUpdates per
+    message (they make the same records), and the figures in the JSON are the printed ones."""
+    from shmpipe_bench.pipeline_bench import market_ab
+
+    ab = market_ab(symbols=2, batch=64, runs=1, messages=3000)
+    assert ab["compiled"]["us_per_message"] > 0 and ab["reference"]["us_per_message"] > 0
+    assert ab["compiled"]["levels_per_message"] > 1.0
+    assert ab["speedup"] == round(ab["reference"]["us_per_message"] / ab["compiled"]["us_per_message"], 1)
+    cmd = [sys.executable, "-m", "shmpipe_bench.pipeline_bench", "--market-ab", "--batch", "0"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--batch" in bad.stderr and "Traceback" not in bad.stderr
