@@ -359,9 +359,10 @@ def test_a_fresh_registry_never_issues_id_0(registry_name, tmp_path):
 
 def _legacy_file(path: Path, name: str) -> None:
     """A registry file written before ids started at 1: its first symbol holds id 0."""
-    path.write_text(json.dumps({"shmpipe_symbols": 1, "registry": name}) + "\n" + "".join(
-        json.dumps({"id": i, "exchange": "kraken", "symbol": s, "price_decimals": 1, "size_decimals": 8,
-                    "depth": 10, "registered_unix_ns": 1}) + "\n" for i, s in enumerate(["BTC/USD", "ETH/USD"])))
+    lines = [{"shmpipe_symbols": 1, "registry": name}] + [
+        {"id": i, "exchange": "kraken", "symbol": s, "price_decimals": 1, "size_decimals": 8, "depth": 10,
+         "registered_unix_ns": 1} for i, s in enumerate(["BTC/USD", "ETH/USD"])]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
 def test_an_old_registry_holding_id_0_keeps_its_ids_and_says_so(registry_name, tmp_path, caplog):

@@ -307,7 +307,8 @@ class SymbolRegistry:
             raise RegistryFormatError(f"{what} is not a version-{LAYOUT_VERSION} symbol table (magic "
                                       f"{int(header['magic']):#x}, version {header['layout_version']})")
         capacity, needed = int(header["capacity"]), DATA_OFFSET + int(header["capacity"]) * ENTRY.itemsize
-        if not 1 <= capacity <= MAX_CAPACITY + FIRST_ID or st.st_size < needed or st.st_blocks * 512 < needed \
+        if not 1 <= capacity <= MAX_CAPACITY + FIRST_ID or st.st_size < needed \
+                or st.st_blocks * 512 < needed \
                 or header["count"] > capacity or header["path_len"] > PATH_BYTES:
             raise RegistryFormatError(f"{what} has a corrupt header (capacity {capacity}, count "
                                       f"{header['count']}, {st.st_size} bytes, "
@@ -677,7 +678,8 @@ def _apply_line(entries: np.ndarray, count: int, line: dict, where: str, registr
     if count == NO_SYMBOL and sid == FIRST_ID:
         count = FIRST_ID                  # a registry that starts at 1: entry 0 stays zeroed
     if not isinstance(sid, int) or isinstance(sid, bool) or not 0 <= sid <= count:
-        raise RegistryFormatError(f"symbol registry file {where}: id {sid!r} where {count or FIRST_ID} was next")
+        raise RegistryFormatError(f"symbol registry file {where}: id {sid!r} where {count or FIRST_ID} "
+                                  f"was next")
     if sid >= len(entries):
         raise RegistryFullError(f"symbol registry {registry!r} is full ({len(entries) - FIRST_ID} symbols) "
                                 f"at {where}")
