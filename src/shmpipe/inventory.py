@@ -265,7 +265,7 @@ def survey_symbols(names: list[str] | None = None) -> list[SymbolsInfo]:
             os.close(shm.fd)
         header = np.frombuffer(raw, symbol_registry.HEADER, count=1)[0]
         entry0 = np.frombuffer(raw, symbol_registry.ENTRY, count=1, offset=symbol_registry.DATA_OFFSET)[0]
-        versions = (symbol_registry.LAYOUT_VERSION, *symbol_registry._OLD_LAYOUT_VERSIONS)
+        versions = (symbol_registry.LAYOUT_VERSION, *symbol_registry.OLD_LAYOUT_VERSIONS)
         if header["magic"] != symbol_registry.MAGIC or header["layout_version"] not in versions:
             info.problem = ("being made (no header yet)" if header["magic"] == 0 else
                             f"not a version-{symbol_registry.LAYOUT_VERSION} symbol table")

@@ -78,7 +78,7 @@ MAX_DECIMALS = _UNKNOWN - 1
 MAX_DEPTH = 0xFFFF
 NO_SYMBOL = 0                       # what a zeroed record's symbol_id holds: never issued
 FIRST_ID = 1
-_OLD_LAYOUT_VERSIONS = (1,)         # same bytes; made by code that still issued id 0: read as they are
+OLD_LAYOUT_VERSIONS = (1,)         # same bytes; made by code that still issued id 0: read as they are
 
 # Mirrors of the C structs (tests/test_symbols.py compares them with offsetof).
 HEADER = np.dtype({
@@ -303,7 +303,7 @@ class SymbolRegistry:
     def _validate(self, header: np.void, st: os.stat_result) -> tuple[Path, int]:
         what = f"symbol registry {self.name!r} ({segment_path(self.name)})"
         if header["magic"] != MAGIC or header["entry_size"] != ENTRY.itemsize \
-                or header["layout_version"] not in (LAYOUT_VERSION, *_OLD_LAYOUT_VERSIONS):
+                or header["layout_version"] not in (LAYOUT_VERSION, *OLD_LAYOUT_VERSIONS):
             raise RegistryFormatError(f"{what} is not a version-{LAYOUT_VERSION} symbol table (magic "
                                       f"{int(header['magic']):#x}, version {header['layout_version']})")
         capacity, needed = int(header["capacity"]), DATA_OFFSET + int(header["capacity"]) * ENTRY.itemsize
