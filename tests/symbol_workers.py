@@ -13,7 +13,7 @@ def register_all(name: str, path: str, pairs: list[tuple[str, str]], start, resu
     start.wait(timeout=30)
     with symbols.SymbolRegistry.open(name, path=path) as registry:
         ids = {pair: registry.id_of(*pair) for pair in pairs}
-        seen = {sid: registry.lookup(sid) for sid in range(len(registry))}
+        seen = {e.symbol_id: (e.exchange, e.symbol) for e in registry.entries()}
     results.put((os.getpid(), ids, seen))
 
 

@@ -173,6 +173,19 @@ def test_in_memory_symbol_ids():
     assert ids.id_of("kraken", "BTC/USD") == 1
 
 
+def test_in_memory_symbol_ids_0_names_no_symbol():
+    """Issue 21 item 5: as in the host registry, a zeroed record's symbol_id 0 resolves to no symbol,
+    with the error the host registry raises (consumers catch UnknownSymbolError, not KeyError)."""
+    from shmpipe.errors import UnknownSymbolError
+
+    ids = InMemorySymbolIds()
+    assert ids("kraken", "BTC/USD") == 1
+    with pytest.raises(UnknownSymbolError, match="symbol id 0 names no symbol"):
+        ids.lookup(0)
+    with pytest.raises(UnknownSymbolError, match=r"symbol id 7 is not registered \(1 symbols, ids 1..1\)"):
+        ids.lookup(7)
+
+
 def test_subscribe_messages_name_every_product():
     frames = [json.loads(f) for f in subscribe_messages(["BTC-USD", "ETH-USD"])]
     assert [f["channel"] for f in frames] == ["heartbeats", "level2", "ticker", "market_trades"]

@@ -207,6 +207,24 @@ def test_symbol_registry_shown_as_registry(private_symbol_registry):
     assert f"symbols {private_symbol_registry}" in _run("--interval", "0", private_symbol_registry).stdout
 
 
+def test_a_zeroed_record_names_no_symbol_and_the_registry_counts_symbols(private_symbol_registry, ring_name):
+    """Issue 21 item 5: symbol_id 0 (a zeroed record) is shown as a number, never as a registered
+    symbol; the registry's count and capacity are symbols, not its reserved entry 0."""
+    known = symbols.id_of("inspect-test", "ZERO/CHECK")
+    batch = ticks_for(0, 2)                  # all-zero but for the fields that tell records apart
+    batch["symbol_id"] = [0, known]
+    with shmpipe.Ring.create(ring_name, TICK, 8) as ring, ring.producer() as p:
+        try:
+            p.write_batch(batch)
+            [ring_entry] = [e for e in _json("--dump", "2", ring_name) if e["kind"] == "ring"]
+            assert [r["symbol"] for r in ring_entry["dump"]["records"]] == ["0", "inspect-test:ZERO/CHECK"]
+        finally:
+            ring.unlink()
+    registry = symbols.default_registry()
+    [entry] = _json(private_symbol_registry)
+    assert entry["count"] == len(registry) and entry["capacity"] == registry.capacity - symbols.FIRST_ID
+
+
 # -- --dump ---------------------------------------------------------------------------------------
 def test_dump_ticks_with_names(ring_name):
     known = symbols.id_of("kraken", "BTC/USD")

@@ -10,12 +10,13 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import posix_ipc
 import pytest
 from isolation import SPAWN
 from symbol_workers import register_all, register_in_forked_child
 
-from shmpipe import _ring, symbols
+from shmpipe import _ring, records, symbols
 from shmpipe.errors import (
     InvalidArgumentError,
     RegistryBusyError,
@@ -57,12 +58,12 @@ def test_layout_matches_the_c_structs():
 def test_ids_are_dense_stable_and_round_trip(registry):
     pairs = [("coinbase", "BTC-USD"), ("kraken", "BTC/USD"), ("alpaca", "AAPL"), ("coinbase", "ETH-USD")]
     ids = [registry.id_of(*p) for p in pairs]
-    assert ids == [0, 1, 2, 3]
+    assert ids == [1, 2, 3, 4]                                  # dense, from 1: 0 is "no symbol"
     assert [registry.id_of(*p) for p in pairs] == ids          # asking again registers nothing
     assert [registry.lookup(i) for i in ids] == pairs
     assert len(registry) == 4
     assert registry.find("kraken", "ETH/USD") is None and len(registry) == 4
-    assert registry.info(1) == symbols.SymbolInfo(1, "kraken", "BTC/USD", None, None, 0)
+    assert registry.info(ids[1]) == symbols.SymbolInfo(ids[1], "kraken", "BTC/USD", None, None, 0)
 
 
 def test_facts_are_recorded_filled_in_and_never_changed(registry):
@@ -73,8 +74,8 @@ def test_facts_are_recorded_filled_in_and_never_changed(registry):
     assert registry.register("coinbase", "BTC-USD", price_decimals=2, size_decimals=8) == early
     assert registry.info(early).price_decimals == 2 and registry.info(early).depth == 0
     assert registry.register("coinbase", "BTC-USD", depth=50) == early and registry.info(early).depth == 50
-    assert registry.register("alpaca", "AAPL", price_decimals=0, size_decimals=0) == 2   # 0 is a real value
-    assert registry.info(2).price_decimals == 0
+    aapl = registry.register("alpaca", "AAPL", price_decimals=0, size_decimals=0)   # 0 is a real value
+    assert aapl == early + 1 and registry.info(aapl).price_decimals == 0
     with pytest.raises(SymbolConflictError, match=r"'kraken', 'BTC/USD'.*price_decimals=1, not 2"):
         registry.register("kraken", "BTC/USD", price_decimals=2)
     with pytest.raises(SymbolConflictError, match="depth=10, not 25"):
@@ -133,7 +134,7 @@ def test_bad_facts_are_refused(registry, facts, complaint):
 
 
 @pytest.mark.parametrize("bad_id, complaint", [
-    (5, "symbol id 5 is not registered in symbol registry '.*' \\(1 symbols, ids 0..0\\)"),
+    (5, "symbol id 5 is not registered in symbol registry '.*' \\(1 symbols, ids 1..1\\)"),
     (-1, "symbol id -1 is not registered"),
     ("0", "symbol id must be an int, not str"),
     (True, "symbol id must be an int, not bool"),
@@ -149,18 +150,19 @@ def test_unknown_ids_are_refused_by_number(registry, bad_id, complaint):
 def test_ids_survive_a_restart_from_the_file(registry_name, tmp_path):
     path = tmp_path / "symbols.jsonl"
     with SymbolRegistry.open(registry_name, path=path) as reg:
-        reg.register("kraken", "BTC/USD", price_decimals=1, size_decimals=8, depth=10)
-        reg.id_of("coinbase", "BTC-USD")
+        kraken = reg.register("kraken", "BTC/USD", price_decimals=1, size_decimals=8, depth=10)
+        coinbase = reg.id_of("coinbase", "BTC-USD")
         reg.register("coinbase", "BTC-USD", price_decimals=2)       # an update line
         reg.unlink()                                                  # as a reboot would
     assert not symbols.segment_path(registry_name).exists()
     with SymbolRegistry.open(registry_name, path=path) as reg:
-        assert reg.entries() == [symbols.SymbolInfo(0, "kraken", "BTC/USD", 1, 8, 10),
-                                 symbols.SymbolInfo(1, "coinbase", "BTC-USD", 2, None, 0)]
-        assert reg.id_of("alpaca", "AAPL") == 2
+        assert reg.entries() == [symbols.SymbolInfo(kraken, "kraken", "BTC/USD", 1, 8, 10),
+                                 symbols.SymbolInfo(coinbase, "coinbase", "BTC-USD", 2, None, 0)]
+        aapl = reg.id_of("alpaca", "AAPL")
+        assert (kraken, coinbase, aapl) == (1, 2, 3)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0] == {"shmpipe_symbols": 1, "registry": registry_name}
-    assert [line["id"] for line in lines[1:]] == [0, 1, 1, 2]
+    assert [line["id"] for line in lines[1:]] == [kraken, coinbase, coinbase, aapl]
 
 
 def test_two_processes_registering_at_once_agree_on_dense_ids(registry_name, tmp_path):
@@ -195,12 +197,12 @@ def test_two_processes_registering_at_once_agree_on_dense_ids(registry_name, tmp
     assert all(seen_b[sid] == pair for sid, pair in seen_a.items() if sid in seen_b)
     assert all(seen_a[sid] == pair for sid, pair in seen_b.items() if sid in seen_a)
     all_ids = {**ids_a, **ids_b}
-    assert sorted(all_ids.values()) == list(range(200))      # 100 common + 50 + 50, dense, unique
+    assert sorted(all_ids.values()) == list(range(1, 201))   # 100 common + 50 + 50, dense from 1, unique
     assert all(ids_a[p] == ids_b[p] for p in common)
     with SymbolRegistry.open(registry_name, path=path) as reg:      # and the file agrees
         reg.unlink()
     with SymbolRegistry.open(registry_name, path=path) as reg:
-        assert {reg.lookup(sid): sid for sid in range(len(reg))} == all_ids
+        assert {(e.exchange, e.symbol): e.symbol_id for e in reg.entries()} == all_ids
 
 
 def test_the_module_api_works_in_any_process(registry_name, tmp_path, monkeypatch):
@@ -223,24 +225,24 @@ def test_the_module_api_works_in_any_process(registry_name, tmp_path, monkeypatc
 def test_a_crash_between_the_file_and_the_table_is_repaired(registry):
     """An appender killed after its fsync but before its release store left a line the table
     lacks; the next appender publishes it first, so the id it wrote stays that symbol's."""
-    registry.id_of("coinbase", "BTC-USD")
+    written = registry.id_of("coinbase", "BTC-USD") + 1
     with open(registry.path, "a") as f:
-        f.write(json.dumps({"id": 1, "exchange": "kraken", "symbol": "BTC/USD", "price_decimals": 1,
+        f.write(json.dumps({"id": written, "exchange": "kraken", "symbol": "BTC/USD", "price_decimals": 1,
                             "size_decimals": 8, "depth": 10, "registered_unix_ns": 1}) + "\n")
-    assert registry.id_of("alpaca", "AAPL") == 2
-    assert registry.lookup(1) == ("kraken", "BTC/USD") and registry.info(1).depth == 10
+    assert registry.id_of("alpaca", "AAPL") == written + 1
+    assert registry.lookup(written) == ("kraken", "BTC/USD") and registry.info(written).depth == 10
 
 
 def test_a_torn_last_line_is_dropped(registry_name, tmp_path):
     path = tmp_path / "symbols.jsonl"
     with SymbolRegistry.open(registry_name, path=path) as reg:
-        reg.id_of("coinbase", "BTC-USD")
+        first = reg.id_of("coinbase", "BTC-USD")
         reg.unlink()
     whole = path.read_bytes()
-    path.write_bytes(whole + b'{"id":1,"exchange":"kra')           # a write cut short by a crash
+    path.write_bytes(whole + b'{"id":%d,"exchange":"kra' % (first + 1))   # a write cut short by a crash
     with SymbolRegistry.open(registry_name, path=path) as reg:
         assert len(reg) == 1
-        assert reg.id_of("kraken", "BTC/USD") == 1
+        assert reg.id_of("kraken", "BTC/USD") == first + 1
     assert path.read_bytes().startswith(whole) and path.read_bytes().count(b"\n") == 3
 
 
@@ -255,7 +257,7 @@ def test_a_corrupt_or_foreign_file_is_named(registry_name, tmp_path):
         SymbolRegistry.open(registry_name, path=path)
     path.write_text(f'{{"shmpipe_symbols": 1, "registry": "{registry_name}"}}\n'
                     '{"id": 3, "exchange": "kraken", "symbol": "BTC/USD"}\n')
-    with pytest.raises(RegistryFormatError, match="line 2: id 3 where 0 was next"):
+    with pytest.raises(RegistryFormatError, match="line 2: id 3 where 1 was next"):
         SymbolRegistry.open(registry_name, path=path)
 
 
@@ -267,11 +269,11 @@ def test_every_process_must_use_the_same_file(registry, tmp_path):
 
 def test_a_full_registry_says_so(registry_name, tmp_path):
     with SymbolRegistry.open(registry_name, path=tmp_path / "s.jsonl", capacity=2) as reg:
-        reg.id_of("a", "1"), reg.id_of("a", "2")
+        _, second = reg.id_of("a", "1"), reg.id_of("a", "2")
         with pytest.raises(RegistryFullError,
                            match=f"symbol registry '{registry_name}' is full \\(2 symbols\\)"):
             reg.id_of("a", "3")
-        assert reg.id_of("a", "2") == 1
+        assert reg.id_of("a", "2") == second and len(reg) == 2
 
 
 def test_a_held_lock_times_out_with_a_clear_error(registry):
@@ -284,7 +286,7 @@ def test_a_held_lock_times_out_with_a_clear_error(registry):
             registry.id_of("coinbase", "BTC-USD")
     finally:
         os.close(other.fd)
-    assert registry.id_of("coinbase", "BTC-USD") == 0                 # the kernel dropped it with the fd
+    assert registry.id_of("coinbase", "BTC-USD") == symbols.FIRST_ID   # the kernel dropped it with the fd
 
 
 def test_a_forked_child_does_not_share_the_parents_lock(registry):
@@ -295,12 +297,12 @@ def test_a_segment_replaced_under_a_handle_is_followed(registry_name, tmp_path):
     path = tmp_path / "symbols.jsonl"
     old = SymbolRegistry.open(registry_name, path=path)
     try:
-        old.id_of("coinbase", "BTC-USD")
+        first = old.id_of("coinbase", "BTC-USD")
         old.unlink()
         with SymbolRegistry.open(registry_name, path=path) as new:     # rebuilt from the file
-            assert new.id_of("kraken", "BTC/USD") == 1
-        assert old.lookup(1) == ("kraken", "BTC/USD")                  # the old handle re-attaches
-        assert old.id_of("alpaca", "AAPL") == 2
+            assert new.id_of("kraken", "BTC/USD") == first + 1
+        assert old.lookup(first + 1) == ("kraken", "BTC/USD")          # the old handle re-attaches
+        assert old.id_of("alpaca", "AAPL") == first + 2
     finally:
         old.close()
 
@@ -319,7 +321,7 @@ def test_a_corrupt_table_is_refused(registry_name, tmp_path):
     with open(symbols.segment_path(registry_name), "r+b") as f:
         f.seek(symbols.HEADER.fields["layout_version"][1])
         f.write((99).to_bytes(4, "little"))
-    with pytest.raises(RegistryFormatError, match="is not a version-1 symbol table"):
+    with pytest.raises(RegistryFormatError, match="is not a version-2 symbol table"):
         SymbolRegistry.open(registry_name, path=tmp_path / "s.jsonl")
 
 
@@ -328,3 +330,87 @@ def test_bad_registry_arguments(tmp_path):
         SymbolRegistry.open("a/b", path=tmp_path / "s.jsonl")
     with pytest.raises(InvalidArgumentError, match="capacity must be an int from 1"):
         SymbolRegistry.open("fine", path=tmp_path / "s.jsonl", capacity=0)
+
+
+# -- issue 21 item 5: id 0 is "no symbol" ------------------------------------------------------------
+def test_a_fresh_registry_never_issues_id_0(registry_name, tmp_path):
+    """A zeroed record (a never-written slot, a memset buffer) holds symbol_id 0: it must name no
+    symbol, in the table and in the file it is rebuilt from."""
+    path = tmp_path / "symbols.jsonl"
+    with SymbolRegistry.open(registry_name, path=path) as reg:
+        first = reg.id_of("coinbase", "BTC-USD")
+        second = reg.register("kraken", "BTC/USD", price_decimals=1)
+        assert (first, second) == (1, 2)
+        assert symbols.FIRST_ID == first and symbols.NO_SYMBOL == 0
+        assert len(reg) == 2 and [e.symbol_id for e in reg.entries()] == [first, second]
+        zeroed = np.zeros(1, records.TICK)[0]
+        for call in (reg.lookup, reg.info):
+            with pytest.raises(UnknownSymbolError, match="symbol id 0 names no symbol"):
+                call(zeroed["symbol_id"])
+        reg.unlink()
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    assert [line["id"] for line in lines] == [1, 2]
+    with SymbolRegistry.open(registry_name, path=path) as reg:          # rebuilt from the file
+        assert reg.lookup(1) == ("coinbase", "BTC-USD") and reg.id_of("alpaca", "AAPL") == 3
+        with pytest.raises(UnknownSymbolError, match="symbol id 0 names no symbol"):
+            reg.lookup(0)
+        assert reg.zero_id_symbol is None
+
+
+def _legacy_file(path: Path, name: str) -> None:
+    """A registry file written before ids started at 1: its first symbol holds id 0."""
+    lines = [{"shmpipe_symbols": 1, "registry": name}] + [
+        {"id": i, "exchange": "kraken", "symbol": s, "price_decimals": 1, "size_decimals": 8, "depth": 10,
+         "registered_unix_ns": 1} for i, s in enumerate(["BTC/USD", "ETH/USD"])]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_an_old_registry_holding_id_0_keeps_its_ids_and_says_so(registry_name, tmp_path, caplog):
+    """Records written before the change carry id 0 for that symbol: renumbering would make them name
+    another one. The ids stay; new ones come after; opening it warns, naming the symbol and the fix."""
+    path = tmp_path / "symbols.jsonl"
+    _legacy_file(path, registry_name)
+    with caplog.at_level("WARNING", logger="shmpipe.symbols"):
+        with SymbolRegistry.open(registry_name, path=path) as reg:
+            assert reg.lookup(0) == ("kraken", "BTC/USD") and reg.lookup(1) == ("kraken", "ETH/USD")
+            assert reg.zero_id_symbol == ("kraken", "BTC/USD")
+            assert reg.id_of("alpaca", "AAPL") == 2
+            assert len(reg) == 3 and [e.symbol_id for e in reg.entries()] == [0, 1, 2]
+    assert "id 0 is ('kraken', 'BTC/USD')" in caplog.text and "a zeroed record" in caplog.text
+    assert str(path) in caplog.text
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()[1:]] == [0, 1, 2]
+
+
+def test_an_old_table_in_shared_memory_is_still_read(registry_name, tmp_path):
+    """A version-1 table (made by a process from before ids started at 1) stays readable and
+    appendable: a table with no symbols yet starts at 1, one holding id 0 keeps it."""
+    path = tmp_path / "symbols.jsonl"
+    _legacy_file(path, registry_name)
+    with SymbolRegistry.open(registry_name, path=path):
+        pass
+    with open(symbols.segment_path(registry_name), "r+b") as f:     # as the old code made it
+        f.seek(symbols.HEADER.fields["layout_version"][1])
+        f.write((1).to_bytes(4, "little"))
+    with SymbolRegistry.open(registry_name, path=path) as reg:
+        assert reg.lookup(0) == ("kraken", "BTC/USD") and reg.id_of("alpaca", "AAPL") == 2
+        reg.unlink()
+    empty_name, empty_path = registry_name + "-empty", tmp_path / "empty.jsonl"
+    try:
+        with SymbolRegistry.open(empty_name, path=empty_path):
+            pass
+        with open(symbols.segment_path(empty_name), "r+b") as f:
+            f.seek(symbols.HEADER.fields["layout_version"][1])
+            f.write((1).to_bytes(4, "little"))
+        with SymbolRegistry.open(empty_name, path=empty_path) as reg:
+            assert reg.id_of("coinbase", "BTC-USD") == 1
+    finally:
+        symbols.remove_segment(empty_name)
+
+
+def test_a_file_that_gives_id_0_after_id_1_is_refused(registry_name, tmp_path):
+    path = tmp_path / "symbols.jsonl"
+    path.write_text(json.dumps({"shmpipe_symbols": 1, "registry": registry_name}) + "\n"
+                    '{"id": 1, "exchange": "kraken", "symbol": "BTC/USD"}\n'
+                    '{"id": 0, "exchange": "kraken", "symbol": "ETH/USD"}\n')
+    with pytest.raises(RegistryFormatError, match="line 3: id 0 names no symbol in this registry"):
+        SymbolRegistry.open(registry_name, path=path)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from shmpipe.errors import UnknownSymbolError
+
 
 class SymbolIdFn(Protocol):
     def __call__(self, exchange: str, symbol: str, price_decimals: int | None = None,
@@ -59,7 +61,15 @@ class InMemorySymbolIds:
         return sid
 
     def lookup(self, symbol_id: int) -> tuple[str, str]:
-        facts = self.facts[symbol_id]
+        """(exchange, symbol) of an id; UnknownSymbolError, as from the host registry, for any other."""
+        facts = self.facts.get(symbol_id)
+        if facts is None:
+            if symbol_id == 0:
+                raise UnknownSymbolError("symbol id 0 names no symbol (ids start at 1; 0 is what a zeroed "
+                                         "record holds)")
+            n = len(self._ids)
+            raise UnknownSymbolError(f"symbol id {symbol_id} is not registered ({n} symbols, "
+                                     f"{f'ids 1..{n}' if n else 'none yet'})")
         return facts.exchange, facts.symbol
 
     def id_of(self, exchange: str, symbol: str) -> int:

@@ -197,9 +197,11 @@ _Static_assert(sizeof(shmpipe_header) <= SHMPIPE_DATA_OFFSET, "header fits befor
  * Appenders hold an fcntl OFD lock on byte SHMPIPE_SYMBOLS_LOCK of the segment; readers take no lock:
  * an appender fills entry[count] and only then store-releases count, readers load-acquire count and
  * read entries below it. Published entries never change, except the facts word (a 32-bit release
- * store that fills in facts that were unknown), so any reader sees whole facts. symbols.py. */
+ * store that fills in facts that were unknown), so any reader sees whole facts. symbols.py.
+ * Version 2: entry 0 stays zeroed and means "no symbol" (what a zeroed record's symbol_id holds), so
+ * ids start at 1 and a count above 0 includes entry 0. Version 1 (same bytes, ids from 0) is still read. */
 #define SHMPIPE_SYMBOLS_MAGIC 0x31626d7953706d53ull   /* "SmpSymb1" read as little-endian bytes */
-#define SHMPIPE_SYMBOLS_LAYOUT_VERSION 1u
+#define SHMPIPE_SYMBOLS_LAYOUT_VERSION 2u
 #define SHMPIPE_SYMBOLS_DATA_OFFSET 4096
 #define SHMPIPE_SYMBOLS_EXCHANGE_BYTES 32
 #define SHMPIPE_SYMBOLS_SYMBOL_BYTES 80

@@ -259,15 +259,23 @@ def survey_symbols(names: list[str] | None = None) -> list[SymbolsInfo]:
             continue
         try:
             info.size = os.fstat(shm.fd).st_size
-            raw = os.pread(shm.fd, symbol_registry.DATA_OFFSET, 0)
+            table_start = symbol_registry.DATA_OFFSET + symbol_registry.ENTRY.itemsize
+            raw = os.pread(shm.fd, table_start, 0).ljust(table_start, b"\0")
         finally:
             os.close(shm.fd)
-        header = np.frombuffer(raw.ljust(symbol_registry.DATA_OFFSET, b"\0"), symbol_registry.HEADER)[0]
-        if header["magic"] != symbol_registry.MAGIC or header["layout_version"] != symbol_registry.LAYOUT_VERSION:
+        header = np.frombuffer(raw, symbol_registry.HEADER, count=1)[0]
+        entry0 = np.frombuffer(raw, symbol_registry.ENTRY, count=1, offset=symbol_registry.DATA_OFFSET)[0]
+        versions = (symbol_registry.LAYOUT_VERSION, *symbol_registry.OLD_LAYOUT_VERSIONS)
+        if header["magic"] != symbol_registry.MAGIC or header["layout_version"] not in versions:
             info.problem = ("being made (no header yet)" if header["magic"] == 0 else
                             f"not a version-{symbol_registry.LAYOUT_VERSION} symbol table")
         else:
-            info.count, info.capacity = int(header["count"]), int(header["capacity"])
+            # Entry 0 is "no symbol" (zeroed) in a table whose ids start at 1: not a symbol, not room.
+            count = int(header["count"])
+            reserved = int(header["layout_version"] == symbol_registry.LAYOUT_VERSION
+                           or (count > 0 and not entry0["exchange"]))
+            info.count = count - reserved if count else 0
+            info.capacity = int(header["capacity"]) - reserved
             path_len = min(int(header["path_len"]), symbol_registry.PATH_BYTES)
             info.file = bytes(header["path"])[:path_len].decode("utf-8", "replace")
         found.append(info)

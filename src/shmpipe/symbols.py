@@ -12,6 +12,12 @@ default registry, else ``$XDG_DATA_HOME/shmpipe/symbols-<name>.jsonl``, else
 ``~/.local/share/shmpipe/symbols-<name>.jsonl``). Whoever finds no table rebuilds it from the file,
 so ids survive the segment's removal and reboots.
 
+Ids start at 1: 0 means "no symbol", because a zeroed record (a slot never written, a memset buffer)
+holds symbol_id 0 and must not name a real instrument. The table's entry 0 stays zeroed (an empty
+exchange, which no symbol can have) and the file's first line is id 1. A registry made before ids
+started at 1 may hold a real symbol at id 0: it keeps it (records written then carry that id), new
+ids come after, and every handle that opens it logs a warning naming the symbol and how to renumber.
+
 Ordering (the layout is _layout.h's shmpipe_symbols_header and shmpipe_symbol_entry):
 - Appenders serialise on an fcntl OFD lock on one byte of the segment; the kernel drops a dead
   holder's lock, so a killed appender never wedges the others. Under the lock an appender writes
@@ -70,6 +76,9 @@ _LOCK_BYTE = _C["SYMBOLS_LOCK"]
 _UNKNOWN = _C["DECIMALS_UNKNOWN"]   # decimals not known yet (0 is a real number of decimals)
 MAX_DECIMALS = _UNKNOWN - 1
 MAX_DEPTH = 0xFFFF
+NO_SYMBOL = 0                       # what a zeroed record's symbol_id holds: never issued
+FIRST_ID = 1
+OLD_LAYOUT_VERSIONS = (1,)         # same bytes; made by code that still issued id 0: read as they are
 
 # Mirrors of the C structs (tests/test_symbols.py compares them with offsetof).
 HEADER = np.dtype({
@@ -88,9 +97,11 @@ ENTRY = np.dtype({
 _COUNT = HEADER.fields["count"][1]
 _MAGIC_AT = HEADER.fields["magic"][1]
 _PERSISTED = HEADER.fields["persisted_bytes"][1]
+_VERSION = HEADER.fields["layout_version"][1]
 
 DEFAULT_NAME = "default"
 DEFAULT_CAPACITY = 1 << 16          # 8 MiB of table: every US equity and crypto pair fits many times
+MAX_CAPACITY = 1 << 24
 LOCK_TIMEOUT_S = 10.0
 SHM_PREFIX = "shmpipe-symbols."
 _FILE_FORMAT = 1
@@ -227,8 +238,8 @@ class SymbolRegistry:
         records it, and a different one is refused). ``capacity`` applies only when the table is
         made."""
         name = segments.validate_name(name if name is not None else _default_name(), "symbol registry")
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= 1 << 24:
-            raise InvalidArgumentError(f"capacity must be an int from 1 to {1 << 24}, not {capacity!r}")
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+            raise InvalidArgumentError(f"capacity must be an int from 1 to {MAX_CAPACITY}, not {capacity!r}")
         return cls(name, None if path is None else Path(path), capacity, lock_timeout)
 
     # -- attaching -----------------------------------------------------------------------------------
@@ -262,6 +273,24 @@ class SymbolRegistry:
         self._fd, self._mm, self._pid = fd, mm, os.getpid()
         self._entries = np.frombuffer(mm, ENTRY, count=self.capacity, offset=DATA_OFFSET)
         self._inode = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        self._warn_if_zero_is_a_symbol()
+
+    @property
+    def zero_id_symbol(self) -> tuple[str, str] | None:
+        """(exchange, symbol) holding id 0 in a registry made before ids started at 1, else None."""
+        self._check_open()
+        if self._published() == 0 or not self._entries[NO_SYMBOL]["exchange"]:
+            return None
+        e = self._entries[NO_SYMBOL]
+        return bytes(e["exchange"]).decode("utf-8"), bytes(e["symbol"]).decode("utf-8")
+
+    def _warn_if_zero_is_a_symbol(self) -> None:
+        old = self.zero_id_symbol
+        if old is not None:
+            log.warning("symbol registry %r: id 0 is %r, given before ids started at 1; it keeps that id, so "
+                        "a zeroed record (symbol_id 0) reads as that symbol. To renumber: stop its "
+                        "processes, move %s aside, remove %s, and register again (records written before "
+                        "keep the old ids)", self.name, old, self.path, segment_path(self.name))
 
     def _check_owner(self, st: os.stat_result) -> None:
         # /dev/shm is world-writable: a table someone else put at the name could lie about ids.
@@ -273,12 +302,13 @@ class SymbolRegistry:
 
     def _validate(self, header: np.void, st: os.stat_result) -> tuple[Path, int]:
         what = f"symbol registry {self.name!r} ({segment_path(self.name)})"
-        if header["magic"] != MAGIC or header["layout_version"] != LAYOUT_VERSION \
-                or header["entry_size"] != ENTRY.itemsize:
+        if header["magic"] != MAGIC or header["entry_size"] != ENTRY.itemsize \
+                or header["layout_version"] not in (LAYOUT_VERSION, *OLD_LAYOUT_VERSIONS):
             raise RegistryFormatError(f"{what} is not a version-{LAYOUT_VERSION} symbol table (magic "
                                       f"{int(header['magic']):#x}, version {header['layout_version']})")
         capacity, needed = int(header["capacity"]), DATA_OFFSET + int(header["capacity"]) * ENTRY.itemsize
-        if not 1 <= capacity <= 1 << 24 or st.st_size < needed or st.st_blocks * 512 < needed \
+        if not 1 <= capacity <= MAX_CAPACITY + FIRST_ID or st.st_size < needed \
+                or st.st_blocks * 512 < needed \
                 or header["count"] > capacity or header["path_len"] > PATH_BYTES:
             raise RegistryFormatError(f"{what} has a corrupt header (capacity {capacity}, count "
                                       f"{header['count']}, {st.st_size} bytes, "
@@ -295,7 +325,8 @@ class SymbolRegistry:
         if len(raw_path) > PATH_BYTES:
             raise SymbolNameError(f"symbol registry file path {self.path} is longer than {PATH_BYTES} bytes")
         lines, good_bytes = self._read_file()
-        capacity = max(self._asked_capacity, 2 * len(lines))
+        # One slot more than the symbols asked for: entry 0 is "no symbol".
+        capacity = max(self._asked_capacity, 2 * len(lines)) + FIRST_ID
         size = DATA_OFFSET + capacity * ENTRY.itemsize
         os.ftruncate(fd, 0)                      # whatever a builder killed mid-way left behind
         try:
@@ -386,8 +417,10 @@ class SymbolRegistry:
 
     # -- reading -------------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """How many symbols are registered (entry 0 counts only where it holds one)."""
         self._check_open()
-        return self._published()
+        n = self._published()
+        return n - 1 if n and not self._entries[NO_SYMBOL]["exchange"] else n
 
     def _published(self) -> int:
         return min(_ring.load_acquire_u64(self._mm, _COUNT), self.capacity)
@@ -398,6 +431,9 @@ class SymbolRegistry:
             n = self._published()
             for i in range(len(self._names), n):
                 e = self._entries[i]
+                if not e["exchange"]:           # entry 0 of a registry that starts at 1: no symbol
+                    self._names.append(None)
+                    continue
                 key = (bytes(e["exchange"]).decode("utf-8"), bytes(e["symbol"]).decode("utf-8"))
                 self._names.append(key)
                 self._ids.setdefault(key, i)
@@ -406,7 +442,7 @@ class SymbolRegistry:
         """(exchange, symbol) of an id registered by any process on the host."""
         names = self._names
         if isinstance(symbol_id, (int, np.integer)) and not isinstance(symbol_id, bool) \
-                and 0 <= symbol_id < len(names):
+                and 0 <= symbol_id < len(names) and names[symbol_id] is not None:
             return names[symbol_id]
         return self._names[self._known_id(symbol_id)]
 
@@ -420,10 +456,15 @@ class SymbolRegistry:
             with self._thread_lock:
                 self._reattach()
             self._sync()
-        if not 0 <= symbol_id < len(self._names):
+        n = len(self._names)
+        if symbol_id == NO_SYMBOL and (n == 0 or self._names[NO_SYMBOL] is None):
+            raise UnknownSymbolError(f"symbol id 0 names no symbol in symbol registry {self.name!r} (ids "
+                                     f"start at 1; 0 is what a zeroed record holds)")
+        if not 0 <= symbol_id < n:
+            first = NO_SYMBOL if n and self._names[NO_SYMBOL] is not None else FIRST_ID
+            known = f"ids {first}..{n - 1}" if n > first else "none yet"
             raise UnknownSymbolError(f"symbol id {symbol_id} is not registered in symbol registry "
-                                     f"{self.name!r} ({len(self._names)} symbols, "
-                                     f"ids 0..{len(self._names) - 1})")
+                                     f"{self.name!r} ({len(self)} symbols, {known})")
         return int(symbol_id)
 
     def info(self, symbol_id: int) -> SymbolInfo:
@@ -445,7 +486,7 @@ class SymbolRegistry:
     def entries(self) -> list[SymbolInfo]:
         self._check_open()
         self._sync()
-        return [self.info(i) for i in range(len(self._names))]
+        return [self.info(i) for i, name in enumerate(list(self._names)) if name is not None]
 
     # -- registering ---------------------------------------------------------------------------------
     def id_of(self, exchange: str, symbol: str) -> int:
@@ -495,11 +536,15 @@ class SymbolRegistry:
 
     def _append(self, raw_exchange: bytes, raw_symbol: bytes, word: int) -> int:
         """Under the lock: the file line (fsynced), then the entry, then count with release."""
-        sid = self._published()
+        sid = max(self._published(), FIRST_ID)     # an empty table leaves entry 0 zeroed: no symbol
         if sid >= self.capacity:
-            raise RegistryFullError(f"symbol registry {self.name!r} is full ({self.capacity} symbols): "
+            raise RegistryFullError(f"symbol registry {self.name!r} is full ({len(self)} symbols): "
                                     f"remove its segment ({segment_path(self.name)}) and reopen with a "
                                     f"larger capacity")
+        if sid == FIRST_ID and struct.unpack_from("<I", self._mm, _VERSION)[0] != LAYOUT_VERSION:
+            # An empty table an older process made: from now on it is one that starts at 1, which
+            # that code would misread, so it is told the version it does not know.
+            struct.pack_into("<I", self._mm, _VERSION, LAYOUT_VERSION)
         now = time.time_ns()
         self._entries[sid] = (word & 0xFF, word >> 8 & 0xFF, word >> 16, now, raw_exchange, raw_symbol)
         self._persist(self._line(sid, word, now))
@@ -568,7 +613,7 @@ class SymbolRegistry:
         struct.pack_into("<Q", self._mm, _PERSISTED, 0)
         body = self._file_header()
         body += b"".join(self._line(i, self._facts_word(i), int(self._entries[i]["registered_unix_ns"]))
-                         for i in range(len(self._names)))
+                         for i, name in enumerate(self._names) if name is not None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(body)
@@ -630,12 +675,19 @@ def _apply_line(entries: np.ndarray, count: int, line: dict, where: str, registr
         registered = int(line.get("registered_unix_ns", 0))
     except (KeyError, TypeError, ValueError) as exc:
         raise RegistryFormatError(f"symbol registry file {where}: bad entry {line!r} ({exc})") from None
-    if not isinstance(sid, int) or not 0 <= sid <= count:
-        raise RegistryFormatError(f"symbol registry file {where}: id {sid!r} where {count} was next")
+    if count == NO_SYMBOL and sid == FIRST_ID:
+        count = FIRST_ID                  # a registry that starts at 1: entry 0 stays zeroed
+    if not isinstance(sid, int) or isinstance(sid, bool) or not 0 <= sid <= count:
+        raise RegistryFormatError(f"symbol registry file {where}: id {sid!r} where {count or FIRST_ID} "
+                                  f"was next")
     if sid >= len(entries):
-        raise RegistryFullError(f"symbol registry {registry!r} is full ({len(entries)} symbols) at {where}")
+        raise RegistryFullError(f"symbol registry {registry!r} is full ({len(entries) - FIRST_ID} symbols) "
+                                f"at {where}")
     if sid < count:
         e = entries[sid]
+        if not e["exchange"]:
+            raise RegistryFormatError(f"symbol registry file {where}: id 0 names no symbol in this registry "
+                                      f"(its ids start at 1)")
         if (bytes(e["exchange"]), bytes(e["symbol"])) != (raw_exchange, raw_symbol):
             raise RegistryFormatError(f"symbol registry file {where}: id {sid} is ({exchange!r}, {symbol!r}) "
                                       f"here but {e['exchange']!r}, {e['symbol']!r} before")
@@ -712,6 +764,8 @@ def find(exchange: str, symbol: str) -> int | None:
 
 
 __all__ = [
+    "FIRST_ID",
+    "NO_SYMBOL",
     "SymbolInfo",
     "SymbolRegistry",
     "default_path",
