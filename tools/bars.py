@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from .consumer_args import add_loop_arguments, fail, loop_options, non_negative_float, run_service
 
@@ -26,7 +27,9 @@ def add_parser(sub) -> None:
         "without trades is not emitted. Each bar is one message on topic market.bar.<tf> (msgpack\n"
         "envelope, see shmpipe.signals). Ends when the producer has gone and the ring is drained\n"
         "(closing the open bars), on 'stop' or SIGTERM/SIGINT (open bars are not published), then\n"
-        "prints its counters.")
+        "prints its counters. A bar whose period bars did not see whole (under way when it started, cut\n"
+        "short when the producer left, records lost) is published with complete false and partial\n"
+        "saying why (start, end, lost), and counted in bars_partial.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ticks", metavar="RING", help="ring of shmpipe.records.TICK (f32 trade prices)")
     source.add_argument("--levels", metavar="RING",
@@ -48,7 +51,11 @@ def run_bars(args: argparse.Namespace) -> int:
     from shmpipe_services.consumers.bars import BarAggregator, parse_timeframes
     from shmpipe_services.consumers.loop import ConsumerError
     tfs = args.timeframes if isinstance(args.timeframes, list) else parse_timeframes(args.timeframes)
-    aggregator = BarAggregator(tfs, grace_s=args.grace, close_on_trade_time=args.clock == "trades")
+    # live, bars has watched every record written since now (it reads from the ring's oldest); a
+    # replay's coverage starts at its first record
+    watching_since = time.time_ns() if args.clock == "wall" else None
+    aggregator = BarAggregator(tfs, grace_s=args.grace, close_on_trade_time=args.clock == "trades",
+                               watching_since_ns=watching_since)
     try:
         service = BarService(loop_options(args, args.levels or args.ticks), aggregator, sqlite=args.sqlite,
                              exact_trades=args.levels is not None)
