@@ -396,7 +396,7 @@ def test_a_bars_process_that_starts_mid_period_publishes_that_bar_marked_partial
     first, whole = by_start[second], by_start[second + NS]
     assert (first["complete"], first["partial"], first["trades"]) == (False, ["start"], 1)
     assert (whole["complete"], whole["partial"], whole["trades"], whole["close"]) == (True, [], 2, 12.0)
-    assert counters["bars"] == 2 and counters["bars_partial"] == 1
+    assert counters["bars"] == 2 and counters["partial_bars"] == 1
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT start_ns, complete FROM bars ORDER BY start_ns").fetchall()
     assert rows == [(second, 0), (second + NS, 1)]
@@ -436,4 +436,4 @@ def test_bars_open_across_records_lost_by_a_lapped_reader_are_marked_partial(rin
     assert by_key[("1s", base)]["complete"] is True and by_key[("1s", base)]["trades"] == 1
     assert "lost" in by_key[("1s", base + 3 * NS)]["partial"] and not by_key[("1s", base + 3 * NS)]["complete"]
     assert "lost" in by_key[("5m", base)]["partial"]
-    assert counters["bars_partial"] == counters["bars"] - 1 == 3
+    assert counters["partial_bars"] == counters["bars"] - 1 == 3

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
         "(closing the open bars), on 'stop' or SIGTERM/SIGINT (open bars are not published), then\n"
         "prints its counters. A bar whose period bars did not see whole (under way when it started, cut\n"
         "short when the producer left, records lost) is published with complete false and partial\n"
-        "saying why (start, end, lost), and counted in bars_partial.")
+        "saying why (start, end, lost), and counted in partial_bars.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ticks", metavar="RING", help="ring of shmpipe.records.TICK (f32 trade prices)")
     source.add_argument("--levels", metavar="RING",

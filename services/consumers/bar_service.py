@@ -166,7 +166,7 @@ class BarService(ConsumerService):
     def counters(self) -> dict[str, Any]:
         agg = self.aggregator
         out = {"trades": agg.trades, "rejected": agg.rejected, "zero_size": agg.zero_size,
-               "bars": self.bars_published, "bars_partial": self.bars_partial_published,
+               "bars": self.bars_published, "partial_bars": self.bars_partial_published,
                "open_bars": agg.open_bars, "open_bars_at_exit": self.open_bars_at_exit,
                "late": sum(agg.late.values())}
         out.update({f"late_{label}": n for label, n in agg.late.items()})
