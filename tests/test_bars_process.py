@@ -437,3 +437,76 @@ def test_bars_open_across_records_lost_by_a_lapped_reader_are_marked_partial(rin
     assert "lost" in by_key[("1s", base + 3 * NS)]["partial"] and not by_key[("1s", base + 3 * NS)]["complete"]
     assert "lost" in by_key[("5m", base)]["partial"]
     assert counters["partial_bars"] == counters["bars"] - 1 == 3
+
+
+def test_a_backlog_is_read_before_the_wall_clock_closes_its_bars(tick_ring, private_runtime_dir, tmp_path):
+    """Bars starts on a ring that already holds two whole seconds of trades, seconds old, and reads
+    them 100 at a time: the wall clock has passed both seconds, yet no bar closes before the backlog
+    is read, so each bar holds all its trades (none late) instead of the first batch's share
+    published as complete."""
+    sid = shmpipe.symbols.id_of("test-bars", "AAA")
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    db = tmp_path / "bars.sqlite"
+    name = unique_name()
+    second = (time.time_ns() // NS - 3) * NS
+    n = 150
+    backlog = np.concatenate([trades([second], [9.0], [0.0], sid),
+                              trades(second + np.arange(n) * 1000, np.full(n, 10.0), np.ones(n), sid),
+                              trades(second + NS + np.arange(n) * 1000, np.full(n, 11.0), np.ones(n), sid),
+                              trades([second + 2 * NS], [11.5], [0.0], sid)])
+    backlog["flags"][[0, -1]] = TICK_FLAG_QUOTE        # the stream from `second` to the end of the next
+    with tick_ring.producer() as out:
+        out.write_batch(backlog)
+        # the bars go to SQLite: they are out before a subscriber could have joined the bus
+        proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--timeframes", "1s", "--grace", "0.2",
+                         "--batch", "100", "--sqlite", str(db), "--name", name, "--json")
+        try:
+            deadline = time.monotonic() + 30
+            status = {}
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    status = control.request(name, "status", timeout=1.0)
+                except Exception:  # noqa: BLE001 - not up yet
+                    status = {}
+                if status.get("consumed") == len(backlog) and status.get("open_bars") == 0:
+                    break
+                time.sleep(0.05)
+            code, counters, err = sigterm_and_counters(proc)
+        finally:
+            stop(proc)
+    assert code == 0, err
+    assert counters["consumed"] == len(backlog) and counters["late"] == 0, counters
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT start_ns, trades, complete FROM bars ORDER BY start_ns").fetchall()
+    assert rows == [(second, n, 1), (second + NS, n, 1)]
+
+
+def test_a_reader_from_the_newest_record_marks_the_second_whose_start_it_skipped_partial(tick_ring,
+                                                                                         private_runtime_dir):
+    """--start newest skips the ring's backlog: a trade of the same second that comes after the
+    attach does not make that second's bar complete."""
+    sid = shmpipe.symbols.id_of("test-bars", "AAA")
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    name = unique_name()
+    with tick_ring.producer() as out:
+        t0 = time.time_ns() | 1                          # never exactly on a second's boundary
+        second = t0 - t0 % NS
+        out.write_batch(trades([t0], [10.0], [1.0], sid))          # skipped by the reader
+        proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--timeframes", "1s", "--grace", "60",
+                         "--start", "newest", "--name", name, "--json")
+        try:
+            with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
+                wait_for_heartbeat(sub, proc, name)
+                later = trades([t0 + 1, second + NS + 10], [11.0, 12.0], [1.0, 1.0], sid)
+                end = trades([second + 2 * NS], [12.5], [0.0], sid)
+                end["flags"] = TICK_FLAG_QUOTE
+                out.write_batch(np.concatenate([later, end]))
+                out.close()
+                got = receive(sub, "market.bar.1s", 2, proc)
+                code, counters, err = finish(proc)
+        finally:
+            stop(proc)
+    assert code == 0, err
+    assert counters["consumed"] == 3
+    assert sorted((m.data["start_ns"], m.data["trades"], m.data["complete"]) for m in got) == [
+        (second, 1, False), (second + NS, 1, True)]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 from .consumer_args import add_loop_arguments, fail, loop_options, non_negative_float, run_service
 
@@ -23,7 +22,8 @@ def add_parser(sub) -> None:
         "and builds OHLCV + VWAP + trade-count bars per symbol and timeframe, aligned to the epoch on the\n"
         "trades' exchange time. A bar closes when its interval has ended plus --grace, by the wall clock\n"
         "(default, live feeds: it closes even if no trade follows) or by the trades' own time\n"
-        "(--clock trades, for replays). Late trades for a closed bar are counted, not merged; a bar\n"
+        "(--clock trades, for replays); while a backlog is read (full batches) the wall clock waits, up to\n"
+        "5 s. Late trades for a closed bar are counted, not merged; a bar\n"
         "without trades is not emitted. Each bar is one message on topic market.bar.<tf> (msgpack\n"
         "envelope, see shmpipe.signals). Ends when the producer has gone and the ring is drained\n"
         "(closing the open bars), on 'stop' or SIGTERM/SIGINT (open bars are not published), then\n"
@@ -51,11 +51,7 @@ def run_bars(args: argparse.Namespace) -> int:
     from shmpipe_services.consumers.bars import BarAggregator, parse_timeframes
     from shmpipe_services.consumers.loop import ConsumerError
     tfs = args.timeframes if isinstance(args.timeframes, list) else parse_timeframes(args.timeframes)
-    # live, bars has watched every record written since now (it reads from the ring's oldest); a
-    # replay's coverage starts at its first record
-    watching_since = time.time_ns() if args.clock == "wall" else None
-    aggregator = BarAggregator(tfs, grace_s=args.grace, close_on_trade_time=args.clock == "trades",
-                               watching_since_ns=watching_since)
+    aggregator = BarAggregator(tfs, grace_s=args.grace, close_on_trade_time=args.clock == "trades")
     try:
         service = BarService(loop_options(args, args.levels or args.ticks), aggregator, sqlite=args.sqlite,
                              exact_trades=args.levels is not None)

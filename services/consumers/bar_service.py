@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,10 @@ from .bars import BAR, BarAggregator, partial_reasons
 from .loop import ConsumerError, ConsumerService, LoopOptions
 
 TOPIC_PREFIX = "market.bar."
+# A reader behind its ring (its last batch was full: more records wait) holds the wall clock back,
+# so a bar is not closed while its trades are still unread; for at most this long, then it closes
+# bars anyway and counts what comes for them as late.
+BEHIND_LIMIT_S = 5.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bars (
     symbol_id INTEGER NOT NULL, exchange TEXT, symbol TEXT, timeframe TEXT NOT NULL,
@@ -130,17 +135,36 @@ class BarService(ConsumerService):
         self.bars_partial_published = 0   # of bars_published: complete false
         self.open_bars_at_exit = 0
         self._lost_seen = 0
+        self._behind_since: int | None = None    # wall clock when the reader fell behind its ring
+        # live: bars has seen every record written since its reader attached (from the oldest, a
+        # backlog too; from the newest, only what follows), so the first loop turn, which comes
+        # after the attach, is when its watching began
+        self._note_watching = not aggregator.close_on_trade_time and aggregator.watching_since_ns is None
+
+    def _watching(self) -> None:
+        if self._note_watching:
+            self._note_watching = False
+            self.aggregator.watching_since_ns = time.time_ns()
 
     def on_batch(self, batch: np.ndarray) -> None:
+        self._watching()
         lost = self._stream.lost if self._stream is not None else 0
         if lost > self._lost_seen:      # lapped: the bars open across the gap miss trades
             self._lost_seen = lost
             self.aggregator.records_lost_after()
         self._emit(self.aggregator.add(batch))
+        if len(batch) < self.options.max_n:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = time.time_ns()
 
     def on_time(self, now_ns: int) -> None:
-        if not self.aggregator.close_on_trade_time:
-            self._emit(self.aggregator.advance(now_ns))
+        self._watching()
+        if self.aggregator.close_on_trade_time:
+            return
+        if self._behind_since is not None and now_ns - self._behind_since < BEHIND_LIMIT_S * 1e9:
+            return                        # the rest of these bars' trades may be in the ring still
+        self._emit(self.aggregator.advance(now_ns))
 
     def on_end(self, producer_gone: bool) -> None:
         if producer_gone:               # no trade can join the open bars any more: they are final
@@ -181,4 +205,4 @@ class BarService(ConsumerService):
             self.store = None
 
 
-__all__ = ["BAR", "TOPIC_PREFIX", "BarService", "SqliteBarStore", "SymbolNames", "bar_payload"]
+__all__ = ["BAR", "BEHIND_LIMIT_S", "TOPIC_PREFIX", "BarService", "SqliteBarStore", "SymbolNames", "bar_payload"]
