@@ -344,3 +344,13 @@ def test_a_late_trade_for_a_closed_period_never_lands_in_another_bar():
     assert agg.late == {"1s": 2}
     (bar,) = agg.advance(base + 3 * NS)
     assert (bar["symbol_id"], bar["start_ns"], bar["high"], bar["trades"]) == (1, base + 2 * NS, 11.0, 1)
+
+
+def test_an_unstamped_record_does_not_open_the_coverage():
+    """A record with timestamp 0 (no time) read first must not make every later bar complete."""
+    from shmpipe_services.consumers.bars import BAR_FLAG_PARTIAL_START
+    base = 1_700_000_100 * NS
+    agg = BarAggregator(parse_timeframes("1s"), grace_s=0.0, close_on_trade_time=True)
+    (first,) = agg.add(np.concatenate([tick(0, 9.0, flags=TICK_FLAG_QUOTE), tick(base + 300, 10.0),
+                                       tick(base + NS, 11.0)]))
+    assert (first["start_ns"], first["flags"]) == (base, BAR_FLAG_PARTIAL_START)

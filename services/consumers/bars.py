@@ -178,6 +178,9 @@ class BarAggregator:
 
     def _saw(self, records: np.ndarray) -> None:
         stamps = records["timestamp_ns"]
+        stamps = stamps[stamps != 0]             # an unstamped record says nothing about when
+        if len(stamps) == 0:
+            return
         if self.seen_from_ns is None:
             first = int(stamps[0])
             self.seen_from_ns = first if self.watching_since_ns is None else min(first, int(self.watching_since_ns))
@@ -200,7 +203,8 @@ class BarAggregator:
         if cut_short and end > self.seen_to_ns:
             flags |= BAR_FLAG_PARTIAL_END
         for after, until in self.lost_spans:
-            if start <= (after if until is None else until) and end > after:
+            lo, hi = (after, after) if until is None else (min(after, until), max(after, until))
+            if start <= hi and end > lo:
                 flags |= BAR_FLAG_RECORDS_LOST
                 break
         return flags
@@ -260,7 +264,7 @@ class BarAggregator:
     def _forget_lost_spans(self) -> None:
         # a span every timeframe has closed past can flag no bar any more (a late trade opens none)
         oldest = min((tf.horizon_ns for tf in self.timeframes), default=0)
-        self.lost_spans = [s for s in self.lost_spans if s[1] is None or s[1] >= oldest]
+        self.lost_spans = [s for s in self.lost_spans if s[1] is None or max(s) >= oldest]
 
     def flush(self) -> np.ndarray:
         """Close every open bar (the stream has ended: no trade can still join them). One whose
