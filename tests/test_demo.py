@@ -312,7 +312,8 @@ def test_the_demo_shows_a_market_whose_books_bars_and_features_hold(tmp_path):
     # so any 1m or 5m bar it shows (a boundary crossed) says it is partial
     assert bars["bars_complete"]["1s"] >= 8 * 3
     for tf in ("1m", "5m"):
-        assert bars["bars_complete"].get(tf, 0) == 0 and bars["bars_partial"].get(tf, 0) == bars["bars_published"].get(tf, 0)
+        assert bars["bars_complete"].get(tf, 0) == 0
+        assert bars["bars_partial"].get(tf, 0) == bars["bars_published"].get(tf, 0)
     assert features["symbols_with_features"] == 8 and features["published"] >= 8
     assert 0 < verify["event_to_read_p50_us"] <= verify["event_to_read_p99_us"] < 5_000_000
 
@@ -492,3 +493,12 @@ def test_the_live_view_shows_each_symbols_touch_last_bar_and_features():
         assert shown in row1, (shown, row1)
     row2 = next(line for line in text.splitlines() if "SYN0001" in line)
     assert "INVALID (0x09)" in row2 and "110.00" in row2 and "0.01" in row2
+
+
+def test_the_live_views_last_bar_is_a_complete_one():
+    """A partial bar (the period cut short at the end) is not shown as the symbol's last bar."""
+    from shmpipe_services.launcher.demo_market import SignalsWatch
+
+    s = SignalsWatch(_Sub([_bar(1, 9), _bar(1, 10, complete=False)]))
+    s.poll()
+    assert s.last_bar[1]["start_ns"] == 9 * 10**9

@@ -60,7 +60,8 @@ def partial_reasons(flags: int) -> list[str]:
 BAR_FLAG_PARTIAL_START = 1    # its period began before the stream was watched: trades before that are missing
 BAR_FLAG_PARTIAL_END = 2      # the stream ended before its period did
 BAR_FLAG_RECORDS_LOST = 4     # records were lost (a lapped reader) while its period was under way
-PARTIAL_REASONS = ((BAR_FLAG_PARTIAL_START, "start"), (BAR_FLAG_PARTIAL_END, "end"), (BAR_FLAG_RECORDS_LOST, "lost"))
+PARTIAL_REASONS = ((BAR_FLAG_PARTIAL_START, "start"), (BAR_FLAG_PARTIAL_END, "end"),
+                   (BAR_FLAG_RECORDS_LOST, "lost"))
 DEFAULT_TIMEFRAMES = ("1s", "1m", "5m")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TIMEFRAME = re.compile(r"([1-9][0-9]{0,5})([smhd])")

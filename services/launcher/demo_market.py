@@ -120,7 +120,7 @@ class SignalsWatch:
         self.sub = sub
         self.bars: dict[tuple[int, str], set[int]] = {}     # (symbol_id, timeframe) -> bar starts
         self.complete_bars: dict[tuple[int, str], set[int]] = {}   # the same, complete bars only
-        self.last_bar: dict[int, dict] = {}                 # symbol_id -> its latest bar (shortest timeframe)
+        self.last_bar: dict[int, dict] = {}                 # symbol_id -> its latest complete bar (shortest timeframe)
         self.features: dict[int, int] = {}                  # symbol_id -> messages
         self.last_features: dict[int, dict] = {}
         self.names: dict[int, str] = {}
@@ -139,9 +139,10 @@ class SignalsWatch:
             if s.topic.startswith(BAR_TOPIC):
                 key = (sid, d.get("timeframe", ""))
                 self.bars.setdefault(key, set()).add(d.get("start_ns", 0))
-                if d.get("complete") is True:          # a bar that does not say so is not trusted whole
-                    self.complete_bars.setdefault(key, set()).add(d.get("start_ns", 0))
-                last = self.last_bar.get(sid)
+                if d.get("complete") is not True:      # a bar that does not say so is not trusted whole
+                    continue
+                self.complete_bars.setdefault(key, set()).add(d.get("start_ns", 0))
+                last = self.last_bar.get(sid)        # the live view's last bar: a whole one
                 if last is None or d.get("end_ns", 0) - d.get("start_ns", 0) <= last["end_ns"] - last["start_ns"]:
                     self.last_bar[sid] = d
             else:
