@@ -449,6 +449,7 @@ def test_the_summary_counts_partial_bars_apart_from_complete_ones():
     bars = summary["bars"]
     assert bars["bars_published"] == {"1s": 24}       # every bar the bus carried, as before
     assert (bars["bars_complete"], bars["bars_partial"]) == ({"1s": 12}, {"1s": 12})
+    assert bars["bars_partial_why"] == {"1s": {"start": 12}}     # what each partial bar said
 
 
 @pytest.mark.parametrize("times, reason", [

@@ -136,10 +136,16 @@ class BarService(ConsumerService):
         self.open_bars_at_exit = 0
         self._lost_seen = 0
         self._behind_since: int | None = None    # wall clock when the reader fell behind its ring
-        # live: bars has seen every record written since its reader attached (from the oldest, a
-        # backlog too; from the newest, only what follows), so the first loop turn, which comes
-        # after the attach, is when its watching began
+        # live: bars sees every record written since its reader attached (from the oldest, a backlog
+        # too), so its watching begins just before the attach (``run``); from the newest, records
+        # written before the attach are skipped, so at the first loop turn, which comes after it
         self._note_watching = not aggregator.close_on_trade_time and aggregator.watching_since_ns is None
+
+    def run(self) -> dict[str, Any]:
+        if self._note_watching and self.options.start == "oldest":
+            # a record written from here on is still in the ring when the reader attaches at its oldest
+            self._watching()
+        return super().run()
 
     def _watching(self) -> None:
         if self._note_watching:

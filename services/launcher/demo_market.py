@@ -120,6 +120,7 @@ class SignalsWatch:
         self.sub = sub
         self.bars: dict[tuple[int, str], set[int]] = {}     # (symbol_id, timeframe) -> bar starts
         self.complete_bars: dict[tuple[int, str], set[int]] = {}   # the same, complete bars only
+        self.partial_why: dict[str, dict[str, int]] = {}   # timeframe -> reason ("start", "end", ...) -> bars
         self.last_bar: dict[int, dict] = {}                 # symbol_id -> its latest complete bar (shortest timeframe)
         self.features: dict[int, int] = {}                  # symbol_id -> messages
         self.last_features: dict[int, dict] = {}
@@ -140,6 +141,9 @@ class SignalsWatch:
                 key = (sid, d.get("timeframe", ""))
                 self.bars.setdefault(key, set()).add(d.get("start_ns", 0))
                 if d.get("complete") is not True:      # a bar that does not say so is not trusted whole
+                    why = self.partial_why.setdefault(key[1], {})
+                    for reason in d.get("partial") or ["unsaid"]:
+                        why[reason] = why.get(reason, 0) + 1
                     continue
                 self.complete_bars.setdefault(key, set()).add(d.get("start_ns", 0))
                 last = self.last_bar.get(sid)        # the live view's last bar: a whole one
@@ -364,6 +368,7 @@ class MarketWatch:
         # short at the end) is shown apart and never fills a period
         f["bars_complete"] = self.signals.bars_complete()
         f["bars_partial"] = self.signals.bars_partial()
+        f["bars_partial_why"] = self.signals.partial_why
         try:
             from shmpipe_services.consumers.bars import DEFAULT_TIMEFRAMES, parse_timeframes
             timeframes = parse_timeframes(",".join(DEFAULT_TIMEFRAMES))
