@@ -26,11 +26,15 @@ STRATEGY_ID = "bar-breakout"
 
 def intent_for_bar(bar: dict[str, Any], qty: Decimal, threshold: Decimal = Decimal("0.01"), *,
                    limit_bps: Decimal | None = None, price_decimals: int = 2) -> dict | None:
-    """The intent this bar calls for, or None. Symbols the registry does not name are skipped."""
+    """The intent this bar calls for, or None. Symbols the registry does not name are skipped, and
+    so is a partial bar (``complete`` false: the bar consumer did not see its whole period)."""
     from shmpipe_services.trading.intents import new_intent
 
     if limit_bps is not None and not (limit_bps.is_finite() and limit_bps >= 0):
         raise ValueError(f"limit_bps must be a decimal >= 0, not {limit_bps}")
+    if bar.get("complete") is False:
+        return None
+
     symbol, open_, close = bar.get("symbol"), bar.get("open"), bar.get("close")
     if not symbol or not isinstance(open_, (int, float)) or not isinstance(close, (int, float)) or open_ <= 0:
         return None

@@ -275,3 +275,82 @@ def test_a_zero_size_trade_sets_no_high_and_no_close():
     (bar,) = agg.flush()
     assert (bar["high"], bar["close"], bar["volume"], bar["trades"]) == (101.0, 101.0, 3.0, 2)
     assert agg.zero_size == 1 and agg.rejected == 0
+
+
+# -- bars that did not see their whole period say so (flags; ``complete`` on the bus) -----------------
+def test_a_bar_for_a_period_under_way_when_bars_started_is_marked_partial():
+    """Wall clock: bars watched from 0.5 s into a second; that second's bar misses what came before."""
+    from shmpipe_services.consumers.bars import BAR_FLAG_PARTIAL_START
+    base = 1_700_000_100 * NS
+    agg = BarAggregator(parse_timeframes("1s,1m"), grace_s=0.0, watching_since_ns=base + 500_000_000)
+    agg.add(np.concatenate([tick(base + 600_000_000, 10.0), tick(base + NS + 200_000_000, 11.0)]))
+    closed = agg.advance(base + 2 * NS)
+    assert closed["start_ns"].tolist() == [base, base + NS]
+    assert closed["flags"].tolist() == [BAR_FLAG_PARTIAL_START, 0]
+    assert agg.bars_partial == 1
+    # the minute bars joined half-way: still partial when it closes
+    assert agg.advance(base + 60 * NS)["flags"].tolist() == [BAR_FLAG_PARTIAL_START]
+
+
+def test_a_trade_from_before_bars_started_does_not_make_its_bar_complete():
+    """A trade stamped before bars started (it came late over the wire) is in the ring's backlog:
+    the coverage starts at the first record read, and that record's period is partial."""
+    from shmpipe_services.consumers.bars import BAR_FLAG_PARTIAL_START
+    base = 1_700_000_100 * NS
+    agg = BarAggregator(parse_timeframes("1s"), grace_s=0.0, watching_since_ns=base + 3 * NS)
+    agg.add(np.concatenate([tick(base + 300, 10.0), tick(base + NS, 11.0)]))
+    closed = agg.advance(base + 3 * NS)
+    assert closed["flags"].tolist() == [BAR_FLAG_PARTIAL_START, 0]     # [base+1s) starts at the first record
+
+
+def test_a_replay_marks_its_first_and_last_periods_partial_and_a_quote_counts_as_seen():
+    from shmpipe_services.consumers.bars import BAR_FLAG_PARTIAL_END, BAR_FLAG_PARTIAL_START
+    base = 1_700_000_100 * NS
+    agg = BarAggregator(parse_timeframes("1s"), grace_s=0.0, close_on_trade_time=True)
+    closed = agg.add(np.concatenate([tick(base + 300, 10.0), tick(base + NS + 5, 11.0), tick(base + 2 * NS + 7, 12.0)]))
+    closed = np.concatenate([closed, agg.flush()])
+    # the recording began 300 ns into its first second and ended 7 ns into its last
+    assert closed["start_ns"].tolist() == [base, base + NS, base + 2 * NS]
+    assert closed["flags"].tolist() == [BAR_FLAG_PARTIAL_START, 0, BAR_FLAG_PARTIAL_END]
+    # a quote exactly on the boundary, before any trade: bars saw that second from its start
+    agg = BarAggregator(parse_timeframes("1s"), grace_s=0.0, close_on_trade_time=True)
+    agg.add(np.concatenate([tick(base, 9.0, flags=TICK_FLAG_QUOTE), tick(base + 300, 10.0)]))
+    agg.add(tick(base + NS, 10.5, flags=TICK_FLAG_QUOTE))        # the stream reached the end of that second
+    assert agg.flush()["flags"].tolist() == [0]
+
+
+def test_records_lost_while_a_bar_was_open_mark_it_partial():
+    from shmpipe_services.consumers.bars import BAR_FLAG_RECORDS_LOST
+    base = 1_700_000_100 * NS
+    agg = BarAggregator(parse_timeframes("1s,1m"), grace_s=0.0, watching_since_ns=base)
+    agg.add(tick(base + 100, 10.0))
+    agg.records_lost_after(base + 100)           # a lapped reader: what came between is gone
+    agg.add(tick(base + 2 * NS + 100, 11.0))      # the first record after the loss
+    closed = agg.advance(base + 3 * NS)
+    by_start = {(int(b["timeframe_s"]), int(b["start_ns"])): int(b["flags"]) for b in closed}
+    assert by_start == {(1, base): BAR_FLAG_RECORDS_LOST, (1, base + 2 * NS): BAR_FLAG_RECORDS_LOST}
+    agg.add(tick(base + 3 * NS + 1, 12.0))
+    assert agg.advance(base + 4 * NS)["flags"].tolist() == [0]
+    assert agg.advance(base + 60 * NS)["flags"].tolist() == [BAR_FLAG_RECORDS_LOST]
+
+
+def test_a_late_trade_for_a_closed_period_never_lands_in_another_bar():
+    agg = BarAggregator(parse_timeframes("1s"), grace_s=0.0, watching_since_ns=0)
+    base = 1_700_000_000 * NS
+    agg.add(tick(base + 10, 10.0, sid=1))
+    agg.advance(base + 2 * NS)                    # [base, base+1s) and [base+1s, base+2s) closed
+    agg.add(np.concatenate([tick(base + NS + 5, 50.0, sid=2),     # symbol 2 had no bar there: still late
+                            tick(base + 20, 60.0, sid=1), tick(base + 2 * NS + 1, 11.0, sid=1)]))
+    assert agg.late == {"1s": 2}
+    (bar,) = agg.advance(base + 3 * NS)
+    assert (bar["symbol_id"], bar["start_ns"], bar["high"], bar["trades"]) == (1, base + 2 * NS, 11.0, 1)
+
+
+def test_an_unstamped_record_does_not_open_the_coverage():
+    """A record with timestamp 0 (no time) read first must not make every later bar complete."""
+    from shmpipe_services.consumers.bars import BAR_FLAG_PARTIAL_START
+    base = 1_700_000_100 * NS
+    agg = BarAggregator(parse_timeframes("1s"), grace_s=0.0, close_on_trade_time=True)
+    (first,) = agg.add(np.concatenate([tick(0, 9.0, flags=TICK_FLAG_QUOTE), tick(base + 300, 10.0),
+                                       tick(base + NS, 11.0)]))
+    assert (first["start_ns"], first["flags"]) == (base, BAR_FLAG_PARTIAL_START)

@@ -80,7 +80,8 @@ def test_a_live_bar_closes_on_the_wall_clock_and_sigterm_ends_with_counters(tick
                                 "start_ns": second, "end_ns": second + NS, "open": 10.5, "high": 12.25,
                                 "low": 10.5, "close": 11.0, "volume": 6.0,
                                 "vwap": pytest.approx((10.5 * 2 + 12.25 + 11 * 3) / 6), "trades": 3,
-                                "first_ns": second + 10, "last_ns": second + 30}
+                                "first_ns": second + 10, "last_ns": second + 30,
+                                "complete": True, "partial": []}     # bars was up before that second began
             assert bar.ts_ns >= second + NS            # published after its interval ended
             status = control.request(name, "status")
             assert (status["state"], status["consumed"], status["trades"], status["lost"]) == ("running", 4, 3, 0)
@@ -358,3 +359,154 @@ def test_bars_from_a_level_update_ring_carry_the_venues_exact_prices(ring_name, 
     closes = sorted((m.data["symbol_id"], m.data["start_ns"], m.data["close"]) for m in got)
     assert closes == sorted((int(b["symbol_id"]), int(b["start_ns"]), float(b["close"])) for b in want)
     assert 192.8925 in [c for _, _, c in closes]
+
+
+def test_a_bars_process_that_starts_mid_period_publishes_that_bar_marked_partial(tick_ring, private_runtime_dir,
+                                                                                  tmp_path):
+    """The producer ran before bars: the second it was in when bars read its first record is
+    published with complete false (partial: start); the next second, seen whole, complete."""
+    sid = shmpipe.symbols.id_of("test-bars", "AAA")
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    db = tmp_path / "bars.sqlite"
+    name = unique_name()
+    with tick_ring.producer() as out:
+        t0 = time.time_ns()
+        if t0 % NS == 0:                      # a trade exactly on the boundary would open its second
+            t0 += 1
+        second = t0 - t0 % NS
+        out.write_batch(trades([t0], [10.0], [1.0], sid))       # in the ring before bars starts
+        # a grace of 60 s: no bar closes on the wall clock here; the producer's leaving closes them
+        proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--timeframes", "1s", "--grace", "60",
+                         "--sqlite", str(db), "--name", name, "--json")
+        try:
+            with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
+                wait_for_heartbeat(sub, proc, name)
+                out.write_batch(trades([second + NS + 10, second + NS + 20], [11.0, 12.0], [1.0, 2.0], sid))
+                quote = trades([second + 2 * NS + 5], [12.5], [0.0], sid)
+                quote["flags"] = TICK_FLAG_QUOTE          # the stream went past the end of that second
+                out.write_batch(quote)
+                out.close()
+                got = receive(sub, "market.bar.1s", 2, proc)
+                code, counters, err = finish(proc)
+        finally:
+            stop(proc)
+    assert code == 0, err
+    by_start = {m.data["start_ns"]: m.data for m in got}
+    assert sorted(by_start) == [second, second + NS]
+    first, whole = by_start[second], by_start[second + NS]
+    assert (first["complete"], first["partial"], first["trades"]) == (False, ["start"], 1)
+    assert (whole["complete"], whole["partial"], whole["trades"], whole["close"]) == (True, [], 2, 12.0)
+    assert counters["bars"] == 2 and counters["partial_bars"] == 1
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT start_ns, complete FROM bars ORDER BY start_ns").fetchall()
+    assert rows == [(second, 0), (second + NS, 1)]
+
+
+def test_bars_open_across_records_lost_by_a_lapped_reader_are_marked_partial(ring_name, private_runtime_dir):
+    """A lossy ring laps the paused reader: the bar of the period the lost records fell in says
+    "lost"; a second seen whole before the loss stays complete."""
+    name = unique_name()
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    base = 1_700_000_100 * NS                   # a whole 5 minutes
+    with shmpipe.Ring.create(ring_name, TICK, 1 << 10, broadcast=True, policy="lossy") as ring:
+        proc = spawn_cli("bars", "--ticks", ring_name, "--pub", pub, "--clock", "trades", "--name", name, "--json")
+        try:
+            with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
+                wait_for_heartbeat(sub, proc, name)
+                with ring.producer() as out:
+                    seen = np.concatenate([trades([base], [9.0], [0.0], 1), trades([base + 10], [10.0], [1.0], 1),
+                                           trades([base + 2 * NS], [9.5], [0.0], 1)])
+                    seen["flags"][[0, 2]] = TICK_FLAG_QUOTE      # quotes: the stream from base to base + 2 s
+                    out.write_batch(seen)
+                    deadline = time.monotonic() + 20
+                    while control.request(name, "status")["consumed"] < 3 and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    assert control.request(name, "pause")["state"] == "paused"
+                    total = 5 * (1 << 10)         # laps the paused reader: a lossy producer never waits
+                    out.write_batch(trades(base + 3 * NS + np.arange(total), np.ones(total), np.ones(total), 1))
+                    assert control.request(name, "resume")["state"] == "running"
+                code, counters, err = finish(proc)
+                got = receive(sub, "market.bar.", counters.get("bars", -1), proc)
+        finally:
+            stop(proc)
+            ring.unlink()
+    assert code == 0, err
+    assert counters["lost"] > 0
+    by_key = {(m.data["timeframe"], m.data["start_ns"]): m.data for m in got}
+    assert by_key[("1s", base)]["complete"] is True and by_key[("1s", base)]["trades"] == 1
+    assert "lost" in by_key[("1s", base + 3 * NS)]["partial"] and not by_key[("1s", base + 3 * NS)]["complete"]
+    assert "lost" in by_key[("5m", base)]["partial"]
+    assert counters["partial_bars"] == counters["bars"] - 1 == 3
+
+
+def test_a_backlog_is_read_before_the_wall_clock_closes_its_bars(tick_ring, private_runtime_dir, tmp_path):
+    """Bars starts on a ring that already holds two whole seconds of trades, seconds old, and reads
+    them 100 at a time: the wall clock has passed both seconds, yet no bar closes before the backlog
+    is read, so each bar holds all its trades (none late) instead of the first batch's share
+    published as complete."""
+    sid = shmpipe.symbols.id_of("test-bars", "AAA")
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    db = tmp_path / "bars.sqlite"
+    name = unique_name()
+    second = (time.time_ns() // NS - 3) * NS
+    n = 150
+    backlog = np.concatenate([trades([second], [9.0], [0.0], sid),
+                              trades(second + np.arange(n) * 1000, np.full(n, 10.0), np.ones(n), sid),
+                              trades(second + NS + np.arange(n) * 1000, np.full(n, 11.0), np.ones(n), sid),
+                              trades([second + 2 * NS], [11.5], [0.0], sid)])
+    backlog["flags"][[0, -1]] = TICK_FLAG_QUOTE        # the stream from `second` to the end of the next
+    with tick_ring.producer() as out:
+        out.write_batch(backlog)
+        # the bars go to SQLite: they are out before a subscriber could have joined the bus
+        proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--timeframes", "1s", "--grace", "0.2",
+                         "--batch", "100", "--sqlite", str(db), "--name", name, "--json")
+        try:
+            deadline = time.monotonic() + 30
+            status = {}
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    status = control.request(name, "status", timeout=1.0)
+                except Exception:  # noqa: BLE001 - not up yet
+                    status = {}
+                if status.get("consumed") == len(backlog) and status.get("open_bars") == 0:
+                    break
+                time.sleep(0.05)
+            code, counters, err = sigterm_and_counters(proc)
+        finally:
+            stop(proc)
+    assert code == 0, err
+    assert counters["consumed"] == len(backlog) and counters["late"] == 0, counters
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT start_ns, trades, complete FROM bars ORDER BY start_ns").fetchall()
+    assert rows == [(second, n, 1), (second + NS, n, 1)]
+
+
+def test_a_reader_from_the_newest_record_marks_the_second_whose_start_it_skipped_partial(tick_ring,
+                                                                                         private_runtime_dir):
+    """--start newest skips the ring's backlog: a trade of the same second that comes after the
+    attach does not make that second's bar complete."""
+    sid = shmpipe.symbols.id_of("test-bars", "AAA")
+    pub = f"ipc://{private_runtime_dir}/bars.pub"
+    name = unique_name()
+    with tick_ring.producer() as out:
+        t0 = time.time_ns() | 1                          # never exactly on a second's boundary
+        second = t0 - t0 % NS
+        out.write_batch(trades([t0], [10.0], [1.0], sid))          # skipped by the reader
+        proc = spawn_cli("bars", "--ticks", tick_ring.name, "--pub", pub, "--timeframes", "1s", "--grace", "60",
+                         "--start", "newest", "--name", name, "--json")
+        try:
+            with signals.SignalSubscriber(pub, topics=["market.bar.", "system.heartbeat"]) as sub:
+                wait_for_heartbeat(sub, proc, name)
+                later = trades([t0 + 1, second + NS + 10], [11.0, 12.0], [1.0, 1.0], sid)
+                end = trades([second + 2 * NS], [12.5], [0.0], sid)
+                end["flags"] = TICK_FLAG_QUOTE
+                out.write_batch(np.concatenate([later, end]))
+                out.close()
+                got = receive(sub, "market.bar.1s", 2, proc)
+                code, counters, err = finish(proc)
+        finally:
+            stop(proc)
+    assert code == 0, err
+    assert counters["consumed"] == 3
+    assert sorted((m.data["start_ns"], m.data["trades"], m.data["complete"]) for m in got) == [
+        (second, 1, False), (second + NS, 1, True)]

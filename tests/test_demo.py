@@ -308,6 +308,12 @@ def test_the_demo_shows_a_market_whose_books_bars_and_features_hold(tmp_path):
     # whose snapshot the order book missed
     assert bars["late"] <= 0.001 * bars["trades"] and book["entries_before_first_valid"] == 0
     assert bars["bars_published"]["1s"] >= 8 * 3 and "bars_missing" not in bars
+    # bars was up before the market opened: its seconds are whole; a 6 s run sees no minute whole,
+    # so any 1m or 5m bar it shows (a boundary crossed) says it is partial
+    assert bars["bars_complete"]["1s"] >= 8 * 3
+    for tf in ("1m", "5m"):
+        assert bars["bars_complete"].get(tf, 0) == 0
+        assert bars["bars_partial"].get(tf, 0) == bars["bars_published"].get(tf, 0)
     assert features["symbols_with_features"] == 8 and features["published"] >= 8
     assert 0 < verify["event_to_read_p50_us"] <= verify["event_to_read_p99_us"] < 5_000_000
 
@@ -377,14 +383,39 @@ GOOD_BOOKS = {"entries_read": 1000, "entries_invalid": 0, "entries_before_first_
               "symbols": 2, "symbols_never_valid": 0}
 
 
-def _signals(bars_for=(1, 2), features_for=(1, 2)):
-    """A SignalsWatch that saw 1 s bars from 9 s to 20 s for bars_for, features for features_for."""
+class _Sub:
+    """What a SignalSubscriber would receive, handed out one message at a time."""
+
+    def __init__(self, messages):
+        self.messages = list(messages)
+
+    def recv(self, timeout=None):
+        return self.messages.pop(0) if self.messages else None
+
+    def close(self):
+        pass
+
+
+def _bar(sid, start_s, complete=True):
+    from types import SimpleNamespace
+    return SimpleNamespace(topic="market.bar.1s", data={
+        "symbol_id": sid, "symbol": f"SYN000{sid - 1}", "timeframe": "1s", "start_ns": start_s * 10**9,
+        "end_ns": (start_s + 1) * 10**9, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0,
+        "complete": complete, "partial": [] if complete else ["start"]})
+
+
+def _signals(bars_for=(1, 2), features_for=(1, 2), partial_for=()):
+    """A SignalsWatch that saw 1 s bars from 9 s to 20 s for bars_for (marked partial for
+    partial_for), features for features_for."""
+    from types import SimpleNamespace
+
     from shmpipe_services.launcher.demo_market import SignalsWatch
 
-    s = SignalsWatch.__new__(SignalsWatch)
-    s.bars = {(sid, "1s"): {t * 10**9 for t in range(9, 21)} for sid in bars_for}
-    s.features = {sid: 5 for sid in features_for}
-    s.last_bar, s.last_features, s.names = {}, {}, {}
+    messages = [_bar(sid, t, complete=sid not in partial_for) for sid in bars_for for t in range(9, 21)]
+    messages += [SimpleNamespace(topic="signal.features", data={"symbol_id": sid})
+                 for sid in features_for for _ in range(5)]
+    s = SignalsWatch(_Sub(messages))
+    s.poll()
     return s
 
 
@@ -397,8 +428,10 @@ NO_LATE = {"trades": 10_000, "late": 0, "late_1s": 0}
     ({**GOOD_BOOKS, "symbols_never_valid": 1}, NO_LATE, {}, "1 book(s) never had a valid entry"),
     (GOOD_BOOKS, {"trades": 10_000, "late": 11, "late_1s": 11}, {}, "11 of 10,000 trades (0.11%) came late"),
     (GOOD_BOOKS, NO_LATE, {"bars_for": (1,)}, "bars missing for closed periods: SYN0001 8"),
+    # bars published, but bars did not see their periods whole: they do not count for them
+    (GOOD_BOOKS, NO_LATE, {"partial_for": (2,)}, "bars missing for closed periods: SYN0001 8"),
     (GOOD_BOOKS, NO_LATE, {"features_for": (2,)}, "published nothing for 1 symbol(s): SYN0000"),
-], ids=["good", "valid-share", "never-valid", "late", "bars-missing", "features-silent"])
+], ids=["good", "valid-share", "never-valid", "late", "bars-missing", "bars-partial", "features-silent"])
 def test_each_market_condition_fails_the_run(books, bars, signals, reason):
     w = _watch(_Books(books), _signals(**signals))
     summary = {"orderbook": {"checksums_verified": 5}, "bars": dict(bars), "features": {"skipped_invalid": 0}}
@@ -407,6 +440,16 @@ def test_each_market_condition_fails_the_run(books, bars, signals, reason):
         assert problems == []
     else:
         assert len(problems) == 1 and reason in problems[0], problems
+
+
+def test_the_summary_counts_partial_bars_apart_from_complete_ones():
+    w = _watch(_Books(GOOD_BOOKS), _signals(partial_for=(2,)))
+    summary = {"bars": dict(NO_LATE)}
+    w.judge(summary, {"bars": {"trades": 0, "late": 0, "late_1s": 0}})
+    bars = summary["bars"]
+    assert bars["bars_published"] == {"1s": 24}       # every bar the bus carried, as before
+    assert (bars["bars_complete"], bars["bars_partial"]) == ({"1s": 12}, {"1s": 12})
+    assert bars["bars_partial_why"] == {"1s": {"start": 12}}     # what each partial bar said
 
 
 @pytest.mark.parametrize("times, reason", [
@@ -451,3 +494,12 @@ def test_the_live_view_shows_each_symbols_touch_last_bar_and_features():
         assert shown in row1, (shown, row1)
     row2 = next(line for line in text.splitlines() if "SYN0001" in line)
     assert "INVALID (0x09)" in row2 and "110.00" in row2 and "0.01" in row2
+
+
+def test_the_live_views_last_bar_is_a_complete_one():
+    """A partial bar (the period cut short at the end) is not shown as the symbol's last bar."""
+    from shmpipe_services.launcher.demo_market import SignalsWatch
+
+    s = SignalsWatch(_Sub([_bar(1, 9), _bar(1, 10, complete=False)]))
+    s.poll()
+    assert s.last_bar[1]["start_ns"] == 9 * 10**9

@@ -67,3 +67,10 @@ def test_the_strategy_process_publishes_intents_from_bars(private_runtime_dir):
         bars.close()
         bus.close()
     assert child.returncode == 0, err.decode()
+
+
+def test_a_partial_bar_calls_for_nothing():
+    """A bar whose period the bar consumer did not see whole (complete false) is no breakout."""
+    partial = {**bar(100.0, 102.0), "complete": False, "partial": ["start"]}
+    assert intent_for_bar(partial, Decimal(1)) is None
+    assert intent_for_bar({**partial, "complete": True, "partial": []}, Decimal(1))["side"] == "buy"

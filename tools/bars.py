@@ -22,11 +22,14 @@ def add_parser(sub) -> None:
         "and builds OHLCV + VWAP + trade-count bars per symbol and timeframe, aligned to the epoch on the\n"
         "trades' exchange time. A bar closes when its interval has ended plus --grace, by the wall clock\n"
         "(default, live feeds: it closes even if no trade follows) or by the trades' own time\n"
-        "(--clock trades, for replays). Late trades for a closed bar are counted, not merged; a bar\n"
+        "(--clock trades, for replays); while a backlog is read (full batches) the wall clock waits, up to\n"
+        "5 s. Late trades for a closed bar are counted, not merged; a bar\n"
         "without trades is not emitted. Each bar is one message on topic market.bar.<tf> (msgpack\n"
         "envelope, see shmpipe.signals). Ends when the producer has gone and the ring is drained\n"
         "(closing the open bars), on 'stop' or SIGTERM/SIGINT (open bars are not published), then\n"
-        "prints its counters.")
+        "prints its counters. A bar whose period bars did not see whole (under way when it started, cut\n"
+        "short when the producer left, records lost) is published with complete false and partial\n"
+        "saying why (start, end, lost), and counted in partial_bars.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--ticks", metavar="RING", help="ring of shmpipe.records.TICK (f32 trade prices)")
     source.add_argument("--levels", metavar="RING",

@@ -140,6 +140,11 @@ def _market_text(summary: dict, faults: list | None) -> str:
             share = s.get("late_share")
             window = (f"while every stage was up {s['late_while_up']:,} of {s['trades_while_up']:,}"
                       if "trades_while_up" in s else "")
+            # a partial bar (its period under way when bars started, or cut short at the end) is not
+            # a bar of that period: say how many of each
+            partial = ", ".join(f"{k} {v:,}" for k, v in sorted(s.get("bars_partial", {}).items()) if v)
+            if "bars_partial" in s:
+                per_tf += f" ({'partial ' + partial if partial else 'all complete'})"
             lines.append(f"{name}: bars published {per_tf or 'none'}; {s['trades']:,} trades, {s['late']:,} late "
                          f"in all ({window}, {'-' if share is None else f'{share:.3%}'})")
         if "skipped_invalid" in s:

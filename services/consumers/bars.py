@@ -27,6 +27,14 @@ each trade advances the clock to the latest timestamp seen, for replays and reco
 for a bar already closed is late: counted in ``late`` per timeframe, never merged into a bar that
 was already published. A bar with no trades is not emitted (there is nothing to say about it; a
 subscriber that wants flat bars fills them from the previous close).
+
+Partial bars: a bar is published with ``flags`` set when its aggregator did not see all of its period:
+``BAR_FLAG_PARTIAL_START`` when the period began before the stream was watched (the first record read,
+of any kind, or, live, ``watching_since_ns``: the wall clock when the reader attached, whichever is
+earlier; a period that starts exactly at it is whole), ``BAR_FLAG_PARTIAL_END`` when ``flush`` closed it
+before the stream reached its end (the latest record's time), ``BAR_FLAG_RECORDS_LOST`` when records were
+lost (``records_lost_after``) between the last record before the loss and the first after it. A bar
+with none of these is ``complete``; ``bars_partial`` counts the others.
 """
 from __future__ import annotations
 
@@ -42,7 +50,18 @@ BAR = np.dtype([
     ("symbol_id", "<u4"), ("timeframe_s", "<u4"), ("start_ns", "<u8"), ("end_ns", "<u8"),
     ("open", "<f8"), ("high", "<f8"), ("low", "<f8"), ("close", "<f8"),
     ("volume", "<f8"), ("vwap", "<f8"), ("trades", "<u4"), ("first_ns", "<u8"), ("last_ns", "<u8"),
+    ("flags", "<u4"),            # BAR_FLAG_*: 0 is a complete bar
 ])
+
+
+def partial_reasons(flags: int) -> list[str]:
+    """A bar's flags as words: [] for a complete bar, else some of "start", "end", "lost"."""
+    return [word for bit, word in PARTIAL_REASONS if flags & bit]
+BAR_FLAG_PARTIAL_START = 1    # its period began before the stream was watched: trades before that are missing
+BAR_FLAG_PARTIAL_END = 2      # the stream ended before its period did
+BAR_FLAG_RECORDS_LOST = 4     # records were lost (a lapped reader) while its period was under way
+PARTIAL_REASONS = ((BAR_FLAG_PARTIAL_START, "start"), (BAR_FLAG_PARTIAL_END, "end"),
+                   (BAR_FLAG_RECORDS_LOST, "lost"))
 DEFAULT_TIMEFRAMES = ("1s", "1m", "5m")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TIMEFRAME = re.compile(r"([1-9][0-9]{0,5})([smhd])")
@@ -79,7 +98,10 @@ class _Timeframe:
 
 class BarAggregator:
     def __init__(self, timeframes: list[tuple[str, int]] | None = None, *, grace_s: float = 0.5,
-                 close_on_trade_time: bool = False) -> None:
+                 close_on_trade_time: bool = False, watching_since_ns: int | None = None) -> None:
+        """``watching_since_ns``: the time (the trades' clock) from which the caller saw every record
+        the stream carries, e.g. the wall clock when a live reader attached at the ring's oldest record;
+        None: from the first record ``add`` is given (a replay)."""
         if timeframes is None:
             timeframes = parse_timeframes(",".join(DEFAULT_TIMEFRAMES))
         if not timeframes:
@@ -94,6 +116,11 @@ class BarAggregator:
         self.rejected = 0            # trades with a price or size no bar can hold
         self.zero_size = 0           # trades of size 0: no volume, no high, no close
         self.bars_closed = 0
+        self.bars_partial = 0
+        self.watching_since_ns = watching_since_ns
+        self.seen_from_ns: int | None = None   # trades from here on are all in the stream
+        self.seen_to_ns = 0                     # the latest record's time (any record, not only trades)
+        self.lost_spans: list[list[int | None]] = []   # [after_ns, until_ns or None while unknown]
 
     @property
     def late(self) -> dict[str, int]:
@@ -107,6 +134,8 @@ class BarAggregator:
         """Fold a batch of Ticks (quotes are ignored) or LevelUpdates (only trade records count) in.
         Returns the bars this closed: with ``close_on_trade_time``, those the batch's trades moved
         past; else none (``advance``)."""
+        if len(records):
+            self._saw(records)
         if records.dtype == LEVEL_UPDATE:
             trades = records[records["action"] == ACTION_TRADE]
             price, size = trades["price"], trades["size"]
@@ -147,6 +176,39 @@ class BarAggregator:
                 self._fold(tf, sid, start, ts, price, size)
         self.watermark_ns = max(self.watermark_ns, int(ts.max()))
         return self.advance(self.watermark_ns) if self.close_on_trade_time else np.empty(0, BAR)
+
+    def _saw(self, records: np.ndarray) -> None:
+        stamps = records["timestamp_ns"]
+        stamps = stamps[stamps != 0]             # an unstamped record says nothing about when
+        if len(stamps) == 0:
+            return
+        if self.seen_from_ns is None:
+            first = int(stamps[0])
+            self.seen_from_ns = first if self.watching_since_ns is None else min(first, int(self.watching_since_ns))
+        if self.lost_spans and self.lost_spans[-1][1] is None:
+            self.lost_spans[-1][1] = int(stamps[0])
+        self.seen_to_ns = max(self.seen_to_ns, int(stamps.max()))
+
+    def records_lost_after(self, after_ns: int | None = None) -> None:
+        """Records were lost after the one stamped ``after_ns`` (default: the latest seen) and before
+        the next ``add``: every bar whose period overlaps that span is flagged BAR_FLAG_RECORDS_LOST."""
+        after = self.seen_to_ns if after_ns is None else int(after_ns)
+        if self.lost_spans and self.lost_spans[-1][1] is None:
+            return                               # the same span, still open
+        self.lost_spans.append([after, None])
+
+    def _flags(self, start: int, end: int, cut_short: bool) -> int:
+        flags = 0
+        if self.seen_from_ns is None or start < self.seen_from_ns:
+            flags |= BAR_FLAG_PARTIAL_START
+        if cut_short and end > self.seen_to_ns:
+            flags |= BAR_FLAG_PARTIAL_END
+        for after, until in self.lost_spans:
+            lo, hi = (after, after) if until is None else (min(after, until), max(after, until))
+            if start <= hi and end > lo:
+                flags |= BAR_FLAG_RECORDS_LOST
+                break
+        return flags
 
     def _fold(self, tf: _Timeframe, sid: np.ndarray, start: np.ndarray, ts: np.ndarray,
               price: np.ndarray, size: np.ndarray) -> None:
@@ -195,25 +257,36 @@ class BarAggregator:
                 continue
             tf.horizon_ns = horizon
             done = [key for key in tf.open_bars if key[1] + tf.ns <= horizon]
-            closed.extend((tf, key, tf.open_bars.pop(key)) for key in done)
-        return self._as_bars(closed)
+            closed.extend((tf, key, tf.open_bars.pop(key), False) for key in done)
+        out = self._as_bars(closed)
+        self._forget_lost_spans()
+        return out
+
+    def _forget_lost_spans(self) -> None:
+        # a span every timeframe has closed past can flag no bar any more (a late trade opens none)
+        oldest = min((tf.horizon_ns for tf in self.timeframes), default=0)
+        self.lost_spans = [s for s in self.lost_spans if s[1] is None or max(s) >= oldest]
 
     def flush(self) -> np.ndarray:
-        """Close every open bar (the stream has ended: no trade can still join them)."""
+        """Close every open bar (the stream has ended: no trade can still join them). One whose
+        period the stream did not reach the end of is flagged BAR_FLAG_PARTIAL_END."""
         closed = []
         for tf in self.timeframes:
             for key, bar in tf.open_bars.items():
-                closed.append((tf, key, bar))
+                closed.append((tf, key, bar, True))
                 tf.horizon_ns = max(tf.horizon_ns, key[1] + tf.ns)
             tf.open_bars = {}
         return self._as_bars(closed)
 
     def _as_bars(self, closed: list) -> np.ndarray:
         out = np.empty(len(closed), BAR)
-        for i, (tf, (sid, start), b) in enumerate(closed):
+        for i, (tf, (sid, start), b, cut_short) in enumerate(closed):
             vwap = b[5] / b[4] if b[4] > 0 else float("nan")
-            out[i] = (sid, tf.ns // NS, start, start + tf.ns, b[0], b[1], b[2], b[3], b[4], vwap, b[6], b[7], b[8])
+            flags = self._flags(start, start + tf.ns, cut_short)
+            out[i] = (sid, tf.ns // NS, start, start + tf.ns, b[0], b[1], b[2], b[3], b[4], vwap, b[6], b[7], b[8],
+                      flags)
         self.bars_closed += len(out)
+        self.bars_partial += int(np.count_nonzero(out["flags"]))
         if len(out) > 1:
             out = out[np.lexsort((out["symbol_id"], out["timeframe_s"], out["end_ns"]))]
         return out
@@ -225,4 +298,5 @@ class BarAggregator:
         raise KeyError(timeframe_s)
 
 
-__all__ = ["BAR", "DEFAULT_TIMEFRAMES", "BarAggregator", "TimeframeError", "parse_timeframes"]
+__all__ = ["BAR", "BAR_FLAG_PARTIAL_END", "BAR_FLAG_PARTIAL_START", "BAR_FLAG_RECORDS_LOST", "DEFAULT_TIMEFRAMES",
+           "BarAggregator", "TimeframeError", "parse_timeframes", "partial_reasons"]

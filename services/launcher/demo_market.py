@@ -108,14 +108,20 @@ class BooksWatch:
 
 
 class SignalsWatch:
-    """Every bar and features message on the pipeline's signals bus, per symbol."""
+    """Every bar and features message on the pipeline's signals bus, per symbol. A bar counts for
+    its period only if it says it is complete (bars saw the whole period); partial ones (the period
+    was under way when bars started, or the run ended inside it) are counted apart."""
 
-    def __init__(self) -> None:
-        from shmpipe import signals
+    def __init__(self, sub=None) -> None:
+        if sub is None:
+            from shmpipe import signals
 
-        self.sub = signals.SignalSubscriber(topics=(BAR_TOPIC, FEATURES_TOPIC))
+            sub = signals.SignalSubscriber(topics=(BAR_TOPIC, FEATURES_TOPIC))
+        self.sub = sub
         self.bars: dict[tuple[int, str], set[int]] = {}     # (symbol_id, timeframe) -> bar starts
-        self.last_bar: dict[int, dict] = {}                 # symbol_id -> its latest bar (shortest timeframe)
+        self.complete_bars: dict[tuple[int, str], set[int]] = {}   # the same, complete bars only
+        self.partial_why: dict[str, dict[str, int]] = {}   # timeframe -> reason ("start", "end", ...) -> bars
+        self.last_bar: dict[int, dict] = {}                 # symbol_id -> its latest complete bar (shortest timeframe)
         self.features: dict[int, int] = {}                  # symbol_id -> messages
         self.last_features: dict[int, dict] = {}
         self.names: dict[int, str] = {}
@@ -132,8 +138,15 @@ class SignalsWatch:
             if d.get("symbol"):
                 self.names[sid] = d["symbol"]
             if s.topic.startswith(BAR_TOPIC):
-                self.bars.setdefault((sid, d.get("timeframe", "")), set()).add(d.get("start_ns", 0))
-                last = self.last_bar.get(sid)
+                key = (sid, d.get("timeframe", ""))
+                self.bars.setdefault(key, set()).add(d.get("start_ns", 0))
+                if d.get("complete") is not True:      # a bar that does not say so is not trusted whole
+                    why = self.partial_why.setdefault(key[1], {})
+                    for reason in d.get("partial") or ["unsaid"]:
+                        why[reason] = why.get(reason, 0) + 1
+                    continue
+                self.complete_bars.setdefault(key, set()).add(d.get("start_ns", 0))
+                last = self.last_bar.get(sid)        # the live view's last bar: a whole one
                 if last is None or d.get("end_ns", 0) - d.get("start_ns", 0) <= last["end_ns"] - last["start_ns"]:
                     self.last_bar[sid] = d
             else:
@@ -145,20 +158,33 @@ class SignalsWatch:
 
     def missing_bars(self, symbol_ids: list[int], timeframe: str, tf_ns: int, from_ns: int,
                      to_ns: int) -> dict[int, int]:
-        """Per symbol, how many periods of ``timeframe`` wholly inside [from_ns, to_ns) had no bar."""
+        """Per symbol, how many periods of ``timeframe`` wholly inside [from_ns, to_ns) had no
+        complete bar."""
         first = -(-from_ns // tf_ns) * tf_ns
         starts = range(first, to_ns - tf_ns + 1, tf_ns)
         out = {}
         for sid in symbol_ids:
-            got = self.bars.get((sid, timeframe), set())
+            got = self.complete_bars.get((sid, timeframe), set())
             n = sum(1 for s in starts if s not in got)
             if n:
                 out[sid] = n
         return out
 
     def bars_published(self) -> dict[str, int]:
+        """Per timeframe, every bar seen, complete or not."""
+        return self._per_timeframe(self.bars)
+
+    def bars_complete(self) -> dict[str, int]:
+        return self._per_timeframe(self.complete_bars)
+
+    def bars_partial(self) -> dict[str, int]:
+        complete = self.bars_complete()
+        return {tf: n - complete.get(tf, 0) for tf, n in self.bars_published().items()}
+
+    @staticmethod
+    def _per_timeframe(bars: dict[tuple[int, str], set[int]]) -> dict[str, int]:
         out: dict[str, int] = {}
-        for (_sid, tf), starts in self.bars.items():
+        for (_sid, tf), starts in bars.items():
             out[tf] = out.get(tf, 0) + len(starts)
         return out
 
@@ -338,6 +364,11 @@ class MarketWatch:
         if self.signals is None:
             return out + [f"{stage}: the signals bus could not be read, so its bars are unchecked"]
         f["bars_published"] = self.signals.bars_published()
+        # only a complete bar stands for its period; a partial one (under way when bars started, cut
+        # short at the end) is shown apart and never fills a period
+        f["bars_complete"] = self.signals.bars_complete()
+        f["bars_partial"] = self.signals.bars_partial()
+        f["bars_partial_why"] = self.signals.partial_why
         try:
             from shmpipe_services.consumers.bars import DEFAULT_TIMEFRAMES, parse_timeframes
             timeframes = parse_timeframes(",".join(DEFAULT_TIMEFRAMES))
@@ -352,7 +383,7 @@ class MarketWatch:
                 missing_total[name_of.get(sid, str(sid))] = missing_total.get(name_of.get(sid, str(sid)), 0) + n
         if missing_total:
             f["bars_missing"] = missing_total
-            out.append(f"{stage}: bars missing for closed periods: "
+            out.append(f"{stage}: complete bars missing for closed periods: "
                        + ", ".join(f"{k} {v}" for k, v in sorted(missing_total.items())))
         return out
 

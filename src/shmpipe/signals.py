@@ -13,9 +13,12 @@ Payloads (``data``) of the consumers' topics (services/consumers; every key alwa
     market.bar.<tf>   {"symbol_id": int, "exchange": str|None, "symbol": str|None, "timeframe": str,
                        "start_ns": int, "end_ns": int, "open": float, "high": float, "low": float,
                        "close": float, "volume": float, "vwap": float|None, "trades": int,
-                       "first_ns": int, "last_ns": int}
+                       "first_ns": int, "last_ns": int, "complete": bool, "partial": list[str]}
                       one closed bar: [start_ns, end_ns) of exchange time, aligned to the epoch;
-                      exchange/symbol None when the id is not in the host's symbol registry
+                      exchange/symbol None when the id is not in the host's symbol registry;
+                      complete false when the bar consumer did not see the whole period, partial
+                      says why: "start" (under way when it started), "end" (the stream ended
+                      first), "lost" (records lost meanwhile)
     signal.features   {"symbol_id": int, "exchange": str|None, "symbol": str|None, "ts_ns": int,
                        "sequence": int, "mid": float, "spread": float, "spread_bps": float,
                        "microprice": float, "imbalance": float, "top_n": int,
