@@ -58,9 +58,11 @@ def test_catalog_deltas_rebuild_shmpipes_top_of_book_and_trades_match(venue, tmp
         for iid, instrument in instruments.items():
             symbol = instrument.raw_symbol.value
             mine = [d for d in deltas if str(d.instrument_id) == iid]
-            # a CLEAR opens every snapshot; F_LAST closes every venue message
+            # a CLEAR opens every snapshot; F_LAST closes every venue message; a CLEAR without
+            # F_SNAPSHOT is capture's invalidate: Coinbase's fixture has one connection-wide gap
             assert mine[0].action == BookAction.CLEAR
-            assert all(d.flags & F_SNAPSHOT for d in mine if d.action == BookAction.CLEAR)
+            unvouched = [d for d in mine if d.action == BookAction.CLEAR and not d.flags & F_SNAPSHOT]
+            assert len(unvouched) == (1 if venue == "coinbase" else 0), symbol
             assert mine[-1].flags & F_LAST
             assert [d.ts_init for d in mine] == sorted(d.ts_init for d in mine)
             book = OrderBook(instrument.id, BookType.L2_MBP)

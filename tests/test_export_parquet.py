@@ -61,16 +61,26 @@ def test_book_rebuilt_from_parquet_rows_ends_with_the_known_top5(venue, tmp_path
     rows = pd.read_parquet(out / "book_changes")
     assert len(rows) == summary["rows"]["book_changes"]
     books = rebuild(rows)
+    invalidated = set(rows.loc[rows["action"] == "invalidate", "symbol"])
+    if venue == "coinbase":
+        # the fixture's connection-wide sequence gap (line 2601): capture can no longer vouch for
+        # any book of the connection, and the rows say so for each (the book is rebuilt from empty)
+        assert invalidated == set(known_top5(venue))
+    else:
+        assert not invalidated
     for symbol, want in known_top5(venue).items():
         bids, asks = books[symbol]
         assert top(bids, 5, True) == want["bids"], symbol
         assert top(asks, 5, False) == want["asks"], symbol
-        assert (len(bids), len(asks)) == want["levels"], symbol
+        if symbol not in invalidated:  # an invalidated book holds only the levels changed since
+            assert (len(bids), len(asks)) == want["levels"], symbol
     if venue == "kraken":
         # depth 10: levels pushed out of the book come as implied deletes, so the rows alone suffice
         assert rows["implied_delete"].sum() > 0
-    # one last_in_message per venue book message and symbol
-    assert rows["last_in_message"].sum() == rows.groupby(["symbol", "message"]).ngroups
+    # one last_in_message per venue book message and symbol (an invalidate record is capture's own
+    # word about the connection, written ahead of the frame, and is marked last by itself)
+    changes = rows[rows["action"] != "invalidate"]
+    assert changes["last_in_message"].sum() == changes.groupby(["symbol", "message"]).ngroups
 
 
 def test_every_table_opens_in_pandas_polars_and_duckdb_with_the_summary_counts(tmp_path):
