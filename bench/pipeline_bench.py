@@ -397,7 +397,7 @@ def _drain(launcher, reader, problems: list[str]) -> None:
 
 
 def _judge(result: dict, launcher, pids: list[int], pipeline) -> list[str]:
-    from shmpipe_services.launcher.demo import _children_left
+    from shmpipe_services.launcher.demo import _left_behind
 
     problems = []
     for name, s in result["stages"].items():
@@ -414,12 +414,7 @@ def _judge(result: dict, launcher, pids: list[int], pipeline) -> list[str]:
     if behind > SCHEDULE_TOLERANCE:
         problems.append(f"capture sent {behind:.1%} fewer messages than its schedule (the pipeline did not "
                         f"keep up with {result['rate']:,.0f} messages/s)")
-    left = _children_left(pids)
-    if left:
-        problems.append(f"processes left running: {left}")
-    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{pipeline.ring_prefix}*"))
-    if segments:
-        problems.append(f"ring segments left in /dev/shm: {segments}")
+    problems += _left_behind(pids, pipeline.ring_prefix)
     return problems
 
 

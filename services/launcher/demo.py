@@ -281,6 +281,18 @@ def _children_left(pids: list[int]) -> list[int]:
     return left
 
 
+def _left_behind(pids: list[int], ring_prefix: str) -> list[str]:
+    """A run's stage processes still alive and its ring segments still in /dev/shm, as problems."""
+    problems = []
+    left = _children_left(pids)
+    if left:
+        problems.append(f"processes left running: {left}")
+    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{ring_prefix}*"))
+    if segments:
+        problems.append(f"ring segments left in /dev/shm: {segments}")
+    return problems
+
+
 def run_demo(
     seconds: float,
     feed: str = "synthetic",
@@ -553,10 +565,5 @@ def _problems(final: Sample, launcher: Launcher, pipeline: Pipeline, pids: list[
             problems.append(f"{name} ended with exit code {state.exit_code} (see its log)")
         if state.restarts:
             problems.append(f"{name} was restarted {state.restarts} time(s) (see its log)")
-    left = _children_left(pids)
-    if left:
-        problems.append(f"processes left running: {left}")
-    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{pipeline.ring_prefix}*"))
-    if segments:
-        problems.append(f"ring segments left in /dev/shm: {segments}")
+    problems += _left_behind(pids, pipeline.ring_prefix)
     return problems

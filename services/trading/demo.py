@@ -42,14 +42,9 @@ START_CASH = Decimal(1_000_000)     # alpaca-paper's default --cash
 
 def example_path(name: str) -> Path:
     """The installed example (package ``shmpipe_examples``), else the checkout's ``examples/``."""
-    try:
-        from shmpipe_examples import path
-        found = path(name)
-        if found.exists():
-            return found
-    except ImportError:
-        pass
-    return Path(__file__).resolve().parents[2] / "examples" / name
+    from shmpipe_services.launcher.demo import example_path as launcher_example_path
+
+    return launcher_example_path(name)
 
 
 def _free_port() -> int:
