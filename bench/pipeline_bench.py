@@ -266,122 +266,110 @@ def _moved(spec, pid: int | None, first: dict, last: dict) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from shmpipe import control
     from shmpipe_bench.machine import describe, loadavg
+    from shmpipe_services.launcher.private_run import private_registry
     from shmpipe_services.launcher.supervisor import Launcher
 
     tmp = tempfile.mkdtemp(prefix="shmpipe-pbench-", dir="/tmp")
-    saved = {k: os.environ.get(k) for k in ("SHMPIPE_RUNTIME_DIR", "SHMPIPE_SYMBOLS", "SHMPIPE_SYMBOLS_FILE")}
-    registry = f"pbench-{os.getpid()}"
-    os.environ["SHMPIPE_RUNTIME_DIR"] = os.path.join(tmp, "run")
-    os.environ["SHMPIPE_SYMBOLS"] = registry
-    os.environ["SHMPIPE_SYMBOLS_FILE"] = os.path.join(tmp, "symbols.jsonl")
-    prefix = f"pbench-{os.getpid()}."
-    result: dict[str, Any] = {"prefix": prefix, "rate": args.rate, "seconds": args.seconds,
-                              "symbols": args.symbols, "only": args.only,
-                              "wait": args.wait or "block", "conflate_ms": args.conflate_ms,
-                              "machine": describe(sorted(os.sched_getaffinity(0))),
-                              "loadavg_before": loadavg(),
-                              "problems": []}
-    problems: list[str] = result["problems"]
-    launcher = reader = None
-    log_dir = os.path.join(tmp, "logs")
-    try:
-        pipeline, capture = bench_pipeline(prefix, args)
-        launcher = Launcher(pipeline, log_dir=log_dir, say=lambda line: print(f"pipeline_bench: {line}",
-                                                                                 file=sys.stderr))
-        launcher.start()
-        procs = ProcessWatch()
-        procs.attach(launcher)
-        if not args.no_latency and "books" in pipeline.rings:
-            reader = LatencyReader(pipeline.rings["books"].segment)
-        if reader is not None:
-            reader.opened_ns = time.time_ns()
-        control.request(capture, "resume", timeout=5.0)
-        opened = time.monotonic()
-        first = _ring_positions(launcher)
-        procs.open_window()
-        fill_hwm: dict[str, int] = {}
-        deadline = opened + args.seconds
-        next_sample = 0.0
-        while time.monotonic() < deadline and not launcher.stop_event.is_set():
-            launcher.supervise_once()
+    with private_registry(tmp, f"pbench-{os.getpid()}"):
+        prefix = f"pbench-{os.getpid()}."
+        result: dict[str, Any] = {"prefix": prefix, "rate": args.rate, "seconds": args.seconds,
+                                  "symbols": args.symbols, "only": args.only,
+                                  "wait": args.wait or "block", "conflate_ms": args.conflate_ms,
+                                  "machine": describe(sorted(os.sched_getaffinity(0))),
+                                  "loadavg_before": loadavg(),
+                                  "problems": []}
+        problems: list[str] = result["problems"]
+        launcher = reader = None
+        log_dir = os.path.join(tmp, "logs")
+        try:
+            pipeline, capture = bench_pipeline(prefix, args)
+            launcher = Launcher(pipeline, log_dir=log_dir, say=lambda line: print(f"pipeline_bench: {line}",
+                                                                                     file=sys.stderr))
+            launcher.start()
+            procs = ProcessWatch()
+            procs.attach(launcher)
+            if not args.no_latency and "books" in pipeline.rings:
+                reader = LatencyReader(pipeline.rings["books"].segment)
+            if reader is not None:
+                reader.opened_ns = time.time_ns()
+            control.request(capture, "resume", timeout=5.0)
+            opened = time.monotonic()
+            first = _ring_positions(launcher)
+            procs.open_window()
+            fill_hwm: dict[str, int] = {}
+            deadline = opened + args.seconds
+            next_sample = 0.0
+            while time.monotonic() < deadline and not launcher.stop_event.is_set():
+                launcher.supervise_once()
+                if reader is not None:
+                    reader.poll()
+                now = time.monotonic()
+                if now >= next_sample:
+                    next_sample = now + args.sample_s
+                    procs.sample()
+                    for key, r in launcher.ring_stats()["rings"].items():
+                        if "error" not in r:
+                            fill_hwm[key] = max(fill_hwm.get(key, 0), r["fill"])
+                time.sleep(0.002 if reader is not None else 0.02)
+            control.request(capture, "pause", timeout=5.0)
+            window = time.monotonic() - opened
+            last = _ring_positions(launcher)
+            cost = procs.close_window(window)
+            _drain(launcher, reader, problems)
+            final = _stage_records(launcher)
+            drained = _ring_positions(launcher)
+            rings = launcher.ring_stats()["rings"]
+            pids = [s.pid for s in launcher.processes.values() if s.pid]
+            launcher.stop()
+            # one Tick per venue message: the ticks ring counts the messages sent, exactly
+            sent = last[("written", "ticks")] - first[("written", "ticks")]
+            result["window_s"] = round(window, 3)
+            result["capture_schedule"] = {"messages_due": round(args.rate * window), "messages_sent": sent,
+                                          "behind": round(max(0.0, 1.0 - sent / (args.rate * window)), 4)}
+            result["stages"] = {}
+            for name in pipeline.processes:
+                moved = _moved(pipeline.processes[name], launcher.processes[name].pid, first, last)
+                stage = {"records": moved, "records_per_s": round(moved / window),
+                         "records_with_drain": _moved(pipeline.processes[name], launcher.processes[name].pid,
+                                                      first, drained),
+                         "records_total": final[name]["records"], "lost": final[name]["lost"],
+                         **cost.get(name, {})}
+                spec = pipeline.processes[name]
+                stage["lost"] += sum(c["lost"] for k in spec.reads
+                                     for c in rings.get(k, {}).get("consumers", [])
+                                     if c["pid"] == launcher.processes[name].pid)
+                if stage.get("cpu_percent") is not None and moved:
+                    # what one record costs the stage: its CPU time in the window over what it moved
+                    stage["cpu_us_per_record"] = round(stage["cpu_percent"] / 100.0 * window / moved * 1e6, 3)
+                if name == "capture":
+                    levels = last[("written", "levels")] - first[("written", "levels")]
+                    stage["levels_per_s"] = round(levels / window)
+                    stage["messages_per_s"] = round(sent / window)
+                result["stages"][name] = stage
+            result["bench_process"] = cost.get("(bench)", {})
+            result["rings"] = {k: {"written": r["written"],
+                                   "written_in_run": drained[("written", k)] - first[("written", k)],
+                                   "lost": r["lost"], "full_waits": r["full_waits"],
+                                   "capacity": pipeline.rings[k].capacity, "fill_hwm": fill_hwm.get(k, 0)}
+                               for k, r in rings.items() if "error" not in r}
             if reader is not None:
                 reader.poll()
-            now = time.monotonic()
-            if now >= next_sample:
-                next_sample = now + args.sample_s
-                procs.sample()
-                for key, r in launcher.ring_stats()["rings"].items():
-                    if "error" not in r:
-                        fill_hwm[key] = max(fill_hwm.get(key, 0), r["fill"])
-            time.sleep(0.002 if reader is not None else 0.02)
-        control.request(capture, "pause", timeout=5.0)
-        window = time.monotonic() - opened
-        last = _ring_positions(launcher)
-        cost = procs.close_window(window)
-        _drain(launcher, reader, problems)
-        final = _stage_records(launcher)
-        drained = _ring_positions(launcher)
-        rings = launcher.ring_stats()["rings"]
-        pids = [s.pid for s in launcher.processes.values() if s.pid]
-        launcher.stop()
-        # one Tick per venue message: the ticks ring counts the messages sent, exactly
-        sent = last[("written", "ticks")] - first[("written", "ticks")]
-        result["window_s"] = round(window, 3)
-        result["capture_schedule"] = {"messages_due": round(args.rate * window), "messages_sent": sent,
-                                      "behind": round(max(0.0, 1.0 - sent / (args.rate * window)), 4)}
-        result["stages"] = {}
-        for name in pipeline.processes:
-            moved = _moved(pipeline.processes[name], launcher.processes[name].pid, first, last)
-            stage = {"records": moved, "records_per_s": round(moved / window),
-                     "records_with_drain": _moved(pipeline.processes[name], launcher.processes[name].pid,
-                                                  first, drained),
-                     "records_total": final[name]["records"], "lost": final[name]["lost"],
-                     **cost.get(name, {})}
-            spec = pipeline.processes[name]
-            stage["lost"] += sum(c["lost"] for k in spec.reads for c in rings.get(k, {}).get("consumers", [])
-                                 if c["pid"] == launcher.processes[name].pid)
-            if stage.get("cpu_percent") is not None and moved:
-                # what one record costs the stage: its CPU time in the window over what it moved
-                stage["cpu_us_per_record"] = round(stage["cpu_percent"] / 100.0 * window / moved * 1e6, 3)
-            if name == "capture":
-                levels = last[("written", "levels")] - first[("written", "levels")]
-                stage["levels_per_s"] = round(levels / window)
-                stage["messages_per_s"] = round(sent / window)
-            result["stages"][name] = stage
-        result["bench_process"] = cost.get("(bench)", {})
-        result["rings"] = {k: {"written": r["written"],
-                               "written_in_run": drained[("written", k)] - first[("written", k)],
-                               "lost": r["lost"], "full_waits": r["full_waits"],
-                               "capacity": pipeline.rings[k].capacity, "fill_hwm": fill_hwm.get(k, 0)}
-                           for k, r in rings.items() if "error" not in r}
-        if reader is not None:
-            reader.poll()
-            result["update_to_entry"] = reader.figures()
-        result["loadavg_after"] = loadavg()     # other work on the box shows here: say it beside the figures
-        problems += _judge(result, launcher, pids, pipeline)
-    except Exception as exc:  # noqa: BLE001 - reported as a failed run, with what was measured
-        problems.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        if reader is not None:
-            reader.close()
-        if launcher is not None:
-            launcher.stop()
-        try:
-            from shmpipe import symbols
-
-            symbols.remove_segment(registry)
-        except Exception:  # noqa: BLE001 - nothing registered
-            pass
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
+                result["update_to_entry"] = reader.figures()
+            # other work on the box shows here: say it beside the figures
+            result["loadavg_after"] = loadavg()
+            problems += _judge(result, launcher, pids, pipeline)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed run, with what was measured
+            problems.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            if reader is not None:
+                reader.close()
+            if launcher is not None:
+                launcher.stop()
+            if problems and os.path.isdir(log_dir):      # the stages' logs say what went wrong: kept
+                result["log_dir"] = log_dir
+                shutil.rmtree(os.path.join(tmp, "run"), ignore_errors=True)
             else:
-                os.environ[k] = v
-        if problems and os.path.isdir(log_dir):      # the stages' logs say what went wrong: kept
-            result["log_dir"] = log_dir
-            shutil.rmtree(os.path.join(tmp, "run"), ignore_errors=True)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
@@ -409,7 +397,7 @@ def _drain(launcher, reader, problems: list[str]) -> None:
 
 
 def _judge(result: dict, launcher, pids: list[int], pipeline) -> list[str]:
-    from shmpipe_services.launcher.demo import _children_left
+    from shmpipe_services.launcher.demo import _left_behind
 
     problems = []
     for name, s in result["stages"].items():
@@ -426,12 +414,7 @@ def _judge(result: dict, launcher, pids: list[int], pipeline) -> list[str]:
     if behind > SCHEDULE_TOLERANCE:
         problems.append(f"capture sent {behind:.1%} fewer messages than its schedule (the pipeline did not "
                         f"keep up with {result['rate']:,.0f} messages/s)")
-    left = _children_left(pids)
-    if left:
-        problems.append(f"processes left running: {left}")
-    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{pipeline.ring_prefix}*"))
-    if segments:
-        problems.append(f"ring segments left in /dev/shm: {segments}")
+    problems += _left_behind(pids, pipeline.ring_prefix)
     return problems
 
 

@@ -41,6 +41,12 @@ def counters(name: str) -> dict:
     return stats.read(name)["counters"]
 
 
+def wait_attached(src, sender) -> None:
+    """Until the sender is an active consumer of the broadcast ring ``src``."""
+    wait_for(lambda: any(c["state"] == "active" for c in src.stats()["consumers"]), 30, "sender attached",
+             [sender])
+
+
 def last_seq(client, stream: str) -> int:
     last = client.xrevrange(stream, "+", "-", count=1)
     return int(last[0][1][b"seq"]) + int(last[0][1][b"n"]) if last else -1
@@ -244,8 +250,7 @@ def test_sharded_sender_allow_gap_starts_new_epochs_that_receivers_refuse_as_unc
             got = Collector(consumer)
             sender = start_sender(src.name, server.url, "s:{shard}", *shards)
             receiver = start_receiver(dst.name, server.url, "s:0", "g", tmp_path / "state")
-            wait_for(lambda: any(c["state"] == "active" for c in src.stats()["consumers"]), 30, "sender attached",
-                     [sender])
+            wait_attached(src, sender)
             producer.write_batch(ticks(0, 220))       # symbol_id = i % 11: 120 to shard 0, 100 to shard 1
             wait_for(lambda: got.poll() >= 120, 30, "shard 0's records", [sender, receiver])
             sender.kill()
@@ -271,8 +276,12 @@ def test_sharded_sender_allow_gap_starts_new_epochs_that_receivers_refuse_as_unc
 
 
 # -- 4. a broadcast source ring and a Redis outage longer than the ring's consumer timeout ----------
-def test_a_sender_waiting_for_redis_stays_a_live_consumer_of_a_broadcast_ring(ring_name, tmp_path):
-    src = shmpipe.Ring.create(f"{ring_name}-src", TICK, 1024, broadcast=True, consumer_timeout=0.5)
+def through_an_outage(ring_name, tmp_path, consumer_timeout: float, outage) -> None:
+    """A sender on a broadcast ring and a receiver pass 500 records; then ``outage(server, src,
+    sender, write_for)`` takes Redis away while ``write_for(seconds)`` keeps writing (which must block: the
+    sender is still a live consumer). After it, every one of 3500 records arrives once, in order."""
+    src = shmpipe.Ring.create(f"{ring_name}-src", TICK, 1024, broadcast=True,
+                              consumer_timeout=consumer_timeout)
     dst = shmpipe.Ring.create(f"{ring_name}-dst", TICK, 1 << 14)
     sender = receiver = None
     (tmp_path / "redis").mkdir()
@@ -281,18 +290,19 @@ def test_a_sender_waiting_for_redis_stays_a_live_consumer_of_a_broadcast_ring(ri
             got = Collector(consumer)
             sender = start_sender(src.name, server.url, "s", "--batch", "100")
             receiver = start_receiver(dst.name, server.url, "s", "g", tmp_path / "state")
-            wait_for(lambda: any(c["state"] == "active" for c in src.stats()["consumers"]), 30, "sender attached",
-                     [sender])
+            wait_attached(src, sender)
             producer.write_batch(ticks(0, 500))
             wait_for(lambda: got.poll() >= 500, 60, "500 records", [sender, receiver])
-            server.kill()
             data, written = ticks(500, 3000), 0
-            wait_for(lambda: counters(f"{src.name}.to-redis")["retries"] > 0, 30, "sender retrying", [sender])
-            outage_end = time.monotonic() + 3.0          # six consumer timeouts
-            while time.monotonic() < outage_end:
-                written += producer.write_batch(data[written:], timeout=0.05)
-            assert written < len(data), "the lossless producer waited for the live sender"
-            server.start()
+
+            def write_for(seconds: float) -> None:
+                nonlocal written
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    written += producer.write_batch(data[written:], timeout=0.05)
+                assert written < len(data), "the lossless producer waited for the live sender"
+
+            outage(server, src, sender, write_for)
             while written < len(data):
                 written += producer.write_batch(data[written:], timeout=0.05)
                 got.poll()
@@ -306,47 +316,31 @@ def test_a_sender_waiting_for_redis_stays_a_live_consumer_of_a_broadcast_ring(ri
         for ring in (src, dst):
             ring.close()
             ring.unlink()
+
+
+def test_a_sender_waiting_for_redis_stays_a_live_consumer_of_a_broadcast_ring(ring_name, tmp_path):
+    def redis_down(server, src, sender, write_for) -> None:
+        server.kill()
+        wait_for(lambda: counters(f"{src.name}.to-redis")["retries"] > 0, 30, "sender retrying", [sender])
+        write_for(3.0)                                   # six consumer timeouts
+        server.start()
+
+    through_an_outage(ring_name, tmp_path, 0.5, redis_down)
 
 
 def test_a_sender_blocked_in_a_command_to_a_stalled_redis_stays_a_live_consumer(ring_name, tmp_path):
     """A Redis that stops answering (SIGSTOP: a partition, a stalled host) holds one command for up
     to the socket timeout; the sender keeps heartbeating the broadcast ring meanwhile."""
     import signal
-    src = shmpipe.Ring.create(f"{ring_name}-src", TICK, 1024, broadcast=True, consumer_timeout=1.0)
-    dst = shmpipe.Ring.create(f"{ring_name}-dst", TICK, 1 << 14)
-    sender = receiver = None
-    (tmp_path / "redis").mkdir()
-    try:
-        with private_redis(tmp_path / "redis") as server, src.producer() as producer, dst.consumer() as consumer:
-            got = Collector(consumer)
-            sender = start_sender(src.name, server.url, "s", "--batch", "100")
-            receiver = start_receiver(dst.name, server.url, "s", "g", tmp_path / "state")
-            wait_for(lambda: any(c["state"] == "active" for c in src.stats()["consumers"]), 30, "sender attached",
-                     [sender])
-            producer.write_batch(ticks(0, 500))
-            wait_for(lambda: got.poll() >= 500, 60, "500 records", [sender, receiver])
-            server.proc.send_signal(signal.SIGSTOP)
-            try:
-                data, written = ticks(500, 3000), 0
-                stall_end = time.monotonic() + 4.0          # four consumer timeouts, inside one command
-                while time.monotonic() < stall_end:
-                    written += producer.write_batch(data[written:], timeout=0.05)
-                assert written < len(data), "the lossless producer waited for the live sender"
-            finally:
-                server.proc.send_signal(signal.SIGCONT)
-            while written < len(data):
-                written += producer.write_batch(data[written:], timeout=0.05)
-                got.poll()
-                assert_alive(sender, receiver)
-            wait_for(lambda: got.poll() >= 3500, 60, "every record", [sender, receiver])
-            assert np.array_equal(got.sequences, np.arange(3500))
-            assert stop(sender) == 0 and stop(receiver) == 0
-    finally:
-        stop(sender)
-        stop(receiver)
-        for ring in (src, dst):
-            ring.close()
-            ring.unlink()
+
+    def redis_stalled(server, src, sender, write_for) -> None:
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            write_for(4.0)                               # four consumer timeouts, inside one command
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+
+    through_an_outage(ring_name, tmp_path, 1.0, redis_stalled)
 
 
 # -- 5. a receiver without its state file while the ring holds records -----------------------------

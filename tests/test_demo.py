@@ -10,10 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import psutil  # a dependency of shmpipe: missing is a broken install, not a skip
 import pytest
+from demo_helpers import cleanup_demo, left_behind
 
 
 def _demo(*args, cwd, timeout=120):
@@ -24,33 +23,6 @@ def _demo(*args, cwd, timeout=120):
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _left_behind(pid: int) -> tuple[list[str], list[int]]:
-    prefix = f"demo-{pid}."
-    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{prefix}*"))
-    procs = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(prefix in arg for arg in p.info["cmdline"] or []):
-                procs.append(p.info["pid"])
-        except psutil.Error:
-            pass
-    return segments, procs
-
-
-def _cleanup(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
-    segments, procs = _left_behind(proc.pid)
-    for pid in procs:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
-    for name in segments:
-        Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def test_demo_json_has_one_object_per_stage_with_no_loss(tmp_path):
@@ -72,10 +44,10 @@ def test_demo_json_has_one_object_per_stage_with_no_loss(tmp_path):
         # the verifier cannot have checked more ticks than the ring was given
         assert summary["verify"]["records"] <= summary["verify"]["rings"]["ticks"]["written"]
         assert summary["capture"]["cpus"] != summary["verify"]["cpus"] or len(summary["capture"]["cpus"]) > 1
-        assert _left_behind(proc.pid) == ([], [])
+        assert left_behind(proc.pid) == ([], [])
         assert not list(tmp_path.iterdir())  # no logs in the working directory
     finally:
-        _cleanup(proc)
+        cleanup_demo(proc)
 
 
 def test_demo_plain_output_and_ctrl_c(tmp_path):
@@ -90,9 +62,9 @@ def test_demo_plain_output_and_ctrl_c(tmp_path):
         assert "stage" in out and "capture" in out
         assert "shmpipe demo: ok: loss 0" in out
         assert "verify: stopped (exited with code 0)" in err
-        assert _left_behind(proc.pid) == ([], [])
+        assert left_behind(proc.pid) == ([], [])
     finally:
-        _cleanup(proc)
+        cleanup_demo(proc)
 
 
 def test_the_verdict_fails_on_loss_disorder_restarts_and_exit_codes():
@@ -161,7 +133,7 @@ def test_metrics_during_the_demo_show_ring_counters(tmp_path):
         _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     finally:
-        _cleanup(proc)
+        cleanup_demo(proc)
 
 
 def test_fixtures_feed_every_captured_tick_is_read(tmp_path):
@@ -188,9 +160,9 @@ def test_fixtures_feed_every_captured_tick_is_read(tmp_path):
         if "features" in summary:
             assert summary["features"]["records"] == summary["orderbook"]["rings"]["books"]["written"] > 0
         assert capture["lost"] == verify["lost"] == 0
-        assert _left_behind(proc.pid) == ([], [])
+        assert left_behind(proc.pid) == ([], [])
     finally:
-        _cleanup(proc)
+        cleanup_demo(proc)
 
 
 def _shadow(tmp_path, *modules):
@@ -271,7 +243,7 @@ def test_demo_seconds_count_from_when_every_stage_is_up(tmp_path):
         summary = json.loads(out)
         assert summary["features"]["records"] > 0, summary["features"]
     finally:
-        _cleanup(proc)
+        cleanup_demo(proc)
 
 
 # -- the market (issue 23) ---------------------------------------------------------------------------
@@ -280,10 +252,10 @@ def _run_json(args, tmp_path, timeout=180, script=None):
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
-        assert _left_behind(proc.pid) == ([], [])
+        assert left_behind(proc.pid) == ([], [])
         return proc.returncode, json.loads(out), err
     finally:
-        _cleanup(proc)
+        cleanup_demo(proc)
 
 
 def test_the_demo_shows_a_market_whose_books_bars_and_features_hold(tmp_path):

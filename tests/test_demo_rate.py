@@ -6,24 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-psutil = pytest.importorskip("psutil")
-
-
-def _left_behind(pid: int) -> tuple[list[str], list[int]]:
-    prefix = f"demo-{pid}."
-    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{prefix}*"))
-    procs = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(prefix in arg for arg in p.info["cmdline"] or []):
-                procs.append(p.info["pid"])
-        except psutil.Error:
-            pass
-    return segments, procs
+from demo_helpers import cleanup_demo, left_behind
 
 
 def _demo(tmp_path, *args: str, timeout: float = 180) -> tuple[int, str, str]:
@@ -31,20 +15,10 @@ def _demo(tmp_path, *args: str, timeout: float = 180) -> tuple[int, str, str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
-        assert _left_behind(proc.pid) == ([], [])
+        assert left_behind(proc.pid) == ([], [])
         return proc.returncode, out, err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        segments, procs = _left_behind(proc.pid)
-        for pid in procs:
-            try:
-                psutil.Process(pid).kill()
-            except psutil.Error:
-                pass
-        for name in segments:
-            Path("/dev/shm", name).unlink(missing_ok=True)
+        cleanup_demo(proc)
 
 
 def test_demo_rate_sets_the_synthetic_markets_messages_per_second(tmp_path):

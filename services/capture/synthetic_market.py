@@ -63,7 +63,12 @@ FAULT_KINDS = ("gap", "corrupt", "drop")
 MAX_RECORDS_PER_EVENT = 7      # _market.pyx: trade + delete + far level + a refill (2) + corrupt + checksum
 
 
-class SyntheticMarket:
+class MarketFrame:
+    """What the compiled market and its plain-Python reference share: the arguments, the symbols,
+    the clock, the true book's text and its snapshot. Each keeps its own true book and per-event
+    loop (the reference stays an independent implementation of those): ``_start_books`` draws it,
+    ``_touch`` reads it, ``_book_made_whole`` clears a symbol's pending gap flag."""
+
     def __init__(self, symbols: int = 8, seed: int = 0, *, symbol_id: SymbolIdFn | None = None,
                  start_ns: int | None = None, events_per_second: float = 20_000.0,
                  trade_fraction: float = 0.2, move_fraction: float = 0.15, depth: int = 10,
@@ -84,22 +89,13 @@ class SyntheticMarket:
         self.trade_fraction, self.move_fraction = trade_fraction, move_fraction
         self.checksum_every = checksum_every
         self.start_ns, self.interval_ns, self.clock = start_ns, 1e9 / events_per_second, clock
-        rng = np.random.default_rng(seed)
         symbol_id = symbol_id if symbol_id is not None else InMemorySymbolIds()
         self.names = [f"SYN{k:04d}" for k in range(symbols)]
         self.symbol_ids = np.array([symbol_id(EXCHANGE, name, price_decimals=price_decimals,
                                               size_decimals=size_decimals, depth=depth)
                                     for name in self.names], dtype=np.uint32)
         self._sids = self.symbol_ids.tolist()
-        # The true books (in the core): best prices in ticks, sizes in units, index 0 the touch;
-        # drawn in the reference's order so a seed gives its records.
-        best_bid = [round(start_price * (1.0 + 0.1 * k) / self.tick) for k in range(symbols)]
-        bid_sizes = np.array([rng.integers(1, 50_000, depth) for _ in range(symbols)], np.int64)
-        ask_sizes = np.array([rng.integers(1, 50_000, depth) for _ in range(symbols)], np.int64)
-        self._core = MarketCore(rng, self.symbol_ids, np.array(best_bid, np.int64), bid_sizes, ask_sizes,
-                                price_decimals=price_decimals, size_decimals=size_decimals,
-                                trade_fraction=trade_fraction, move_fraction=move_fraction,
-                                checksum_every=checksum_every)
+        self._start_books(start_price)
         self._events = 0
         self._snapshot_due = True
         self._last_ns = start_ns if start_ns is not None else clock()
@@ -107,6 +103,83 @@ class SyntheticMarket:
     @property
     def events(self) -> int:
         return self._events
+
+    def _start_books(self, start_price: float) -> None:
+        """Draw each symbol's first true book from ``self.seed``."""
+        raise NotImplementedError
+
+    def _touch(self, k: int) -> tuple[int, int, list[int], list[int]]:
+        """Symbol k's true best bid and best ask (ticks), bid and ask sizes (units, touch first)."""
+        raise NotImplementedError
+
+    def _book_made_whole(self, k: int) -> None:
+        raise NotImplementedError
+
+    def book(self, k: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """Symbol k's true (bids best first, asks best first) as (price, size)."""
+        pd, sd = self.price_decimals, self.size_decimals
+        best_bid, best_ask, bid_sizes, ask_sizes = self._touch(k)
+        bids = [(round((best_bid - i) * self.tick, pd), round(s * self._unit, sd))
+                for i, s in enumerate(bid_sizes)]
+        asks = [(round((best_ask + i) * self.tick, pd), round(s * self._unit, sd))
+                for i, s in enumerate(ask_sizes)]
+        return bids, asks
+
+    def snapshot(self, k: int, ts: int | None = None) -> np.ndarray:
+        """Symbol k's true book as one snapshot: begin, the levels, end (the message's last record)."""
+        bids, asks = self.book(k)
+        out = np.zeros(len(bids) + len(asks) + 2, LEVEL_UPDATE)
+        out["action"][0], out["action"][-1] = ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END
+        out["action"][1:-1] = ACTION_SET
+        out["side"][1:len(bids) + 1], out["side"][len(bids) + 1:-1] = SIDE_BID, SIDE_ASK
+        out["price"][1:-1], out["size"][1:-1] = zip(*(bids + asks))
+        out["symbol_id"] = self._sids[k]
+        out["timestamp_ns"] = self._now() if ts is None else ts
+        out["source"] = SOURCE_SYNTHETIC
+        out["flags"][-1] = LEVEL_FLAG_LAST
+        self._book_made_whole(k)         # the snapshot makes the book whole: nothing to flag
+        return out
+
+    def _snapshots_due(self) -> list[np.ndarray]:
+        """The first batch starts with one snapshot per symbol; later ones with none."""
+        if not self._snapshot_due:
+            return []
+        self._snapshot_due = False
+        return [self.snapshot(k, self._last_ns) for k in range(self.symbols)]
+
+    def _now(self) -> int:
+        if self.start_ns is not None:
+            return self._last_ns
+        self._last_ns = max(self._last_ns, self.clock())
+        return self._last_ns
+
+    def _timestamps(self, n: int) -> np.ndarray:
+        if self.start_ns is not None:
+            ts = self.start_ns + ((self._events - n + np.arange(n)) * self.interval_ns).astype(np.uint64)
+            if n:
+                self._last_ns = int(ts[-1])
+            return ts.astype(np.uint64)
+        # the events were due one interval apart up to now (not spread back over a pause), never
+        # before the previous batch's last
+        prev, now = self._last_ns, max(self._last_ns, self.clock())
+        self._last_ns = now
+        ts = now - ((n - 1 - np.arange(n)) * self.interval_ns).astype(np.int64)
+        return np.maximum(ts, prev).astype(np.uint64)
+
+
+class SyntheticMarket(MarketFrame):
+    def _start_books(self, start_price: float) -> None:
+        symbols, depth = self.symbols, self.depth
+        rng = np.random.default_rng(self.seed)
+        # The true books (in the core): best prices in ticks, sizes in units, index 0 the touch;
+        # drawn in the reference's order so a seed gives its records.
+        best_bid = [round(start_price * (1.0 + 0.1 * k) / self.tick) for k in range(symbols)]
+        bid_sizes = np.array([rng.integers(1, 50_000, depth) for _ in range(symbols)], np.int64)
+        ask_sizes = np.array([rng.integers(1, 50_000, depth) for _ in range(symbols)], np.int64)
+        self._core = MarketCore(rng, self.symbol_ids, np.array(best_bid, np.int64), bid_sizes, ask_sizes,
+                                price_decimals=self.price_decimals, size_decimals=self.size_decimals,
+                                trade_fraction=self.trade_fraction, move_fraction=self.move_fraction,
+                                checksum_every=self.checksum_every)
 
     # -- the true book (read-only copies of the core's) --------------------------------------------
     @property
@@ -125,42 +198,18 @@ class SyntheticMarket:
     def ask_sizes(self) -> list[list[int]]:
         return self._core.ask_sizes.tolist()
 
-    def book(self, k: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-        """Symbol k's true (bids best first, asks best first) as (price, size)."""
-        pd, sd = self.price_decimals, self.size_decimals
+    def _touch(self, k: int) -> tuple[int, int, list[int], list[int]]:
         core = self._core
-        best_bid, best_ask = int(core.best_bid[k]), int(core.best_ask[k])
-        bids = [(round((best_bid - i) * self.tick, pd), round(s * self._unit, sd))
-                for i, s in enumerate(core.bid_sizes[k].tolist())]
-        asks = [(round((best_ask + i) * self.tick, pd), round(s * self._unit, sd))
-                for i, s in enumerate(core.ask_sizes[k].tolist())]
-        return bids, asks
+        return (int(core.best_bid[k]), int(core.best_ask[k]),
+                core.bid_sizes[k].tolist(), core.ask_sizes[k].tolist())
 
     def checksum(self, k: int) -> int:
         """Kraken's CRC32 of symbol k's true book: each number's text with "." removed and leading
         zeros stripped is the integer count of ticks (or size units) itself."""
         return int(self._core.checksum(k))
 
-    def snapshot(self, k: int, ts: int | None = None) -> np.ndarray:
-        """Symbol k's true book as one snapshot: begin, the levels, end (the message's last record)."""
-        bids, asks = self.book(k)
-        out = np.zeros(len(bids) + len(asks) + 2, LEVEL_UPDATE)
-        out["action"][0], out["action"][-1] = ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END
-        out["action"][1:-1] = ACTION_SET
-        out["side"][1:len(bids) + 1], out["side"][len(bids) + 1:-1] = SIDE_BID, SIDE_ASK
-        out["price"][1:-1], out["size"][1:-1] = zip(*(bids + asks))
-        out["symbol_id"] = self._sids[k]
-        out["timestamp_ns"] = self._now() if ts is None else ts
-        out["source"] = SOURCE_SYNTHETIC
-        out["flags"][-1] = LEVEL_FLAG_LAST
-        self._core.gap_next[k] = 0         # the snapshot makes the book whole: nothing to flag
-        return out
-
-    def _now(self) -> int:
-        if self.start_ns is not None:
-            return self._last_ns
-        self._last_ns = max(self._last_ns, self.clock())
-        return self._last_ns
+    def _book_made_whole(self, k: int) -> None:
+        self._core.gap_next[k] = 0
 
     # -- faults ---------------------------------------------------------------------------------
     def inject(self, kind: str, k: int, *, messages: int = 5) -> None:
@@ -181,11 +230,7 @@ class SyntheticMarket:
     def next_batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The next n events: (n Ticks, their LevelUpdates; the first batch starts with one snapshot
         per symbol). Live, events are stamped one interval apart, the last one now."""
-        if self._snapshot_due:
-            self._snapshot_due = False
-            snaps = [self.snapshot(k, self._last_ns) for k in range(self.symbols)]
-        else:
-            snaps = []
+        snaps = self._snapshots_due()
         first = self._events
         self._events += n
         ts = np.ascontiguousarray(self._timestamps(n), dtype=np.uint64)
@@ -196,16 +241,3 @@ class SyntheticMarket:
         if snaps:
             level_out = np.concatenate(snaps + [level_out])
         return tick_out, level_out
-
-    def _timestamps(self, n: int) -> np.ndarray:
-        if self.start_ns is not None:
-            ts = self.start_ns + ((self._events - n + np.arange(n)) * self.interval_ns).astype(np.uint64)
-            if n:
-                self._last_ns = int(ts[-1])
-            return ts.astype(np.uint64)
-        # the events were due one interval apart up to now (not spread back over a pause), never
-        # before the previous batch's last
-        prev, now = self._last_ns, max(self._last_ns, self.clock())
-        self._last_ns = now
-        ts = now - ((n - 1 - np.arange(n)) * self.interval_ns).astype(np.int64)
-        return np.maximum(ts, prev).astype(np.uint64)

@@ -3,12 +3,13 @@ behind ``synthetic_market.SyntheticMarket``) is held to record for record, and t
 its A/B (bench/pipeline_bench.py --market-ab). Same seed, same bytes: tests/test_synthetic_market.py
 checks the two against each other, faults included. A few µs an event: not for the pipeline.
 
-What the market does and guarantees is described in synthetic_market.py.
+What the market does and guarantees is described in synthetic_market.py. The arguments, the
+symbols, the clock and the snapshot come from its ``MarketFrame``; the true book, the checksum and
+the per-event loop are this module's own, written apart from the compiled core's.
 """
 from __future__ import annotations
 
 import math
-import time
 import zlib
 
 import numpy as np
@@ -16,8 +17,6 @@ import numpy as np
 from shmpipe.records import (
     ACTION_CHECKSUM,
     ACTION_SET,
-    ACTION_SNAPSHOT_BEGIN,
-    ACTION_SNAPSHOT_END,
     ACTION_TRADE,
     LEVEL_FLAG_GAP_BEFORE,
     LEVEL_UPDATE,
@@ -30,44 +29,13 @@ from shmpipe.records import (
 )
 
 from .record_batch import pack_level as _pack_level
-from .symbol_ids import InMemorySymbolIds, SymbolIdFn
-
-try:   # issue 21 names the bit in shmpipe.records; DESIGN.md fixes its value
-    from shmpipe.records import LEVEL_FLAG_LAST
-except ImportError:   # pragma: no cover - before that lands
-    LEVEL_FLAG_LAST = 16
-
-from .synthetic_market import BLOCK, CHECKSUM_DEPTH, EXCHANGE
+from .synthetic_market import BLOCK, CHECKSUM_DEPTH, LEVEL_FLAG_LAST, MarketFrame
 
 
-class ReferenceSyntheticMarket:
-    def __init__(self, symbols: int = 8, seed: int = 0, *, symbol_id: SymbolIdFn | None = None,
-                 start_ns: int | None = None, events_per_second: float = 20_000.0,
-                 trade_fraction: float = 0.2, move_fraction: float = 0.15, depth: int = 10,
-                 price_decimals: int = 2, size_decimals: int = 4, start_price: float = 100.0,
-                 checksum_every: int = 8, clock=time.time_ns) -> None:
-        if symbols < 1:
-            raise ValueError(f"symbols must be >= 1, got {symbols}")
-        if not events_per_second > 0:
-            raise ValueError(f"events_per_second must be > 0, got {events_per_second}")
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        if checksum_every < 1:
-            raise ValueError(f"checksum_every must be >= 1, got {checksum_every}")
-        self.symbols, self.seed, self.depth = symbols, seed, depth
-        self.price_decimals, self.size_decimals = price_decimals, size_decimals
-        self.tick = 10.0 ** -price_decimals
-        self._unit = 10.0 ** -size_decimals
-        self.trade_fraction, self.move_fraction = trade_fraction, move_fraction
-        self.checksum_every = checksum_every
-        self.start_ns, self.interval_ns, self.clock = start_ns, 1e9 / events_per_second, clock
-        self._rng = np.random.default_rng(seed)
-        symbol_id = symbol_id if symbol_id is not None else InMemorySymbolIds()
-        self.names = [f"SYN{k:04d}" for k in range(symbols)]
-        self.symbol_ids = np.array([symbol_id(EXCHANGE, name, price_decimals=price_decimals,
-                                              size_decimals=size_decimals, depth=depth)
-                                    for name in self.names], dtype=np.uint32)
-        self._sids = self.symbol_ids.tolist()
+class ReferenceSyntheticMarket(MarketFrame):
+    def _start_books(self, start_price: float) -> None:
+        symbols = self.symbols
+        self._rng = np.random.default_rng(self.seed)
         # The true books: best prices in ticks, sizes in units, index 0 the touch.
         self.best_bid = [round(start_price * (1.0 + 0.1 * k) / self.tick) for k in range(symbols)]
         self.best_ask = [b + 1 for b in self.best_bid]
@@ -77,28 +45,15 @@ class ReferenceSyntheticMarket:
         self._skip = [0] * symbols              # messages still to lose (a gap fault)
         self._gap_next = [False] * symbols      # the next handed-out record carries gap-before
         self._corrupt_next = [False] * symbols
-        self._events = 0
         self._block: tuple | None = None
         self._block_at = BLOCK
-        self._snapshot_due = True
-        self._last_ns = start_ns if start_ns is not None else clock()
-
-    @property
-    def events(self) -> int:
-        return self._events
 
     # -- the true book --------------------------------------------------------------------------
     def _fresh_sizes(self) -> list[int]:
         return [int(x) for x in self._rng.integers(1, 50_000, self.depth)]
 
-    def book(self, k: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-        """Symbol k's true (bids best first, asks best first) as (price, size)."""
-        pd, sd = self.price_decimals, self.size_decimals
-        bids = [(round((self.best_bid[k] - i) * self.tick, pd), round(s * self._unit, sd))
-                for i, s in enumerate(self.bid_sizes[k])]
-        asks = [(round((self.best_ask[k] + i) * self.tick, pd), round(s * self._unit, sd))
-                for i, s in enumerate(self.ask_sizes[k])]
-        return bids, asks
+    def _touch(self, k: int) -> tuple[int, int, list[int], list[int]]:
+        return self.best_bid[k], self.best_ask[k], self.bid_sizes[k], self.ask_sizes[k]
 
     def checksum(self, k: int) -> int:
         """Kraken's CRC32 of symbol k's true book: each number's text with "." removed and leading
@@ -109,26 +64,8 @@ class ReferenceSyntheticMarket:
         parts += [f"{b - i}{s}" for i, s in enumerate(self.bid_sizes[k][:n])]
         return zlib.crc32("".join(parts).encode("ascii")) & 0xFFFF_FFFF
 
-    def snapshot(self, k: int, ts: int | None = None) -> np.ndarray:
-        """Symbol k's true book as one snapshot: begin, the levels, end (the message's last record)."""
-        bids, asks = self.book(k)
-        out = np.zeros(len(bids) + len(asks) + 2, LEVEL_UPDATE)
-        out["action"][0], out["action"][-1] = ACTION_SNAPSHOT_BEGIN, ACTION_SNAPSHOT_END
-        out["action"][1:-1] = ACTION_SET
-        out["side"][1:len(bids) + 1], out["side"][len(bids) + 1:-1] = SIDE_BID, SIDE_ASK
-        out["price"][1:-1], out["size"][1:-1] = zip(*(bids + asks))
-        out["symbol_id"] = self._sids[k]
-        out["timestamp_ns"] = self._now() if ts is None else ts
-        out["source"] = SOURCE_SYNTHETIC
-        out["flags"][-1] = LEVEL_FLAG_LAST
-        self._gap_next[k] = False          # the snapshot makes the book whole: nothing to flag
-        return out
-
-    def _now(self) -> int:
-        if self.start_ns is not None:
-            return self._last_ns
-        self._last_ns = max(self._last_ns, self.clock())
-        return self._last_ns
+    def _book_made_whole(self, k: int) -> None:
+        self._gap_next[k] = False
 
     # -- faults ---------------------------------------------------------------------------------
     def inject(self, kind: str, k: int, *, messages: int = 5) -> None:
@@ -164,11 +101,7 @@ class ReferenceSyntheticMarket:
         levels: list[tuple] = []
         ticks: list[tuple] = []
         levels_per_event: list[int] = []
-        if self._snapshot_due:
-            self._snapshot_due = False
-            snaps = [self.snapshot(k, self._last_ns) for k in range(self.symbols)]
-        else:
-            snaps = []
+        snaps = self._snapshots_due()
         first = self._events
         for _ in range(n):
             before = len(levels)
@@ -197,19 +130,6 @@ class ReferenceSyntheticMarket:
         if snaps:
             level_out = np.concatenate(snaps + [level_out])
         return tick_out, level_out
-
-    def _timestamps(self, n: int) -> np.ndarray:
-        if self.start_ns is not None:
-            ts = self.start_ns + ((self._events - n + np.arange(n)) * self.interval_ns).astype(np.uint64)
-            if n:
-                self._last_ns = int(ts[-1])
-            return ts.astype(np.uint64)
-        # the events were due one interval apart up to now (not spread back over a pause), never
-        # before the previous batch's last
-        prev, now = self._last_ns, max(self._last_ns, self.clock())
-        self._last_ns = now
-        ts = now - ((n - 1 - np.arange(n)) * self.interval_ns).astype(np.int64)
-        return np.maximum(ts, prev).astype(np.uint64)
 
     def _event(self, levels: list, ticks: list) -> None:
         """One message of one symbol: its level records (timestamps filled by the caller) and one Tick."""

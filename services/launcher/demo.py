@@ -35,6 +35,7 @@ from typing import Any
 from . import demo_market
 from .config import Pipeline, load, loads
 from .figures import read_counters, stage_figures
+from .private_run import private_registry
 from .supervisor import Launcher, LaunchError
 
 SAMPLE_S = 0.25
@@ -280,6 +281,18 @@ def _children_left(pids: list[int]) -> list[int]:
     return left
 
 
+def _left_behind(pids: list[int], ring_prefix: str) -> list[str]:
+    """A run's stage processes still alive and its ring segments still in /dev/shm, as problems."""
+    problems = []
+    left = _children_left(pids)
+    if left:
+        problems.append(f"processes left running: {left}")
+    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{ring_prefix}*"))
+    if segments:
+        problems.append(f"ring segments left in /dev/shm: {segments}")
+    return problems
+
+
 def run_demo(
     seconds: float,
     feed: str = "synthetic",
@@ -292,92 +305,75 @@ def run_demo(
     rate: float | None = None,
 ) -> DemoResult:
     tmp = tempfile.mkdtemp(prefix="shmpipe-demo-", dir="/tmp")  # short: ipc:// paths are limited
-    saved_env = {
-        k: os.environ.get(k) for k in ("SHMPIPE_RUNTIME_DIR", "SHMPIPE_SYMBOLS", "SHMPIPE_SYMBOLS_FILE")
-    }
-    registry = f"demo-{os.getpid()}"
-    os.environ["SHMPIPE_RUNTIME_DIR"] = os.path.join(tmp, "run")
-    os.environ["SHMPIPE_SYMBOLS"] = registry
-    os.environ["SHMPIPE_SYMBOLS_FILE"] = os.path.join(tmp, "symbols.jsonl")
-    log_dir = os.path.join(tmp, "logs")
-    messages: list[str] = []
-    live_view = [False]   # while the rich view is up, the launcher's lines show inside it
+    with private_registry(tmp, f"demo-{os.getpid()}"):
+        log_dir = os.path.join(tmp, "logs")
+        messages: list[str] = []
+        live_view = [False]   # while the rich view is up, the launcher's lines show inside it
 
-    def say(line: str) -> None:
-        messages.append(line)
-        if not as_json and not live_view[0]:
-            print(f"shmpipe demo: {line}", file=err, flush=True)
+        def say(line: str) -> None:
+            messages.append(line)
+            if not as_json and not live_view[0]:
+                print(f"shmpipe demo: {line}", file=err, flush=True)
 
-    result = DemoResult({}, log_dir=log_dir)
-    launcher = market = None
-    try:
-        if faults and feed != "synthetic":
-            raise ValueError(f"--faults injects into the synthetic market; --feed {feed} has none")
-        prefix = f"demo-{os.getpid()}."
-        if rate is not None and feed != "synthetic":
-            raise ValueError(f"--rate paces the synthetic market; --feed {feed} has none")
-        pipeline = load_demo_pipeline(feed, prefix)
-        if rate is not None:
-            _set_market_rate(pipeline, rate)
-        opens = _open_the_market_when_up(pipeline)
-        launcher = Launcher(pipeline, log_dir=log_dir, metrics_port=metrics_port, say=say)
-        from .supervisor import install_stop_signals
-
-        install_stop_signals(launcher)
-        started = time.monotonic()
-        launcher.start()
-        watcher = Watcher(launcher)
-        # The seconds count from when every stage is up: on a loaded box starting five Python
-        # processes can take most of a short run, and the last stage would then be judged on
-        # the fraction of a second it had (seen: features 'moved no records' in a 4 s run
-        # whose start took 3 s).
-        market = demo_market.MarketWatch(pipeline, faults=faults, seconds=seconds, say=say,
-                                         judged=feed == "synthetic")
-        if opens is not None:
-            _resume(opens, say)
-        opened = time.monotonic()
-        market.start()
-        _watch(launcher, watcher, seconds, time.monotonic(), as_json, out, messages, live_view, market)
-        open_s = time.monotonic() - opened
-        if opens is not None:
-            _close_the_market(opens, launcher, watcher, market, say)
-        market.finish()          # before the last sample: what it read is then <= each ring's written
-        final = watcher.sample()
-        pids = [s.pid for s in launcher.processes.values() if s.pid]
-        launcher.stop()
-        result.summary = _summary(final, launcher, pipeline, time.monotonic() - started)
-        result.problems = _problems(final, launcher, pipeline, pids)
-        first = watcher.first.stages if watcher.first is not None else {}
-        result.problems += market.judge(result.summary, first)
-        if rate is not None:
-            result.problems += _rate_held(result.summary, rate, open_s)
-        result.faults = market.faults()
-    except (LaunchError, OSError, ValueError) as exc:
-        result.problems.append(str(exc))
-    finally:
-        if market is not None:
-            market.close()
-        if launcher is not None:
-            launcher.stop()
+        result = DemoResult({}, log_dir=log_dir)
+        launcher = market = None
         try:
-            from shmpipe import symbols
+            if faults and feed != "synthetic":
+                raise ValueError(f"--faults injects into the synthetic market; --feed {feed} has none")
+            prefix = f"demo-{os.getpid()}."
+            if rate is not None and feed != "synthetic":
+                raise ValueError(f"--rate paces the synthetic market; --feed {feed} has none")
+            pipeline = load_demo_pipeline(feed, prefix)
+            if rate is not None:
+                _set_market_rate(pipeline, rate)
+            opens = _open_the_market_when_up(pipeline)
+            launcher = Launcher(pipeline, log_dir=log_dir, metrics_port=metrics_port, say=say)
+            from .supervisor import install_stop_signals
 
-            symbols.remove_segment(registry)
-        except Exception:  # noqa: BLE001 - nothing was registered
-            pass
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
+            install_stop_signals(launcher)
+            started = time.monotonic()
+            launcher.start()
+            watcher = Watcher(launcher)
+            # The seconds count from when every stage is up: on a loaded box starting five Python
+            # processes can take most of a short run, and the last stage would then be judged on
+            # the fraction of a second it had (seen: features 'moved no records' in a 4 s run
+            # whose start took 3 s).
+            market = demo_market.MarketWatch(pipeline, faults=faults, seconds=seconds, say=say,
+                                             judged=feed == "synthetic")
+            if opens is not None:
+                _resume(opens, say)
+            opened = time.monotonic()
+            market.start()
+            _watch(launcher, watcher, seconds, time.monotonic(), as_json, out, messages, live_view, market)
+            open_s = time.monotonic() - opened
+            if opens is not None:
+                _close_the_market(opens, launcher, watcher, market, say)
+            market.finish()          # before the last sample: what it read is then <= each ring's written
+            final = watcher.sample()
+            pids = [s.pid for s in launcher.processes.values() if s.pid]
+            launcher.stop()
+            result.summary = _summary(final, launcher, pipeline, time.monotonic() - started)
+            result.problems = _problems(final, launcher, pipeline, pids)
+            first = watcher.first.stages if watcher.first is not None else {}
+            result.problems += market.judge(result.summary, first)
+            if rate is not None:
+                result.problems += _rate_held(result.summary, rate, open_s)
+            result.faults = market.faults()
+        except (LaunchError, OSError, ValueError) as exc:
+            result.problems.append(str(exc))
+        finally:
+            if market is not None:
+                market.close()
+            if launcher is not None:
+                launcher.stop()
+            if result.ok:
+                shutil.rmtree(tmp, ignore_errors=True)
+                result.log_dir = None
             else:
-                os.environ[key] = value
-        if result.ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-            result.log_dir = None
-        else:
-            shutil.rmtree(os.path.join(tmp, "run"), ignore_errors=True)
-            if as_json:
-                for line in messages:
-                    print(f"shmpipe demo: {line}", file=err)
+                shutil.rmtree(os.path.join(tmp, "run"), ignore_errors=True)
+                if as_json:
+                    for line in messages:
+                        print(f"shmpipe demo: {line}", file=err)
     return result
 
 
@@ -569,10 +565,5 @@ def _problems(final: Sample, launcher: Launcher, pipeline: Pipeline, pids: list[
             problems.append(f"{name} ended with exit code {state.exit_code} (see its log)")
         if state.restarts:
             problems.append(f"{name} was restarted {state.restarts} time(s) (see its log)")
-    left = _children_left(pids)
-    if left:
-        problems.append(f"processes left running: {left}")
-    segments = sorted(p.name for p in Path("/dev/shm").glob(f"shmpipe.{pipeline.ring_prefix}*"))
-    if segments:
-        problems.append(f"ring segments left in /dev/shm: {segments}")
+    problems += _left_behind(pids, pipeline.ring_prefix)
     return problems

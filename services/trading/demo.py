@@ -42,14 +42,9 @@ START_CASH = Decimal(1_000_000)     # alpaca-paper's default --cash
 
 def example_path(name: str) -> Path:
     """The installed example (package ``shmpipe_examples``), else the checkout's ``examples/``."""
-    try:
-        from shmpipe_examples import path
-        found = path(name)
-        if found.exists():
-            return found
-    except ImportError:
-        pass
-    return Path(__file__).resolve().parents[2] / "examples" / name
+    from shmpipe_services.launcher.demo import example_path as launcher_example_path
+
+    return launcher_example_path(name)
 
 
 def _free_port() -> int:
@@ -91,69 +86,57 @@ def _figures(services: dict[str, str]) -> dict[str, Any]:
 
 def run_trade_demo(seconds: float, *, as_json: bool = False, err=sys.stderr) -> tuple[dict[str, Any], list[str]]:
     from shmpipe_services.launcher.config import loads
+    from shmpipe_services.launcher.private_run import private_registry
     from shmpipe_services.launcher.supervisor import Launcher, LaunchError, install_stop_signals
 
     tmp = tempfile.mkdtemp(prefix="shmpipe-trade-", dir="/tmp")      # short: ipc:// paths are limited
-    saved = {k: os.environ.get(k) for k in ("SHMPIPE_RUNTIME_DIR", "SHMPIPE_SYMBOLS", "SHMPIPE_SYMBOLS_FILE")}
-    registry = f"trade-{os.getpid()}"
-    os.environ["SHMPIPE_RUNTIME_DIR"] = os.path.join(tmp, "run")
-    os.environ["SHMPIPE_SYMBOLS"] = registry
-    os.environ["SHMPIPE_SYMBOLS_FILE"] = os.path.join(tmp, "symbols.jsonl")
-    log_dir = os.path.join(tmp, "logs")
-    limits = os.path.join(tmp, "limits.toml")
-    with open(limits, "w") as f:
-        f.write(LIMITS)
+    with private_registry(tmp, f"trade-{os.getpid()}"):
+        log_dir = os.path.join(tmp, "logs")
+        limits = os.path.join(tmp, "limits.toml")
+        with open(limits, "w") as f:
+            f.write(LIMITS)
 
-    def say(line: str) -> None:
-        if not as_json:
-            print(f"shmpipe demo: {line}", file=err, flush=True)
+        def say(line: str) -> None:
+            if not as_json:
+                print(f"shmpipe demo: {line}", file=err, flush=True)
 
-    summary: dict[str, Any] = {}
-    problems: list[str] = []
-    launcher = None
-    try:
-        path = example_path("pipeline-trade.toml")
-        text = (path.read_text().replace("{venue_port}", str(_free_port())).replace("{limits}", limits)
-                .replace("{journal}", os.path.join(tmp, "journal.sqlite")).replace("{python}", sys.executable))
-        prefix = f"trade-{os.getpid()}."
-        pipeline = loads(text, str(path), ring_prefix=prefix)
-        services = {name: spec.service for name, spec in pipeline.processes.items()}
-        launcher = Launcher(pipeline, log_dir=log_dir, say=say)
-        install_stop_signals(launcher)
-        launcher.start()
-        say(f"trading on the synthetic market for {seconds:g} s (marked to its books ring)")
-        launcher.stop_event.wait(seconds)
-        # Quiet the strategy (it ends on SIGTERM, restart "never"), then let the last orders and
-        # fills settle: the figures are read once the engine's positions match the venue's.
-        strategy = launcher.processes["strategy"]
-        if strategy.proc is not None and strategy.proc.poll() is None:
-            strategy.proc.terminate()
-        deadline = time.monotonic() + 10
-        while True:
-            time.sleep(0.5)
-            summary = _figures(services)
-            if (summary["positions_match"] and summary["pnl"] is not None) or time.monotonic() > deadline:
-                break
-        failed = [name for name, state in launcher.processes.items() if state.state == "failed"]
-        launcher.stop()
-        problems.extend(f"{name} failed (see its log)" for name in failed)
-    except (LaunchError, OSError, ValueError) as exc:
-        problems.append(str(exc))
-    except Exception as exc:  # noqa: BLE001 - a service that did not answer: say which, keep the logs
-        problems.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        if launcher is not None:
-            launcher.stop()
+        summary: dict[str, Any] = {}
+        problems: list[str] = []
+        launcher = None
         try:
-            from shmpipe import symbols
-            symbols.remove_segment(registry)
-        except Exception:  # noqa: BLE001 - nothing was registered
-            pass
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            path = example_path("pipeline-trade.toml")
+            text = (path.read_text().replace("{venue_port}", str(_free_port())).replace("{limits}", limits)
+                    .replace("{journal}", os.path.join(tmp, "journal.sqlite"))
+                    .replace("{python}", sys.executable))
+            prefix = f"trade-{os.getpid()}."
+            pipeline = loads(text, str(path), ring_prefix=prefix)
+            services = {name: spec.service for name, spec in pipeline.processes.items()}
+            launcher = Launcher(pipeline, log_dir=log_dir, say=say)
+            install_stop_signals(launcher)
+            launcher.start()
+            say(f"trading on the synthetic market for {seconds:g} s (marked to its books ring)")
+            launcher.stop_event.wait(seconds)
+            # Quiet the strategy (it ends on SIGTERM, restart "never"), then let the last orders and
+            # fills settle: the figures are read once the engine's positions match the venue's.
+            strategy = launcher.processes["strategy"]
+            if strategy.proc is not None and strategy.proc.poll() is None:
+                strategy.proc.terminate()
+            deadline = time.monotonic() + 10
+            while True:
+                time.sleep(0.5)
+                summary = _figures(services)
+                if (summary["positions_match"] and summary["pnl"] is not None) or time.monotonic() > deadline:
+                    break
+            failed = [name for name, state in launcher.processes.items() if state.state == "failed"]
+            launcher.stop()
+            problems.extend(f"{name} failed (see its log)" for name in failed)
+        except (LaunchError, OSError, ValueError) as exc:
+            problems.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a service that did not answer: say which, keep the logs
+            problems.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            if launcher is not None:
+                launcher.stop()
     if summary:
         if summary["duplicate_orders"]:
             problems.append(f"{summary['duplicate_orders']} duplicate orders at the venue")
