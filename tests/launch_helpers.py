@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-psutil = pytest.importorskip("psutil")
+import psutil
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from shmpipe import stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +46,6 @@ def test_top_level_help_groups_every_command():
 
 
 def _capture_commands():
-    pytest.importorskip("zmq")
     from shmpipe_services.capture.commands import CaptureCommands
 
     capture = SimpleNamespace(exchange="kraken", symbols=["BTC/USD"], has_books=True,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-zmq = pytest.importorskip("zmq")
+import zmq
 from launch_helpers import runtime_dir  # noqa: E402,F401
 
 from shmpipe import control  # noqa: E402

@@ -446,7 +446,6 @@ def test_a_fault_not_detected_or_not_repaired_fails_the_run(times, reason):
 
 
 def test_the_live_view_shows_each_symbols_touch_last_bar_and_features():
-    pytest.importorskip("rich")
     from rich.console import Console
     from shmpipe_services.launcher import demo
     from shmpipe_services.launcher.demo_market import BookState

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from export_helpers import FIXTURES, STEP_NS, ShmpipeBooks, recv_ns, run_cli, venue_lines, write_wslog
 
-hbt_module = pytest.importorskip("hftbacktest")
+import hftbacktest  # noqa: F401 - the dev extra installs it: missing, fail
 from hftbacktest import BacktestAsset, HashMapMarketDepthBacktest  # noqa: E402
 from hftbacktest.data.validation import validate_event_order  # noqa: E402
 from hftbacktest.types import (  # noqa: E402

@@ -10,7 +10,7 @@ from export_helpers import PARSERS, ShmpipeBooks, known_top5, recv_ns, run_cli, 
 from shmpipe_services.capture.record_batch import RecordBatch
 from shmpipe_services.capture.symbol_ids import InMemorySymbolIds
 
-pytest.importorskip("nautilus_trader")
+import nautilus_trader  # noqa: F401 - the dev extra installs it: missing, fail
 from nautilus_trader.model.book import OrderBook  # noqa: E402
 from nautilus_trader.model.enums import BookAction, BookType, RecordFlag  # noqa: E402
 from nautilus_trader.persistence.catalog import ParquetDataCatalog  # noqa: E402

@@ -85,9 +85,7 @@ def test_bit4_marks_the_groups_and_invalidate_is_a_row(capture):
 
 
 def test_invalidate_is_a_clear_in_every_target(capture, tmp_path):
-    pd = pytest.importorskip("pandas")
-    pytest.importorskip("pyarrow")
-    pytest.importorskip("nautilus_trader")
+    import pandas as pd
     from nautilus_trader.model.book import OrderBook
     from nautilus_trader.model.enums import BookAction, BookType, RecordFlag
 
@@ -115,7 +113,6 @@ def test_invalidate_is_a_clear_in_every_target(capture, tmp_path):
 
 
 def test_invalidate_clears_both_sides_in_hftbacktest(capture, tmp_path):
-    pytest.importorskip("hftbacktest")
     from hftbacktest.types import BUY_EVENT, DEPTH_CLEAR_EVENT, SELL_EVENT
 
     from shmpipe_services.export.hftbacktest_target import HftbacktestExport

@@ -9,10 +9,8 @@ import sys
 import textwrap
 import urllib.request
 
-import pytest
-
-pytest.importorskip("zmq")
-pytest.importorskip("prometheus_client")
+import zmq  # noqa: F401 - a declared dependency: missing, the tests fail rather than skip
+import prometheus_client  # noqa: F401
 from launch_helpers import LauncherProcess, runtime_dir, wait_for  # noqa: F401
 from prometheus_client.parser import text_string_to_metric_families
 
